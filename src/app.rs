@@ -1,0 +1,99 @@
+//! Wiring: picks the store from configuration, builds the gateway, serves it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::domain::apikey::hash_key;
+use crate::http::build_router;
+use crate::service::{Gateway, Settings};
+use crate::storage::ConfigStore;
+use crate::storage::keys::Keys;
+use crate::storage::memory::MemoryStore;
+use crate::storage::redis::{RedisConnection, RedisStore};
+
+/// How long startup waits for Redis before giving up.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+pub async fn open_store(config: &Config) -> Result<Arc<dyn ConfigStore>, String> {
+    let Some(url) = &config.redis_url else {
+        return Ok(Arc::new(MemoryStore::new()));
+    };
+    let started = tokio::time::Instant::now();
+    loop {
+        match RedisConnection::connect(url, Duration::from_secs(2)).await {
+            Ok(conn) => {
+                return Ok(Arc::new(RedisStore::new(
+                    conn,
+                    Keys::new(&config.key_prefix),
+                    url,
+                )));
+            }
+            Err(error) if started.elapsed() < CONNECT_PATIENCE => {
+                tracing::warn!(%error, "cannot reach Redis yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(format!("cannot reach Redis: {error}")),
+        }
+    }
+}
+
+pub fn settings(config: &Config) -> Settings {
+    Settings {
+        default_timezone: config.default_timezone,
+        admin_key_hash: config.admin_key.as_deref().map(hash_key),
+    }
+}
+
+/// Builds the gateway on the configured store and starts its background work.
+pub async fn build_gateway(config: &Config) -> Result<Arc<Gateway>, String> {
+    let store = open_store(config).await?;
+    let gateway = Gateway::start(store, settings(config))
+        .await
+        .map_err(|e| format!("cannot load configuration: {e}"))?;
+    gateway.spawn_background();
+    Ok(gateway)
+}
+
+/// Serves until SIGTERM/SIGINT, then finishes the requests in flight.
+pub async fn run(config: Config) -> Result<(), String> {
+    config.check()?;
+    let gateway = build_gateway(&config).await?;
+    if gateway.is_open() {
+        tracing::warn!(
+            "no QUOTAGATE_ADMIN_KEY: the gateway is open to anyone who can reach {}",
+            config.listen
+        );
+    }
+    let router = build_router(Arc::clone(&gateway), config.max_body_bytes);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot bind {}: {e}", config.listen))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%address, store = %gateway.describe_store(), "quotagate ready on http://{address}");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("quotagate stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

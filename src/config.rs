@@ -1,0 +1,131 @@
+//! Configuration: the only place that reads the environment. Flags win over variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "quotagate",
+    version,
+    about = "Usage metering and limit enforcement gateway"
+)]
+pub struct Config {
+    /// Address to bind.
+    #[arg(long, env = "QUOTAGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// `redis://host:port/db` for one Redis, `redis+cluster://host:port,host:port` for a
+    /// cluster. Unset: the embedded in-memory store.
+    #[arg(long, env = "QUOTAGATE_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Bootstrap admin key. Unset: the gateway runs open, and only on a loopback address.
+    #[arg(long, env = "QUOTAGATE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(long, env = "QUOTAGATE_KEY_PREFIX", default_value = "qg", value_parser = parse_key_prefix)]
+    pub key_prefix: String,
+
+    /// Timezone of customers created without one.
+    #[arg(long, env = "QUOTAGATE_DEFAULT_TIMEZONE", default_value = "UTC", value_parser = parse_timezone)]
+    pub default_timezone: Tz,
+
+    /// Deadline of a storage call on the decision path, in milliseconds.
+    #[arg(long, env = "QUOTAGATE_STORAGE_TIMEOUT_MS", default_value_t = 50)]
+    pub storage_timeout_ms: u64,
+
+    /// Log filter, tracing `EnvFilter` syntax.
+    #[arg(long, env = "QUOTAGATE_LOG", default_value = "info")]
+    pub log: String,
+
+    /// `text` or `json` (one JSON object per line).
+    #[arg(long, env = "QUOTAGATE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "QUOTAGATE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    pub fn storage_timeout(&self) -> Duration {
+        Duration::from_millis(self.storage_timeout_ms.max(1))
+    }
+
+    /// Refuses a configuration that would expose an unauthenticated gateway.
+    pub fn check(&self) -> Result<(), String> {
+        if self.admin_key.as_deref().is_some_and(str::is_empty) {
+            return Err("QUOTAGATE_ADMIN_KEY is set but empty".into());
+        }
+        if self.admin_key.is_none() && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing to listen on {} without QUOTAGATE_ADMIN_KEY: without keys the gateway is open, which is allowed on loopback only",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_timezone(raw: &str) -> Result<Tz, String> {
+    raw.parse::<Tz>()
+        .map_err(|_| format!("unknown IANA timezone `{raw}`"))
+}
+
+fn parse_key_prefix(raw: &str) -> Result<String, String> {
+    let valid = !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    if valid {
+        Ok(raw.to_string())
+    } else {
+        Err("must be 1 to 64 characters of [A-Za-z0-9_.:-]".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("quotagate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.key_prefix, "qg");
+        assert_eq!(config.default_timezone, Tz::UTC);
+        assert_eq!(config.storage_timeout_ms, 50);
+        assert!(config.check().is_ok());
+    }
+
+    #[test]
+    fn open_mode_only_on_loopback() {
+        let config = parse(&["--listen", "0.0.0.0:8080"]).unwrap();
+        assert!(config.check().is_err());
+        let config = parse(&["--listen", "0.0.0.0:8080", "--admin-key", "k"]).unwrap();
+        assert!(config.check().is_ok());
+        let config = parse(&["--listen", "[::1]:8080"]).unwrap();
+        assert!(config.check().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse(&["--default-timezone", "Mars/Olympus"]).is_err());
+        assert!(parse(&["--key-prefix", "a{b}"]).is_err());
+    }
+}

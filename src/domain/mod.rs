@@ -1,0 +1,11 @@
+//! Pure domain: validated values, config entities, periods. No I/O, no clock reads:
+//! `now` is always a parameter.
+
+pub mod apikey;
+pub mod customer;
+pub mod field;
+pub mod ids;
+pub mod limit;
+pub mod meter;
+pub mod period;
+pub mod time;

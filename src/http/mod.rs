@@ -1,0 +1,119 @@
+//! Thin HTTP layer: routing, extractors, the error envelope. Handlers parse, call the
+//! service, and shape the answer.
+
+pub mod api_keys;
+pub mod auth;
+pub mod customers;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod limits;
+pub mod meters;
+pub mod request_id;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use crate::service::Gateway;
+use crate::service::page::Page;
+
+pub type AppState = Arc<Gateway>;
+
+/// Every route of the API. Serving is separate ([`crate::serve`]), so tests can drive the
+/// router in process.
+pub fn build_router(gateway: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route(
+            "/v1/customers",
+            post(customers::create).get(customers::list),
+        )
+        .route(
+            "/v1/customers/{id}",
+            get(customers::get)
+                .put(customers::put)
+                .delete(customers::delete),
+        )
+        .route("/v1/meters", post(meters::create).get(meters::list))
+        .route(
+            "/v1/meters/{id}",
+            get(meters::get).put(meters::update).delete(meters::delete),
+        )
+        .route("/v1/limits", post(limits::create).get(limits::list))
+        .route(
+            "/v1/limits/{id}",
+            get(limits::get).put(limits::update).delete(limits::delete),
+        )
+        .route("/v1/api-keys", post(api_keys::create).get(api_keys::list))
+        .route("/v1/api-keys/{id}", axum::routing::delete(api_keys::delete))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(request_id::envelope))
+        .with_state(gateway)
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::from_status(axum::http::StatusCode::NOT_FOUND)
+}
+
+/// `{data, nextCursor, hasMore}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListBody<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+    pub has_more: bool,
+}
+
+impl<T> From<Page<T>> for ListBody<T> {
+    fn from(page: Page<T>) -> Self {
+        ListBody {
+            data: page.data,
+            next_cursor: page.next_cursor,
+            has_more: page.has_more,
+        }
+    }
+}
+
+impl<T> ListBody<T> {
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> ListBody<U> {
+        ListBody {
+            data: self.data.into_iter().map(f).collect(),
+            next_cursor: self.next_cursor,
+            has_more: self.has_more,
+        }
+    }
+}
+
+/// `{"id": ..., "deleted": true}`.
+#[derive(Debug, Serialize)]
+pub struct Deleted {
+    pub id: String,
+    pub deleted: bool,
+}
+
+impl Deleted {
+    pub fn new(id: impl Into<String>) -> Deleted {
+        Deleted {
+            id: id.into(),
+            deleted: true,
+        }
+    }
+}
+
+/// Reads `limit` and `cursor` from the query.
+pub fn page_request(
+    query: &mut extract::QueryParams,
+) -> Result<crate::service::page::PageRequest, error::ApiError> {
+    let limit = query.take("limit");
+    let cursor = query.take("cursor");
+    Ok(crate::service::page::PageRequest::parse(
+        limit.as_deref(),
+        cursor.as_deref(),
+    )?)
+}

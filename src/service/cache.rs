@@ -1,0 +1,191 @@
+//! Each node's in-memory copy of the configuration, read on every request without I/O.
+//!
+//! Local writes update it at once (read your writes); everything else arrives through the
+//! store's change log, tailed every [`POLL_INTERVAL`], with a full reload every
+//! [`FULL_RELOAD_INTERVAL`] as the safety net (and whenever the log could not be read).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::Gateway;
+use super::error::{ServiceResult, corrupt};
+use crate::domain::apikey::{ApiKey, parse_hex_digest};
+use crate::domain::customer::Customer;
+use crate::domain::limit::Limit;
+use crate::domain::meter::Meter;
+use crate::storage::{ConfigChange, ConfigOp, ConfigStore, Kind};
+
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+pub const FULL_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+const CHANGES_PER_POLL: usize = 1000;
+
+#[derive(Default)]
+pub struct ConfigCache {
+    state: RwLock<CacheState>,
+    cursor: RwLock<String>,
+}
+
+#[derive(Default)]
+pub struct CacheState {
+    pub customers: HashMap<String, Arc<Customer>>,
+    pub meters: HashMap<String, Arc<Meter>>,
+    pub limits: HashMap<String, Arc<Limit>>,
+    /// Keyed by the SHA-256 of the key, which is what a request presents (hashed).
+    pub api_keys: HashMap<[u8; 32], Arc<ApiKey>>,
+    api_key_hashes: HashMap<String, [u8; 32]>,
+}
+
+fn decode<T: DeserializeOwned>(kind: Kind, doc: &str) -> Option<T> {
+    match serde_json::from_str(doc) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            tracing::error!(kind = kind.name(), %error, "skipping undecodable config document");
+            None
+        }
+    }
+}
+
+impl CacheState {
+    fn set(&mut self, kind: Kind, id: &str, doc: Option<&str>) {
+        match kind {
+            Kind::Customer => upsert(&mut self.customers, kind, id, doc),
+            Kind::Meter => upsert(&mut self.meters, kind, id, doc),
+            Kind::Limit => upsert(&mut self.limits, kind, id, doc),
+            Kind::ApiKey => {
+                if let Some(hash) = self.api_key_hashes.remove(id) {
+                    self.api_keys.remove(&hash);
+                }
+                let Some(key) = doc.and_then(|doc| decode::<ApiKey>(kind, doc)) else {
+                    return;
+                };
+                if let Some(hash) = parse_hex_digest(&key.key_hash) {
+                    self.api_key_hashes.insert(id.to_string(), hash);
+                    self.api_keys.insert(hash, Arc::new(key));
+                }
+            }
+        }
+    }
+}
+
+fn upsert<T: DeserializeOwned>(
+    map: &mut HashMap<String, Arc<T>>,
+    kind: Kind,
+    id: &str,
+    doc: Option<&str>,
+) {
+    match doc.and_then(|doc| decode::<T>(kind, doc)) {
+        Some(value) => {
+            map.insert(id.to_string(), Arc::new(value));
+        }
+        None => {
+            map.remove(id);
+        }
+    }
+}
+
+impl ConfigCache {
+    pub fn read(&self) -> RwLockReadGuard<'_, CacheState> {
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, CacheState> {
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Replaces the whole cache from storage. The cursor is taken first, so changes made
+    /// during the load are replayed afterwards (replaying a change is harmless).
+    pub async fn reload(&self, store: &dyn ConfigStore) -> ServiceResult<()> {
+        let cursor = store.change_cursor().await?;
+        let mut fresh = CacheState::default();
+        for kind in Kind::ALL {
+            for doc in store.all(kind).await? {
+                let id = document_id(&doc).ok_or_else(|| {
+                    corrupt(kind.name(), serde::de::Error::custom("document without id"))
+                })?;
+                fresh.set(kind, &id, Some(&doc));
+            }
+        }
+        *self.write() = fresh;
+        *self.cursor.write().unwrap_or_else(|p| p.into_inner()) = cursor;
+        Ok(())
+    }
+
+    /// Applies what a successful local write did, so this node reads its own writes at once.
+    /// Implicit creations (`PutIfAbsent`) are left to the change log: only storage knows
+    /// whether they wrote.
+    pub fn apply_local(&self, ops: &[ConfigOp]) {
+        let mut state = self.write();
+        for op in ops {
+            match op {
+                ConfigOp::Put { kind, id, doc, .. } => state.set(*kind, id, Some(doc)),
+                ConfigOp::Delete { kind, id, .. } => state.set(*kind, id, None),
+                ConfigOp::PutIfAbsent { .. } | ConfigOp::Require { .. } => {}
+            }
+        }
+    }
+
+    fn apply_changes(&self, changes: &[ConfigChange]) {
+        let mut state = self.write();
+        for change in changes {
+            state.set(change.kind, &change.id, change.doc.as_deref());
+        }
+    }
+
+    /// Reads the change log once; returns how many changes were applied.
+    pub async fn poll(&self, store: &dyn ConfigStore) -> ServiceResult<usize> {
+        let cursor = self
+            .cursor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (changes, next) = store.changes_after(&cursor, CHANGES_PER_POLL).await?;
+        self.apply_changes(&changes);
+        *self.cursor.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(changes.len())
+    }
+}
+
+fn document_id(doc: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct WithId {
+        id: String,
+    }
+    serde_json::from_str::<WithId>(doc).ok().map(|d| d.id)
+}
+
+/// Keeps the cache of `gateway` in step with storage for as long as the process runs.
+pub async fn follow_changes(gateway: Arc<Gateway>) {
+    let mut last_full = tokio::time::Instant::now();
+    let mut healthy = true;
+    loop {
+        tokio::time::sleep(POLL_INTERVAL).await;
+        let store = gateway.store.as_ref();
+        let result = if !healthy || last_full.elapsed() >= FULL_RELOAD_INTERVAL {
+            last_full = tokio::time::Instant::now();
+            gateway.cache.reload(store).await.map(|_| 0)
+        } else {
+            gateway.cache.poll(store).await
+        };
+        match result {
+            Ok(_) => {
+                if !healthy {
+                    tracing::info!("config cache reloaded after a storage error");
+                }
+                healthy = true;
+            }
+            Err(error) => {
+                if healthy {
+                    tracing::warn!(%error, "config cache cannot follow storage; will reload when it answers");
+                }
+                healthy = false;
+            }
+        }
+    }
+}

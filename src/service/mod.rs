@@ -1,0 +1,63 @@
+//! Use cases: orchestrate domain rules and storage. No HTTP types here.
+
+pub mod auth;
+pub mod cache;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod page;
+
+use std::sync::Arc;
+
+use chrono_tz::Tz;
+
+use crate::storage::ConfigStore;
+
+pub use error::{Resource, ServiceError, ServiceResult};
+
+/// Settings the service needs from configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub default_timezone: Tz,
+    /// SHA-256 of the bootstrap admin key; `None` runs the gateway open (loopback only).
+    pub admin_key_hash: Option<[u8; 32]>,
+}
+
+/// Everything a request handler needs: storage, the config cache, the clock and settings.
+pub struct Gateway {
+    pub(crate) store: Arc<dyn ConfigStore>,
+    pub(crate) cache: cache::ConfigCache,
+    pub(crate) clock: clock::Clock,
+    pub(crate) settings: Settings,
+}
+
+impl Gateway {
+    /// Builds the gateway and loads the config cache once. Call [`Gateway::spawn_background`]
+    /// to keep the cache in step with other nodes.
+    pub async fn start(
+        store: Arc<dyn ConfigStore>,
+        settings: Settings,
+    ) -> ServiceResult<Arc<Gateway>> {
+        let gateway = Arc::new(Gateway {
+            store,
+            cache: cache::ConfigCache::default(),
+            clock: clock::Clock::default(),
+            settings,
+        });
+        gateway.cache.reload(gateway.store.as_ref()).await?;
+        Ok(gateway)
+    }
+
+    pub fn spawn_background(self: &Arc<Self>) {
+        tokio::spawn(cache::follow_changes(Arc::clone(self)));
+    }
+
+    pub fn describe_store(&self) -> String {
+        self.store.describe()
+    }
+
+    /// Whether storage answers; `/readyz`.
+    pub async fn ready(&self) -> ServiceResult<()> {
+        Ok(self.store.ping().await?)
+    }
+}

@@ -1,0 +1,145 @@
+//! Storage behind narrow traits. Two implementations keep the same semantics: the embedded
+//! in-memory store (one node) and Redis (single server or cluster). One contract test suite
+//! runs against both.
+
+pub mod keys;
+pub mod memory;
+pub mod redis;
+
+use async_trait::async_trait;
+
+/// Kinds of configuration documents. The order is part of the Redis script contract
+/// (`lua/config_apply.lua` addresses kinds by 1-based position), so only append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Customer,
+    Meter,
+    Limit,
+    ApiKey,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Customer, Kind::Meter, Kind::Limit, Kind::ApiKey];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Customer => "customers",
+            Kind::Meter => "meters",
+            Kind::Limit => "limits",
+            Kind::ApiKey => "apikeys",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// 1-based position, as the config script expects it.
+    pub fn position(self) -> usize {
+        Kind::ALL.iter().position(|k| *k == self).unwrap_or(0) + 1
+    }
+}
+
+/// A precondition on a document, checked against the state before the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    Always,
+    /// Fails the batch if the document exists.
+    Absent,
+    /// Fails the batch if the document does not exist.
+    Present,
+}
+
+/// One step of an atomic configuration change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigOp {
+    Put {
+        kind: Kind,
+        id: String,
+        doc: String,
+        guard: Guard,
+    },
+    /// Writes only if absent; never fails the batch (implicit customer creation).
+    PutIfAbsent { kind: Kind, id: String, doc: String },
+    Delete {
+        kind: Kind,
+        id: String,
+        guard: Guard,
+    },
+    /// Fails the batch unless the document exists (e.g. a limit's meter).
+    Require { kind: Kind, id: String },
+}
+
+impl ConfigOp {
+    pub fn kind(&self) -> Kind {
+        match self {
+            ConfigOp::Put { kind, .. }
+            | ConfigOp::PutIfAbsent { kind, .. }
+            | ConfigOp::Delete { kind, .. }
+            | ConfigOp::Require { kind, .. } => *kind,
+        }
+    }
+}
+
+/// A batch was not applied because the guard of the op at `index` failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardFailed {
+    pub index: usize,
+}
+
+/// One entry of the change log that keeps every node's config cache in step.
+/// `doc: None` means the document was deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigChange {
+    pub kind: Kind,
+    pub id: String,
+    pub doc: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Unreachable, timed out or refusing: the caller may retry later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (a script error, undecodable data): a bug.
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Configuration documents (JSON text), each kind ordered by ID so that cursor pages are stable,
+/// plus an ordered change log.
+#[async_trait]
+pub trait ConfigStore: Send + Sync + 'static {
+    async fn get(&self, kind: Kind, id: &str) -> StoreResult<Option<String>>;
+
+    /// Up to `limit` documents with IDs strictly after `after`, in ID order.
+    async fn page(
+        &self,
+        kind: Kind,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, String)>>;
+
+    async fn all(&self, kind: Kind) -> StoreResult<Vec<String>>;
+
+    /// Applies every op or none: all guards are checked first.
+    async fn apply(&self, ops: &[ConfigOp]) -> StoreResult<Result<(), GuardFailed>>;
+
+    /// A cursor at the current end of the change log.
+    async fn change_cursor(&self) -> StoreResult<String>;
+
+    /// Changes logged after `cursor`, oldest first, and the cursor after the last of them.
+    async fn changes_after(
+        &self,
+        cursor: &str,
+        max: usize,
+    ) -> StoreResult<(Vec<ConfigChange>, String)>;
+
+    /// Whether storage answers (and its scripts are loaded).
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Which store this is, for the ready log line.
+    fn describe(&self) -> String;
+}
