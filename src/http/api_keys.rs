@@ -1,11 +1,11 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::auth::{Admin, Authorized};
 use super::error::ApiError;
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{JsonBody, PathId, QueryParams};
 use super::{AppState, Deleted, ListBody, page_request};
 use crate::domain::apikey::{ApiKey, NewApiKey, Scope};
 use crate::domain::time::serde_rfc3339;
@@ -61,7 +61,7 @@ pub async fn list(
 pub async fn delete(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Deleted>, ApiError> {
     gateway.delete_api_key(&id).await?;
     Ok(Json(Deleted::new(id)))

@@ -1,10 +1,10 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::auth::{Admin, Authorized, Read};
 use super::error::ApiError;
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{JsonBody, PathId, QueryParams};
 use super::{AppState, Deleted, ListBody, page_request};
 use crate::domain::customer::{Customer, CustomerPatch, NewCustomer};
 
@@ -22,7 +22,7 @@ pub async fn create(
 pub async fn get(
     _: Authorized<Read>,
     State(gateway): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Customer>, ApiError> {
     Ok(Json(gateway.get_customer(&id).await?))
 }
@@ -40,7 +40,7 @@ pub async fn list(
 pub async fn put(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(patch): JsonBody<CustomerPatch>,
 ) -> Result<(StatusCode, Json<Customer>), ApiError> {
     let (customer, created) = gateway.put_customer(&id, patch).await?;
@@ -55,7 +55,7 @@ pub async fn put(
 pub async fn delete(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Deleted>, ApiError> {
     Ok(Json(Deleted::new(gateway.delete_customer(&id).await?)))
 }

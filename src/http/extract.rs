@@ -76,10 +76,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T>
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // serde would also read a struct from a JSON array; the API takes objects only.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::invalid_request("the request body must be a JSON object"));
+        return Err(ApiError::invalid_request(
+            "the request body must be a JSON object",
+        ));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(classify)?;
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        // serde stops at the first problem it meets, which may be a field before a syntax
+        // error further on; malformed JSON must read as malformed whatever its content.
+        match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(syntax) => ApiError::invalid_request(format!(
+                "malformed JSON: {}",
+                strip_position(&syntax.to_string())
+            )),
+            Ok(_) => classify(error),
+        }
+    })?;
     deserializer.end().map_err(|_| {
         ApiError::invalid_request("malformed JSON: trailing characters after the object")
     })?;
@@ -168,6 +180,22 @@ impl QueryParams {
             ))),
             None => Ok(()),
         }
+    }
+}
+
+/// The `{id}` of a path. An ID that does not even decode (bad percent-encoding, not UTF-8)
+/// cannot exist, so it becomes an empty ID, which every lookup answers with the resource's 404.
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let id = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|path| path.0)
+            .unwrap_or_default();
+        Ok(PathId(id))
     }
 }
 

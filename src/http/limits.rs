@@ -1,10 +1,10 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::auth::{Admin, Authorized, Read};
 use super::error::ApiError;
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{JsonBody, PathId, QueryParams};
 use super::{AppState, Deleted, ListBody, page_request};
 use crate::domain::field::FieldError;
 use crate::domain::ids::CustomerId;
@@ -25,7 +25,7 @@ pub async fn create(
 pub async fn get(
     _: Authorized<Read>,
     State(gateway): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Limit>, ApiError> {
     Ok(Json(gateway.get_limit(&id).await?))
 }
@@ -55,7 +55,7 @@ pub async fn list(
 pub async fn update(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(patch): JsonBody<LimitPatch>,
 ) -> Result<Json<Limit>, ApiError> {
     Ok(Json(gateway.update_limit(&id, patch).await?))
@@ -64,7 +64,7 @@ pub async fn update(
 pub async fn delete(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Deleted>, ApiError> {
     gateway.delete_limit(&id).await?;
     Ok(Json(Deleted::new(id)))

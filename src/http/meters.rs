@@ -1,11 +1,11 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::auth::{Admin, Authorized, Read};
 use super::error::ApiError;
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{JsonBody, PathId, QueryParams};
 use super::{AppState, ListBody, page_request};
 use crate::domain::meter::{Meter, MeterPatch, NewMeter};
 
@@ -23,7 +23,7 @@ pub async fn create(
 pub async fn get(
     _: Authorized<Read>,
     State(gateway): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Meter>, ApiError> {
     Ok(Json(gateway.get_meter(&id).await?))
 }
@@ -41,7 +41,7 @@ pub async fn list(
 pub async fn update(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(patch): JsonBody<MeterPatch>,
 ) -> Result<Json<Meter>, ApiError> {
     Ok(Json(gateway.update_meter(&id, patch).await?))
@@ -58,7 +58,7 @@ pub struct MeterDeleted {
 pub async fn delete(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<MeterDeleted>, ApiError> {
     let deleted_limits = gateway.delete_meter(&id).await?;
     Ok(Json(MeterDeleted {

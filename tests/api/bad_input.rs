@@ -1,0 +1,120 @@
+//! A sweep of malformed requests over every write route: always the error envelope, never a
+//! 5xx, and the server keeps answering.
+
+use axum::http::Method;
+use serde_json::json;
+
+use crate::common::TestApp;
+
+const WRITE_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/customers"),
+    ("PUT", "/v1/customers/c1"),
+    ("POST", "/v1/meters"),
+    ("POST", "/v1/limits"),
+    ("POST", "/v1/api-keys"),
+];
+
+fn method(name: &str) -> Method {
+    name.parse().unwrap()
+}
+
+async fn sweep(app: TestApp) {
+    let bodies: &[(&str, &str)] = &[
+        ("{", "invalid_request"),
+        ("{\"id\": }", "invalid_request"),
+        ("[]", "invalid_request"),
+        ("\"text\"", "invalid_request"),
+        ("42", "invalid_request"),
+        ("null", "invalid_request"),
+        ("\u{0}\u{1}", "invalid_request"),
+        ("   ", "invalid_request"),
+    ];
+    for (verb, path) in WRITE_ROUTES {
+        for (body, code) in bodies {
+            let response = app
+                .raw(
+                    method(verb),
+                    path,
+                    Some("application/json"),
+                    body.to_string(),
+                )
+                .await;
+            response.assert_error(400, code);
+        }
+        // Wrong types for every field.
+        for value in [json!(true), json!([1]), json!({"x": 1}), json!(1e300)] {
+            for field in [
+                "id",
+                "name",
+                "aggregation",
+                "field",
+                "meterId",
+                "limitValue",
+                "period",
+                "scopes",
+                "timezone",
+            ] {
+                let response = app
+                    .raw(
+                        method(verb),
+                        path,
+                        Some("application/json"),
+                        json!({field: value}).to_string(),
+                    )
+                    .await;
+                assert!(
+                    response.status.is_client_error(),
+                    "{verb} {path} {field}={value}: {response:?}"
+                );
+                assert!(!response.error_code().is_empty(), "{response:?}");
+            }
+        }
+        app.raw(method(verb), path, Some("text/plain"), "{\"id\":\"c\"}")
+            .await
+            .assert_error(415, "unsupported_media_type");
+        app.raw(method(verb), path, None, "{\"id\":\"c\"}")
+            .await
+            .assert_error(415, "unsupported_media_type");
+        let huge = format!(
+            "{{\"id\":\"c\",\"name\":\"{}\"}}",
+            "x".repeat(1024 * 1024 + 10)
+        );
+        app.raw(method(verb), path, Some("application/json"), huge)
+            .await
+            .assert_error(413, "payload_too_large");
+    }
+    for path in [
+        "/v1/customers/%FF%FE",
+        "/v1/customers/..%2F..%2Fetc",
+        "/v1/meters/%00",
+        "/v1/limits/lmt_%20",
+        "/v1/nothing-here",
+        "/v1/customers/a/b/c",
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status.as_u16(), 404, "{path}: {response:?}");
+        assert!(
+            response.error_code().ends_with("not_found"),
+            "{path}: {response:?}"
+        );
+    }
+    app.call(Method::PATCH, "/v1/customers", None)
+        .await
+        .assert_error(405, "method_not_allowed");
+    // Request IDs are taken from the request when sane.
+    let request = axum::http::Request::builder()
+        .uri("/healthz")
+        .header("x-request-id", "trace-123")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.send(request).await.header("x-request-id"),
+        Some("trace-123")
+    );
+    // Still alive, and nothing was created.
+    app.get("/healthz").await.assert_status(200);
+    assert_eq!(app.get("/v1/customers").await.body["data"], json!([]));
+    assert_eq!(app.get("/v1/meters").await.body["data"], json!([]));
+}
+
+crate::both_stores!(sweep);

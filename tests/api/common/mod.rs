@@ -1,0 +1,383 @@
+//! Test harness: real `redis-server` processes on free loopback ports, the router driven in
+//! process, and real gateway processes for multi-replica tests.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use quotagate::domain::apikey::hash_key;
+use quotagate::service::{Gateway, Settings};
+use quotagate::storage::ConfigStore;
+use quotagate::storage::keys::Keys;
+use quotagate::storage::memory::MemoryStore;
+use quotagate::storage::redis::{RedisConnection, RedisStore};
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub const ADMIN_KEY: &str = "test-admin-key";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `redis-server` owned by the test process: stopped when dropped, and by a watchdog shell
+/// when the test process dies without dropping it (statics are never dropped).
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_on(free_port(), &[])
+    }
+
+    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        let args = format!(
+            "--port {port} --bind 127.0.0.1 --save '' --appendonly no --daemonize no --loglevel warning {}",
+            extra.join(" ")
+        );
+        // The shell waits on redis-server and kills it once the test process is gone.
+        let script = format!(
+            "redis-server {args} & child=$!; \
+             while kill -0 {parent} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.5; done; \
+             kill $child 2>/dev/null; wait $child",
+            parent = std::process::id()
+        );
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install -y redis-server)");
+        let server = RedisServer { port, child };
+        server.wait_until_up();
+        server
+    }
+
+    fn wait_until_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut conn) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on port {} did not come up", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops redis-server (the watchdog shell then exits by itself).
+    pub fn kill(&mut self) {
+        let _ = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "shutdown", "nosave"])
+            .output();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One Redis for the whole test binary; tests share it through distinct key prefixes.
+pub fn shared_redis() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(RedisServer::start)
+}
+
+pub fn unique_prefix() -> String {
+    format!("t{}", ulid::Ulid::new())
+}
+
+pub async fn redis_store(url: &str, prefix: &str) -> Arc<dyn ConfigStore> {
+    let conn = RedisConnection::connect(url, Duration::from_secs(2))
+        .await
+        .unwrap();
+    Arc::new(RedisStore::new(conn, Keys::new(prefix), url))
+}
+
+pub fn settings() -> Settings {
+    Settings {
+        default_timezone: chrono_tz::UTC,
+        admin_key_hash: Some(hash_key(ADMIN_KEY)),
+    }
+}
+
+/// The router on a store, driven in process (no socket).
+pub struct TestApp {
+    pub router: Router,
+    pub gateway: Arc<Gateway>,
+}
+
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl TestResponse {
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        assert_eq!(self.error_code(), code, "{self:?}");
+        assert_eq!(self.body["error"]["status"], status, "{self:?}");
+        assert!(
+            self.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        assert_eq!(
+            self.body["error"]["requestId"].as_str(),
+            self.header("x-request-id"),
+            "requestId must equal the X-Request-Id header"
+        );
+    }
+
+    /// Asserts a 400 whose message names `field`.
+    #[track_caller]
+    pub fn assert_field_error(&self, code: &str, field: &str) {
+        self.assert_error(400, code);
+        let message = self.body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("`{field}`")),
+            "message should name `{field}`: {message}"
+        );
+    }
+
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        &self.body
+    }
+}
+
+impl TestApp {
+    pub async fn memory() -> TestApp {
+        Self::on(Arc::new(MemoryStore::new()), settings()).await
+    }
+
+    pub async fn redis() -> TestApp {
+        let store = redis_store(&shared_redis().url(), &unique_prefix()).await;
+        Self::on(store, settings()).await
+    }
+
+    pub async fn on(store: Arc<dyn ConfigStore>, settings: Settings) -> TestApp {
+        let gateway = Gateway::start(store, settings).await.unwrap();
+        gateway.spawn_background();
+        TestApp {
+            router: quotagate::http::build_router(Arc::clone(&gateway), 1024 * 1024),
+            gateway,
+        }
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> TestResponse {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!(
+                    "non-JSON answer ({status}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        assert!(
+            headers.contains_key("x-request-id"),
+            "every answer carries X-Request-Id"
+        );
+        TestResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn call_as(
+        &self,
+        key: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> TestResponse {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        };
+        self.send(request.unwrap()).await
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> TestResponse {
+        self.call_as(Some(ADMIN_KEY), method, path, body).await
+    }
+
+    pub async fn get(&self, path: &str) -> TestResponse {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> TestResponse {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> TestResponse {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> TestResponse {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// Sends raw bytes with the given content type (bad-input tests).
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<Body>,
+    ) -> TestResponse {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {ADMIN_KEY}"));
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        self.send(request.body(body.into()).unwrap()).await
+    }
+
+    /// Creates a meter and returns its ID.
+    pub async fn meter(&self, body: Value) -> String {
+        let response = self.post("/v1/meters", body).await;
+        response.assert_status(201)["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Creates a sum meter on `values.tokens` and returns its ID.
+    pub async fn tokens_meter(&self) -> String {
+        self.meter(
+            serde_json::json!({"name": "tokens", "aggregation": "sum", "field": "values.tokens"}),
+        )
+        .await
+    }
+}
+
+/// A real gateway process, on a free port.
+pub struct GatewayProcess {
+    pub address: SocketAddr,
+    child: Child,
+}
+
+impl GatewayProcess {
+    pub fn start(envs: &[(&str, &str)]) -> GatewayProcess {
+        let port = free_port();
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quotagate"));
+        command
+            .env_clear()
+            .env("QUOTAGATE_LISTEN", address.to_string())
+            .env("QUOTAGATE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("gateway binary");
+        let process = GatewayProcess { address, child };
+        process.wait_until_up();
+        process
+    }
+
+    fn wait_until_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.address).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("gateway on {} did not come up", self.address);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs one scenario function against the embedded store and against Redis.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::TestApp::memory().await).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::TestApp::redis().await).await
+                }
+            )*
+        }
+    };
+}

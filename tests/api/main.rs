@@ -1,0 +1,12 @@
+//! One integration-test binary: API scenarios on both stores, the storage contract suite,
+//! and multi-process tests on a real Redis.
+
+mod common;
+
+mod auth;
+mod bad_input;
+mod customers;
+mod limits;
+mod meters;
+mod replicas;
+mod store_contract;

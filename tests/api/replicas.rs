@@ -1,0 +1,140 @@
+//! Real gateway processes (real binaries, real sockets) sharing one real Redis.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{ADMIN_KEY, GatewayProcess, shared_redis, unique_prefix};
+
+fn start_pair() -> (GatewayProcess, GatewayProcess) {
+    let url = shared_redis().url();
+    let prefix = unique_prefix();
+    let envs = [
+        ("QUOTAGATE_REDIS_URL", url.as_str()),
+        ("QUOTAGATE_KEY_PREFIX", prefix.as_str()),
+        ("QUOTAGATE_ADMIN_KEY", ADMIN_KEY),
+    ];
+    (GatewayProcess::start(&envs), GatewayProcess::start(&envs))
+}
+
+async fn call(
+    client: &reqwest::Client,
+    key: &str,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client.request(method, url).bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `check` until it holds, returning how long that took; fails after `limit`.
+async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition not met within {limit:?}");
+}
+
+#[tokio::test]
+async fn replicas_see_each_others_config_within_a_second() {
+    let (a, b) = start_pair();
+    let client = reqwest::Client::new();
+    let (status, _) = call(
+        &client,
+        ADMIN_KEY,
+        reqwest::Method::POST,
+        a.url("/v1/customers"),
+        Some(json!({"id": "shared"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    // Reads go to storage, so B sees the customer at once.
+    let (status, body) = call(
+        &client,
+        ADMIN_KEY,
+        reqwest::Method::GET,
+        b.url("/v1/customers/shared"),
+        None,
+    )
+    .await;
+    assert_eq!((status, body["id"].as_str()), (200, Some("shared")));
+
+    // Keys live in each node's cache: B learns about a new key through the change log.
+    let (_, created) = call(
+        &client,
+        ADMIN_KEY,
+        reqwest::Method::POST,
+        a.url("/v1/api-keys"),
+        Some(json!({"name": "k", "scopes": ["read"]})),
+    )
+    .await;
+    let key = created["key"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    let learned = eventually(Duration::from_millis(1500), async || {
+        call(
+            &client,
+            &key,
+            reqwest::Method::GET,
+            b.url("/v1/meters"),
+            None,
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+    assert!(learned <= Duration::from_millis(1200), "took {learned:?}");
+
+    // Revocation on A reaches B well within 5 s.
+    let (status, _) = call(
+        &client,
+        ADMIN_KEY,
+        reqwest::Method::DELETE,
+        a.url(&format!("/v1/api-keys/{id}")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let revoked = eventually(Duration::from_secs(5), async || {
+        call(
+            &client,
+            &key,
+            reqwest::Method::GET,
+            b.url("/v1/meters"),
+            None,
+        )
+        .await
+        .0 == 401
+    })
+    .await;
+    assert!(revoked <= Duration::from_millis(1200), "took {revoked:?}");
+}
+
+#[tokio::test]
+async fn sigterm_exits_cleanly() {
+    let (mut a, _b) = start_pair();
+    let status = a.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn refuses_to_run_open_on_a_public_address() {
+    let output = Command::new(env!("CARGO_BIN_EXE_quotagate"))
+        .env_clear()
+        .env("QUOTAGATE_LISTEN", "0.0.0.0:0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("QUOTAGATE_ADMIN_KEY"), "{log}");
+}

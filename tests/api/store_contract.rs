@@ -1,0 +1,156 @@
+//! The storage contract: both stores must behave alike for the same calls.
+
+use std::sync::Arc;
+
+use quotagate::storage::memory::MemoryStore;
+use quotagate::storage::{ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind};
+
+use crate::common::{redis_store, shared_redis, unique_prefix};
+
+fn put(kind: Kind, id: &str, guard: Guard) -> ConfigOp {
+    ConfigOp::Put {
+        kind,
+        id: id.into(),
+        doc: format!("{{\"id\":\"{id}\"}}"),
+        guard,
+    }
+}
+
+async fn contract(store: Arc<dyn ConfigStore>) {
+    let start = store.change_cursor().await.unwrap();
+    assert_eq!(store.get(Kind::Meter, "m1").await.unwrap(), None);
+
+    // Guards are checked before anything is written.
+    let ops = [
+        put(Kind::Meter, "m1", Guard::Absent),
+        ConfigOp::Require {
+            kind: Kind::Customer,
+            id: "c1".into(),
+        },
+    ];
+    assert_eq!(
+        store.apply(&ops).await.unwrap(),
+        Err(GuardFailed { index: 1 })
+    );
+    assert_eq!(store.get(Kind::Meter, "m1").await.unwrap(), None);
+
+    let ops = [
+        put(Kind::Meter, "m1", Guard::Absent),
+        put(Kind::Meter, "m0", Guard::Always),
+        ConfigOp::PutIfAbsent {
+            kind: Kind::Customer,
+            id: "c1".into(),
+            doc: "{\"id\":\"c1\"}".into(),
+        },
+    ];
+    assert_eq!(store.apply(&ops).await.unwrap(), Ok(()));
+    assert_eq!(
+        store
+            .apply(&[put(Kind::Meter, "m1", Guard::Absent)])
+            .await
+            .unwrap(),
+        Err(GuardFailed { index: 0 })
+    );
+    assert_eq!(
+        store
+            .apply(&[put(Kind::Meter, "zz", Guard::Present)])
+            .await
+            .unwrap(),
+        Err(GuardFailed { index: 0 })
+    );
+    // PutIfAbsent never overwrites and never fails.
+    let keep = ConfigOp::PutIfAbsent {
+        kind: Kind::Customer,
+        id: "c1".into(),
+        doc: "{\"id\":\"other\"}".into(),
+    };
+    assert_eq!(store.apply(&[keep]).await.unwrap(), Ok(()));
+    assert_eq!(
+        store.get(Kind::Customer, "c1").await.unwrap().as_deref(),
+        Some("{\"id\":\"c1\"}")
+    );
+
+    // Pages are in ID order and resume strictly after the cursor.
+    for id in ["m3", "m2"] {
+        store
+            .apply(&[put(Kind::Meter, id, Guard::Always)])
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let ids = |page: Vec<(String, String)>| page.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.page(Kind::Meter, None, 2).await.unwrap()),
+        ["m0", "m1"]
+    );
+    assert_eq!(
+        ids(store.page(Kind::Meter, Some("m1"), 10).await.unwrap()),
+        ["m2", "m3"]
+    );
+    assert_eq!(
+        ids(store.page(Kind::Meter, Some("m3"), 10).await.unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(store.all(Kind::Meter).await.unwrap().len(), 4);
+    assert!(store.page(Kind::Limit, None, 10).await.unwrap().is_empty());
+
+    let deleted = [
+        ConfigOp::Delete {
+            kind: Kind::Meter,
+            id: "m2".into(),
+            guard: Guard::Present,
+        },
+        ConfigOp::Delete {
+            kind: Kind::Meter,
+            id: "never".into(),
+            guard: Guard::Always,
+        },
+    ];
+    assert_eq!(store.apply(&deleted).await.unwrap(), Ok(()));
+    let gone = [ConfigOp::Delete {
+        kind: Kind::Meter,
+        id: "m2".into(),
+        guard: Guard::Present,
+    }];
+    assert_eq!(
+        store.apply(&gone).await.unwrap(),
+        Err(GuardFailed { index: 0 })
+    );
+
+    // The change log holds every effective change in order, deletions without a document.
+    let (changes, cursor) = store.changes_after(&start, 100).await.unwrap();
+    let summary: Vec<(Kind, &str, bool)> = changes
+        .iter()
+        .map(|c| (c.kind, c.id.as_str(), c.doc.is_some()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Kind::Meter, "m1", true),
+            (Kind::Meter, "m0", true),
+            (Kind::Customer, "c1", true),
+            (Kind::Meter, "m3", true),
+            (Kind::Meter, "m2", true),
+            (Kind::Meter, "m2", false),
+        ]
+    );
+    assert_eq!(
+        store.changes_after(&cursor, 100).await.unwrap().0,
+        Vec::<ConfigChange>::new()
+    );
+    assert_eq!(store.change_cursor().await.unwrap(), cursor);
+    let (first_two, middle) = store.changes_after(&start, 2).await.unwrap();
+    assert_eq!(first_two.len(), 2);
+    assert_eq!(store.changes_after(&middle, 100).await.unwrap().0.len(), 4);
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_store_keeps_the_contract() {
+    contract(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn redis_store_keeps_the_contract() {
+    contract(redis_store(&shared_redis().url(), &unique_prefix()).await).await;
+}
