@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::domain::apikey::hash_key;
 use crate::http::build_router;
 use crate::service::{Gateway, Settings};
-use crate::storage::ConfigStore;
+use crate::storage::Store;
 use crate::storage::keys::Keys;
 use crate::storage::memory::MemoryStore;
 use crate::storage::redis::{RedisConnection, RedisStore};
@@ -15,7 +15,7 @@ use crate::storage::redis::{RedisConnection, RedisStore};
 /// How long startup waits for Redis before giving up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
-pub async fn open_store(config: &Config) -> Result<Arc<dyn ConfigStore>, String> {
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
     let Some(url) = &config.redis_url else {
         return Ok(Arc::new(MemoryStore::new()));
     };
@@ -27,6 +27,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn ConfigStore>, String>
                     conn,
                     Keys::new(&config.key_prefix),
                     url,
+                    config.storage_timeout(),
                 )));
             }
             Err(error) if started.elapsed() < CONNECT_PATIENCE => {

@@ -3,9 +3,11 @@
 
 pub mod apikey;
 pub mod customer;
+pub mod event;
 pub mod field;
 pub mod ids;
 pub mod limit;
 pub mod meter;
 pub mod period;
 pub mod time;
+pub mod usage;

@@ -67,3 +67,63 @@ pub async fn delete(
         deleted_limits,
     }))
 }
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryBody {
+    meter_id: String,
+    meter_name: String,
+    aggregation: crate::domain::meter::Aggregation,
+    customer_id: Option<crate::domain::ids::CustomerId>,
+    start_date: Option<String>,
+    end_date: Option<String>,
+    #[serde(serialize_with = "optional_number")]
+    value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    series: Option<Vec<SeriesPoint>>,
+}
+
+#[derive(Serialize)]
+pub struct SeriesPoint {
+    start: String,
+    #[serde(serialize_with = "optional_number")]
+    value: Option<f64>,
+}
+
+fn optional_number<S: serde::Serializer>(
+    value: &Option<f64>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => crate::domain::field::serialize_number(*v, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+pub async fn query(
+    _: Authorized<Read>,
+    State(gateway): State<AppState>,
+    PathId(id): PathId,
+    JsonBody(query): JsonBody<crate::service::usage::MeterQuery>,
+) -> Result<Json<QueryBody>, ApiError> {
+    use crate::domain::time::rfc3339;
+    let result = gateway.query_meter(&id, query).await?;
+    Ok(Json(QueryBody {
+        meter_id: result.meter_id,
+        meter_name: result.meter_name,
+        aggregation: result.aggregation,
+        customer_id: result.customer_id,
+        start_date: result.start_date.map(rfc3339),
+        end_date: result.end_date.map(rfc3339),
+        value: result.value,
+        series: result.series.map(|points| {
+            points
+                .into_iter()
+                .map(|(start, value)| SeriesPoint {
+                    start: rfc3339(start),
+                    value,
+                })
+                .collect()
+        }),
+    }))
+}

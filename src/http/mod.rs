@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod auth;
 pub mod customers;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod limits;
@@ -44,7 +45,12 @@ pub fn build_router(gateway: AppState, max_body_bytes: usize) -> Router {
             "/v1/meters/{id}",
             get(meters::get).put(meters::update).delete(meters::delete),
         )
+        .route("/v1/meters/{id}/query", post(meters::query))
         .route("/v1/limits", post(limits::create).get(limits::list))
+        .route("/v1/limits/check", post(limits::check))
+        .route("/v1/events/record", post(events::record))
+        .route("/v1/events/batch", post(events::batch))
+        .route("/v1/events", get(events::list))
         .route(
             "/v1/limits/{id}",
             get(limits::get).put(limits::update).delete(limits::delete),

@@ -5,6 +5,7 @@
 //! [`FULL_RELOAD_INTERVAL`] as the safety net (and whenever the log could not be read).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -14,8 +15,10 @@ use super::Gateway;
 use super::error::{ServiceResult, corrupt};
 use crate::domain::apikey::{ApiKey, parse_hex_digest};
 use crate::domain::customer::Customer;
+use crate::domain::ids::CustomerId;
 use crate::domain::limit::Limit;
 use crate::domain::meter::Meter;
+use crate::domain::usage::{ResolvedLimit, governing};
 use crate::storage::{ConfigChange, ConfigOp, ConfigStore, Kind};
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -26,6 +29,57 @@ const CHANGES_PER_POLL: usize = 1000;
 pub struct ConfigCache {
     state: RwLock<CacheState>,
     cursor: RwLock<String>,
+    /// Limits resolved against their meters, rebuilt on first use after a limit or meter
+    /// changed (customer changes, the frequent kind, leave it alone).
+    limit_index: RwLock<Option<(u64, Arc<LimitIndex>)>>,
+    /// Bumped on every limit or meter change; an index built from an older generation is
+    /// never stored.
+    limit_generation: AtomicU64,
+}
+
+/// What the hot path needs to plan an event: meters, and limits by customer.
+#[derive(Debug, Default)]
+pub struct LimitIndex {
+    pub meters: Vec<Arc<Meter>>,
+    pub defaults: Vec<ResolvedLimit>,
+    pub by_customer: HashMap<CustomerId, Vec<ResolvedLimit>>,
+}
+
+impl LimitIndex {
+    fn build(state: &CacheState) -> LimitIndex {
+        let mut index = LimitIndex {
+            meters: state.meters.values().cloned().collect(),
+            ..LimitIndex::default()
+        };
+        index.meters.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut limits: Vec<&Arc<Limit>> = state.limits.values().collect();
+        limits.sort_by(|a, b| a.id.cmp(&b.id));
+        for limit in limits {
+            // A limit whose meter is gone (deleted on another node a moment ago) counts nothing.
+            let Some(meter) = state.meters.get(&limit.meter_id) else {
+                continue;
+            };
+            let resolved = ResolvedLimit::new(Arc::clone(limit), Arc::clone(meter));
+            match &limit.customer_id {
+                None => index.defaults.push(resolved),
+                Some(customer) => index
+                    .by_customer
+                    .entry(customer.clone())
+                    .or_default()
+                    .push(resolved),
+            }
+        }
+        index
+    }
+
+    /// The limits governing `customer`: its own plus the defaults it does not override.
+    pub fn governing(&self, customer: &CustomerId) -> Vec<ResolvedLimit> {
+        let own = self
+            .by_customer
+            .get(customer)
+            .map_or(&[][..], Vec::as_slice);
+        governing(own, &self.defaults)
+    }
 }
 
 #[derive(Default)]
@@ -99,6 +153,42 @@ impl ConfigCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn invalidate_limits(&self) {
+        self.limit_generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn limit_index(&self) -> Arc<LimitIndex> {
+        let generation = self.limit_generation.load(Ordering::SeqCst);
+        if let Some((built, index)) = self
+            .limit_index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            && *built == generation
+        {
+            return Arc::clone(index);
+        }
+        let index = Arc::new(LimitIndex::build(&self.read()));
+        let mut slot = self.limit_index.write().unwrap_or_else(|p| p.into_inner());
+        if self.limit_generation.load(Ordering::SeqCst) == generation {
+            *slot = Some((generation, Arc::clone(&index)));
+        }
+        index
+    }
+
+    pub fn customer(&self, id: &CustomerId) -> Option<Arc<Customer>> {
+        self.read().customers.get(id.as_str()).cloned()
+    }
+
+    /// Adds a customer this node learned about outside the change log (read from storage on
+    /// a cache miss, or just created implicitly), unless a newer copy arrived meanwhile.
+    pub fn remember_customer(&self, customer: Customer) {
+        self.write()
+            .customers
+            .entry(customer.id.to_string())
+            .or_insert_with(|| Arc::new(customer));
+    }
+
     /// Replaces the whole cache from storage. The cursor is taken first, so changes made
     /// during the load are replayed afterwards (replaying a change is harmless).
     pub async fn reload(&self, store: &dyn ConfigStore) -> ServiceResult<()> {
@@ -113,6 +203,7 @@ impl ConfigCache {
             }
         }
         *self.write() = fresh;
+        self.invalidate_limits();
         *self.cursor.write().unwrap_or_else(|p| p.into_inner()) = cursor;
         Ok(())
     }
@@ -129,12 +220,26 @@ impl ConfigCache {
                 ConfigOp::PutIfAbsent { .. } | ConfigOp::Require { .. } => {}
             }
         }
+        drop(state);
+        if ops
+            .iter()
+            .any(|op| matches!(op.kind(), Kind::Limit | Kind::Meter))
+        {
+            self.invalidate_limits();
+        }
     }
 
     fn apply_changes(&self, changes: &[ConfigChange]) {
         let mut state = self.write();
         for change in changes {
             state.set(change.kind, &change.id, change.doc.as_deref());
+        }
+        drop(state);
+        if changes
+            .iter()
+            .any(|c| matches!(c.kind, Kind::Limit | Kind::Meter))
+        {
+            self.invalidate_limits();
         }
     }
 

@@ -6,12 +6,13 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod page;
+pub mod usage;
 
 use std::sync::Arc;
 
 use chrono_tz::Tz;
 
-use crate::storage::ConfigStore;
+use crate::storage::Store;
 
 pub use error::{Resource, ServiceError, ServiceResult};
 
@@ -25,7 +26,7 @@ pub struct Settings {
 
 /// Everything a request handler needs: storage, the config cache, the clock and settings.
 pub struct Gateway {
-    pub(crate) store: Arc<dyn ConfigStore>,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) cache: cache::ConfigCache,
     pub(crate) clock: clock::Clock,
     pub(crate) settings: Settings,
@@ -34,10 +35,7 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the gateway and loads the config cache once. Call [`Gateway::spawn_background`]
     /// to keep the cache in step with other nodes.
-    pub async fn start(
-        store: Arc<dyn ConfigStore>,
-        settings: Settings,
-    ) -> ServiceResult<Arc<Gateway>> {
+    pub async fn start(store: Arc<dyn Store>, settings: Settings) -> ServiceResult<Arc<Gateway>> {
         let gateway = Arc::new(Gateway {
             store,
             cache: cache::ConfigCache::default(),

@@ -5,6 +5,8 @@
 //! small, read through each node's cache, and changed atomically across kinds.
 
 use super::Kind;
+use crate::domain::ids::CustomerId;
+use crate::domain::usage::CounterId;
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -36,11 +38,98 @@ impl Keys {
     pub fn config_changes(&self) -> String {
         format!("{}:{{cfg}}:changes", self.prefix)
     }
+
+    fn customer(&self, customer: &CustomerId) -> String {
+        format!("{}:{{c:{}}}", self.prefix, customer)
+    }
+
+    /// A usage counter of one window: `…:u:<meterId>:<filtersHash>:<period>:<windowStart|all>`.
+    /// The limit value is not in the key, so changing a limit keeps its usage.
+    pub fn counter(&self, customer: &CustomerId, counter: &CounterId) -> String {
+        let window = counter
+            .window_start
+            .map_or_else(|| "all".to_string(), |start| start.to_string());
+        format!(
+            "{}:u:{}:{}:{}:{}",
+            self.customer(customer),
+            counter.meter_id,
+            counter.filters_hash,
+            counter.period.as_str(),
+            window
+        )
+    }
+
+    /// Hourly roll-up hash of a meter (`None`: all time): dimension-set hash → aggregate.
+    pub fn rollup(&self, customer: &CustomerId, meter_id: &str, hour_start: Option<i64>) -> String {
+        let bucket = hour_start.map_or_else(|| "all".to_string(), |h| h.to_string());
+        format!("{}:h:{meter_id}:{bucket}", self.customer(customer))
+    }
+
+    /// Dimension-set hash → the dimensions themselves, for narrowing meter queries.
+    pub fn rollup_dimensions(&self, customer: &CustomerId, meter_id: &str) -> String {
+        format!("{}:dims:{meter_id}", self.customer(customer))
+    }
+
+    /// The customer's event log (sorted set ordered by time, then event ID).
+    pub fn event_log(&self, customer: &CustomerId) -> String {
+        format!("{}:events", self.customer(customer))
+    }
+
+    /// An idempotency record; the caller's key is hashed so any key fits.
+    pub fn idempotency(&self, customer: &CustomerId, key: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = crate::domain::apikey::hex(&Sha256::digest(key.as_bytes())[..16]);
+        format!("{}:idem:{digest}", self.customer(customer))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::period::Period;
+
+    #[test]
+    fn customer_keys_share_the_customer_hash_tag() {
+        let keys = Keys::new("qg");
+        let customer = CustomerId::parse("id", "cust_1").unwrap();
+        let counter = CounterId {
+            meter_id: "mtr_1".into(),
+            filters_hash: "_".into(),
+            period: Period::Day,
+            window_start: Some(1_763_683_200),
+        };
+        assert_eq!(
+            keys.counter(&customer, &counter),
+            "qg:{c:cust_1}:u:mtr_1:_:day:1763683200"
+        );
+        let all_time = CounterId {
+            period: Period::AllTime,
+            window_start: None,
+            ..counter
+        };
+        assert_eq!(
+            keys.counter(&customer, &all_time),
+            "qg:{c:cust_1}:u:mtr_1:_:all_time:all"
+        );
+        assert_eq!(
+            keys.rollup(&customer, "mtr_1", Some(3600)),
+            "qg:{c:cust_1}:h:mtr_1:3600"
+        );
+        assert_eq!(
+            keys.rollup(&customer, "mtr_1", None),
+            "qg:{c:cust_1}:h:mtr_1:all"
+        );
+        assert_eq!(
+            keys.rollup_dimensions(&customer, "mtr_1"),
+            "qg:{c:cust_1}:dims:mtr_1"
+        );
+        assert_eq!(keys.event_log(&customer), "qg:{c:cust_1}:events");
+        let idem = keys.idempotency(&customer, "retry-1");
+        assert!(
+            idem.starts_with("qg:{c:cust_1}:idem:")
+                && idem.len() == "qg:{c:cust_1}:idem:".len() + 32
+        );
+    }
 
     #[test]
     fn config_keys_share_one_slot_tag() {

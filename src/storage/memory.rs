@@ -5,14 +5,36 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use super::keys::Keys;
+use super::usage::{
+    EventLogQuery, EventOps, KeyOp, OpKind, RecordOutcome, Retention, Rollups, UsageStore,
+    decode_rollup, event_ops, parse_counter,
+};
 use super::{ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreResult};
+use crate::domain::event::Event;
+use crate::domain::ids::CustomerId;
+use crate::domain::usage::CounterId;
+use crate::domain::usage::EventPlan;
 
 /// How many changes the log keeps; a node further behind does a full reload.
 const CHANGE_LOG_LEN: usize = 10_000;
 
-#[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    usage: Mutex<MemoryUsage>,
+    keys: Keys,
+    retention: Retention,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            state: Mutex::default(),
+            usage: Mutex::default(),
+            keys: Keys::new("mem"),
+            retention: Retention::default(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -194,4 +216,321 @@ impl ConfigStore for MemoryStore {
     fn describe(&self) -> String {
         "embedded in-memory store".to_string()
     }
+}
+
+// --- usage -------------------------------------------------------------------------------
+
+/// The embedded store's usage data: the same keys and operations as Redis, interpreted in
+/// process (see `lua/record.lua` for the reference semantics).
+#[derive(Default)]
+pub struct MemoryUsage {
+    entries: HashMap<String, Entry>,
+}
+
+struct Entry {
+    value: Value,
+    expire_at_ms: Option<i64>,
+}
+
+enum Value {
+    Text(String),
+    Hash(HashMap<String, String>),
+    Log(std::collections::BTreeSet<String>),
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl MemoryUsage {
+    fn live(&mut self, key: &str, now: i64) -> Option<&mut Entry> {
+        let expired = self
+            .entries
+            .get(key)
+            .is_some_and(|e| e.expire_at_ms.is_some_and(|at| at <= now));
+        if expired {
+            self.entries.remove(key);
+        }
+        self.entries.get_mut(key)
+    }
+
+    fn text(&mut self, key: &str, now: i64) -> Option<String> {
+        match self.live(key, now).map(|e| &e.value) {
+            Some(Value::Text(text)) => Some(text.clone()),
+            _ => None,
+        }
+    }
+
+    fn hash(&mut self, key: &str, now: i64) -> &mut HashMap<String, String> {
+        if !matches!(self.live(key, now).map(|e| &e.value), Some(Value::Hash(_))) {
+            self.entries.insert(
+                key.to_string(),
+                Entry {
+                    value: Value::Hash(HashMap::new()),
+                    expire_at_ms: None,
+                },
+            );
+        }
+        match self.entries.get_mut(key).map(|e| &mut e.value) {
+            Some(Value::Hash(hash)) => hash,
+            _ => unreachable!("just inserted a hash"),
+        }
+    }
+
+    fn set_text(&mut self, key: &str, text: String) {
+        let expire_at_ms = self.entries.get(key).and_then(|e| e.expire_at_ms);
+        self.entries.insert(
+            key.to_string(),
+            Entry {
+                value: Value::Text(text),
+                expire_at_ms,
+            },
+        );
+    }
+
+    fn expire_if_unset(&mut self, key: &str, at_ms: i64) {
+        if let Some(entry) = self.entries.get_mut(key)
+            && entry.expire_at_ms.is_none()
+        {
+            entry.expire_at_ms = Some(at_ms);
+        }
+    }
+
+    fn apply_op(&mut self, op: &KeyOp, now: i64) -> (String, String) {
+        let value: f64 = op.value.parse().unwrap_or(0.0);
+        let (before, after) = match op.kind {
+            OpKind::Add => {
+                let before = self.text(&op.key, now);
+                let after = format!("{}", before.as_deref().map_or(0.0, parse_counter) + value);
+                self.set_text(&op.key, after.clone());
+                (before, after)
+            }
+            OpKind::Max => {
+                let before = self.text(&op.key, now);
+                let after = match &before {
+                    Some(old) if parse_counter(old) >= value => old.clone(),
+                    _ => op.value.clone(),
+                };
+                self.set_text(&op.key, after.clone());
+                (before, after)
+            }
+            OpKind::Latest => {
+                let before = self.text(&op.key, now);
+                let before_at = before
+                    .as_deref()
+                    .and_then(|b| b.split('@').nth(1))
+                    .and_then(|t| t.parse::<i64>().ok());
+                let after = match (&before, before_at) {
+                    (Some(old), Some(at)) if op.at_ms < at => old.clone(),
+                    _ => format!("{}@{}", op.value, op.at_ms),
+                };
+                self.set_text(&op.key, after.clone());
+                (before, after)
+            }
+            OpKind::HashAdd => {
+                let hash = self.hash(&op.key, now);
+                let before = hash.get(&op.field).cloned();
+                let after = format!("{}", before.as_deref().map_or(0.0, parse_counter) + value);
+                hash.insert(op.field.clone(), after.clone());
+                (before, after)
+            }
+            OpKind::HashMax => {
+                let hash = self.hash(&op.key, now);
+                let before = hash.get(&op.field).cloned();
+                let after = match &before {
+                    Some(old) if parse_counter(old) >= value => old.clone(),
+                    _ => op.value.clone(),
+                };
+                hash.insert(op.field.clone(), after.clone());
+                (before, after)
+            }
+            OpKind::HashLatest => {
+                let hash = self.hash(&op.key, now);
+                let before = hash.get(&op.field).cloned();
+                let at_field = format!("{}@", op.field);
+                let before_at = hash.get(&at_field).and_then(|t| t.parse::<i64>().ok());
+                let after = match (&before, before_at) {
+                    (Some(old), Some(at)) if op.at_ms < at => old.clone(),
+                    _ => {
+                        hash.insert(at_field, op.at_ms.to_string());
+                        op.value.clone()
+                    }
+                };
+                hash.insert(op.field.clone(), after.clone());
+                (before, after)
+            }
+            OpKind::HashSetIfAbsent => {
+                let hash = self.hash(&op.key, now);
+                hash.entry(op.field.clone())
+                    .or_insert_with(|| op.value.clone());
+                (None, op.value.clone())
+            }
+        };
+        if op.expire_at_ms != 0 {
+            self.expire_if_unset(&op.key, op.expire_at_ms);
+        }
+        (before.unwrap_or_default(), after)
+    }
+
+    fn record(&mut self, event: &EventOps, now: i64) -> RecordOutcome {
+        if let Some(key) = &event.dedupe_key {
+            if let Some(first) = self.text(key, now) {
+                return RecordOutcome::Duplicate { event_id: first };
+            }
+            self.entries.insert(
+                key.clone(),
+                Entry {
+                    value: Value::Text(event.event_id.clone()),
+                    expire_at_ms: Some(now + event.dedupe_ttl_ms),
+                },
+            );
+        }
+        let mut counters = Vec::with_capacity(event.counters);
+        for (index, op) in event.ops.iter().enumerate() {
+            let (before, after) = self.apply_op(op, now);
+            if index < event.counters {
+                counters.push((parse_counter(&before), parse_counter(&after)));
+            }
+        }
+        if !matches!(
+            self.live(&event.log_key, now).map(|e| &e.value),
+            Some(Value::Log(_))
+        ) {
+            self.entries.insert(
+                event.log_key.clone(),
+                Entry {
+                    value: Value::Log(Default::default()),
+                    expire_at_ms: None,
+                },
+            );
+        }
+        if let Some(entry) = self.entries.get_mut(&event.log_key) {
+            entry.expire_at_ms = Some(now + event.log_ttl_ms);
+            if let Value::Log(log) = &mut entry.value {
+                log.insert(event.log_member.clone());
+                let bound = event.log_trim_below.trim_start_matches('(').to_string();
+                *log = log.split_off(&bound);
+            }
+        }
+        RecordOutcome::Recorded { counters }
+    }
+}
+
+impl MemoryStore {
+    fn usage(&self) -> std::sync::MutexGuard<'_, MemoryUsage> {
+        self.usage
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl UsageStore for MemoryStore {
+    async fn record(&self, events: &[(&Event, &EventPlan)]) -> StoreResult<Vec<RecordOutcome>> {
+        let now = now_ms();
+        let ops: Vec<EventOps> = events
+            .iter()
+            .map(|(event, plan)| event_ops(&self.keys, &self.retention, event, plan, now))
+            .collect();
+        let mut usage = self.usage();
+        Ok(ops.iter().map(|event| usage.record(event, now)).collect())
+    }
+
+    async fn read_counters(
+        &self,
+        customer: &CustomerId,
+        counters: &[CounterId],
+    ) -> StoreResult<Vec<f64>> {
+        let now = now_ms();
+        let mut usage = self.usage();
+        Ok(counters
+            .iter()
+            .map(|counter| {
+                usage
+                    .text(&self.keys.counter(customer, counter), now)
+                    .as_deref()
+                    .map_or(0.0, parse_counter)
+            })
+            .collect())
+    }
+
+    async fn read_rollups(
+        &self,
+        customer: &CustomerId,
+        meter_id: &str,
+        hours: Option<(i64, i64)>,
+    ) -> StoreResult<Rollups> {
+        let now = now_ms();
+        let mut usage = self.usage();
+        let mut read = |key: String| -> HashMap<String, String> {
+            match usage.live(&key, now).map(|e| &e.value) {
+                Some(Value::Hash(hash)) => hash.clone(),
+                _ => HashMap::new(),
+            }
+        };
+        let buckets = match hours {
+            None => vec![(
+                None,
+                decode_rollup(read(self.keys.rollup(customer, meter_id, None))),
+            )],
+            Some((from, to)) => (from..to)
+                .step_by(3600)
+                .map(|hour| {
+                    (
+                        Some(hour),
+                        decode_rollup(read(self.keys.rollup(customer, meter_id, Some(hour)))),
+                    )
+                })
+                .collect(),
+        };
+        let dimensions = read(self.keys.rollup_dimensions(customer, meter_id))
+            .into_iter()
+            .filter_map(|(hash, json)| serde_json::from_str(&json).ok().map(|dims| (hash, dims)))
+            .collect();
+        Ok(Rollups {
+            dimensions,
+            buckets,
+        })
+    }
+
+    async fn list_events(
+        &self,
+        customer: &CustomerId,
+        query: &EventLogQuery,
+    ) -> StoreResult<Vec<String>> {
+        let now = now_ms();
+        let mut usage = self.usage();
+        let Some(Value::Log(log)) = usage
+            .live(&self.keys.event_log(customer), now)
+            .map(|e| &e.value)
+        else {
+            return Ok(Vec::new());
+        };
+        let (low, high) = log_bounds(query);
+        Ok(log
+            .range::<str, _>((
+                std::ops::Bound::Included(low.as_str()),
+                std::ops::Bound::Excluded(high.as_str()),
+            ))
+            .rev()
+            .take(query.limit)
+            .cloned()
+            .collect())
+    }
+}
+
+/// Lexical bounds `[low, high)` of a log query over members `<ts13>:<id>:<json>`.
+pub fn log_bounds(query: &EventLogQuery) -> (String, String) {
+    let low = format!("{:013}", query.from_ms.unwrap_or(0).max(0));
+    // `;` sorts right after `:`, so "<ts>;" is above every member of millisecond `ts`.
+    let mut high = match query.to_ms {
+        Some(to) => format!("{:013}", to.max(0)),
+        None => "9999999999999;".to_string(),
+    };
+    if let Some(before) = &query.before
+        && before.as_str() < high.as_str()
+    {
+        high = before.clone();
+    }
+    (low, high)
 }

@@ -5,6 +5,7 @@
 pub mod keys;
 pub mod memory;
 pub mod redis;
+pub mod usage;
 
 use async_trait::async_trait;
 
@@ -143,3 +144,8 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// Which store this is, for the ready log line.
     fn describe(&self) -> String;
 }
+
+/// Everything the service needs from storage.
+pub trait Store: ConfigStore + usage::UsageStore {}
+
+impl<T: ConfigStore + usage::UsageStore> Store for T {}

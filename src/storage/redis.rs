@@ -11,9 +11,18 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 
 use super::keys::Keys;
+use super::memory::log_bounds;
+use super::usage::{
+    EventLogQuery, EventOps, RecordOutcome, Retention, Rollups, UsageStore, decode_rollup,
+    event_ops, parse_counter,
+};
 use super::{
     ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreError, StoreResult,
 };
+use crate::domain::event::Event;
+use crate::domain::ids::CustomerId;
+use crate::domain::usage::CounterId;
+use crate::domain::usage::EventPlan;
 
 /// How many changes the config log keeps (approximately); a node further behind reloads.
 const CHANGE_LOG_LEN: usize = 100_000;
@@ -116,17 +125,87 @@ pub struct RedisStore {
     conn: RedisConnection,
     keys: Keys,
     url: String,
+    /// Deadline of calls on the decision path (`QUOTAGATE_STORAGE_TIMEOUT_MS`).
+    timeout: Duration,
+    retention: Retention,
     config_apply: Script,
+    record: Script,
 }
 
 impl RedisStore {
-    pub fn new(conn: RedisConnection, keys: Keys, url: &str) -> RedisStore {
+    pub fn new(conn: RedisConnection, keys: Keys, url: &str, timeout: Duration) -> RedisStore {
         RedisStore {
             conn,
             keys,
             url: url.to_string(),
+            timeout,
+            retention: Retention::default(),
             config_apply: Script::new(include_str!("../../lua/config_apply.lua")),
+            record: Script::new(include_str!("../../lua/record.lua")),
         }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn retention(&self) -> &Retention {
+        &self.retention
+    }
+
+    /// Deadline for a batch of `n` calls: the decision deadline for one, more for many.
+    fn deadline_for(&self, calls: usize) -> Duration {
+        if calls <= 1 {
+            self.timeout
+        } else {
+            self.timeout.max(CONFIG_DEADLINE)
+        }
+    }
+
+    /// Runs many `EVALSHA` of one script in one round trip. Calls answered `NOSCRIPT` (Redis
+    /// restarted and lost its scripts) did not run: the script is loaded and only those are
+    /// sent again, so nothing runs twice.
+    async fn eval_many(
+        &self,
+        script: &Script,
+        calls: &[Cmd],
+        deadline: Duration,
+    ) -> StoreResult<Vec<Value>> {
+        let mut conn = self.conn();
+        let mut results: Vec<Option<Value>> = vec![None; calls.len()];
+        let mut pending: Vec<usize> = (0..calls.len()).collect();
+        for attempt in 0..2 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &index in &pending {
+                pipe.add_command(calls[index].clone());
+            }
+            let answers: Vec<Value> = with_deadline(deadline, pipe.query_async(&mut conn)).await?;
+            let mut missing = Vec::new();
+            for (&index, answer) in pending.iter().zip(answers) {
+                match answer {
+                    Value::ServerError(error) if error.code() == "NOSCRIPT" => missing.push(index),
+                    Value::ServerError(error) => {
+                        return Err(StoreError::Internal(format!("script error: {error:?}")));
+                    }
+                    value => results[index] = Some(value),
+                }
+            }
+            if missing.is_empty() {
+                break;
+            }
+            if attempt == 1 {
+                return Err(StoreError::Unavailable(
+                    "scripts could not be loaded".into(),
+                ));
+            }
+            let _: String = with_deadline(deadline, script.load_async(&mut conn)).await?;
+            pending = missing;
+        }
+        Ok(results
+            .into_iter()
+            .map(|v| v.unwrap_or(Value::Nil))
+            .collect())
     }
 
     fn conn(&self) -> RedisConnection {
@@ -326,6 +405,197 @@ impl ConfigStore for RedisStore {
             redact(&self.url),
             self.keys.prefix()
         )
+    }
+}
+
+fn evalsha(script: &Script, keys: &[&str], args: &[&str]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash())
+        .arg(keys.len())
+        .arg(keys)
+        .arg(args);
+    cmd
+}
+
+fn record_call(script: &Script, event: &EventOps) -> Cmd {
+    let mut keys: Vec<&str> = Vec::with_capacity(2 + event.ops.len());
+    keys.push(event.dedupe_key.as_deref().unwrap_or(&event.log_key));
+    keys.push(&event.log_key);
+    let dedupe_ttl = if event.dedupe_key.is_some() {
+        event.dedupe_ttl_ms.to_string()
+    } else {
+        "0".to_string()
+    };
+    let log_ttl = event.log_ttl_ms.to_string();
+    let mut numbers: Vec<(String, String)> = Vec::with_capacity(event.ops.len());
+    for op in &event.ops {
+        keys.push(&op.key);
+        numbers.push((op.at_ms.to_string(), op.expire_at_ms.to_string()));
+    }
+    let mut args: Vec<&str> = vec![
+        &dedupe_ttl,
+        &event.event_id,
+        &event.log_member,
+        &event.log_trim_below,
+        &log_ttl,
+    ];
+    for (op, (at, expire)) in event.ops.iter().zip(&numbers) {
+        args.extend([
+            op.kind.code(),
+            op.field.as_str(),
+            op.value.as_str(),
+            at.as_str(),
+            expire.as_str(),
+        ]);
+    }
+    evalsha(script, &keys, &args)
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        Value::Double(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn decode_outcome(value: Value, counters: usize) -> StoreResult<RecordOutcome> {
+    let bad = || StoreError::Internal("unexpected record script answer".into());
+    let Value::Array(items) = value else {
+        return Err(bad());
+    };
+    match items.first() {
+        Some(Value::Int(1)) => Ok(RecordOutcome::Duplicate {
+            event_id: items.get(1).and_then(text).ok_or_else(bad)?,
+        }),
+        Some(Value::Int(0)) => {
+            let values: Vec<String> = items[1..]
+                .iter()
+                .map(|v| text(v).unwrap_or_default())
+                .collect();
+            let counters = values
+                .chunks(2)
+                .take(counters)
+                .map(|pair| {
+                    (
+                        parse_counter(&pair[0]),
+                        parse_counter(pair.get(1).map_or("", String::as_str)),
+                    )
+                })
+                .collect();
+            Ok(RecordOutcome::Recorded { counters })
+        }
+        _ => Err(bad()),
+    }
+}
+
+#[async_trait]
+impl UsageStore for RedisStore {
+    async fn record(&self, events: &[(&Event, &EventPlan)]) -> StoreResult<Vec<RecordOutcome>> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let events: Vec<EventOps> = events
+            .iter()
+            .map(|(event, plan)| event_ops(&self.keys, &self.retention, event, plan, now))
+            .collect();
+        let calls: Vec<Cmd> = events
+            .iter()
+            .map(|event| record_call(&self.record, event))
+            .collect();
+        let answers = self
+            .eval_many(&self.record, &calls, self.deadline_for(calls.len()))
+            .await?;
+        answers
+            .into_iter()
+            .zip(events)
+            .map(|(answer, event)| decode_outcome(answer, event.counters))
+            .collect()
+    }
+
+    async fn read_counters(
+        &self,
+        customer: &CustomerId,
+        counters: &[CounterId],
+    ) -> StoreResult<Vec<f64>> {
+        if counters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = counters
+            .iter()
+            .map(|c| self.keys.counter(customer, c))
+            .collect();
+        let mut conn = self.conn();
+        let values: Vec<Option<String>> = with_deadline(
+            self.timeout,
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn),
+        )
+        .await?;
+        Ok(values
+            .iter()
+            .map(|v| v.as_deref().map_or(0.0, parse_counter))
+            .collect())
+    }
+
+    async fn read_rollups(
+        &self,
+        customer: &CustomerId,
+        meter_id: &str,
+        hours: Option<(i64, i64)>,
+    ) -> StoreResult<Rollups> {
+        let buckets: Vec<Option<i64>> = match hours {
+            None => vec![None],
+            Some((from, to)) => (from..to).step_by(3600).map(Some).collect(),
+        };
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL")
+            .arg(self.keys.rollup_dimensions(customer, meter_id));
+        for bucket in &buckets {
+            pipe.cmd("HGETALL")
+                .arg(self.keys.rollup(customer, meter_id, *bucket));
+        }
+        let mut hashes: Vec<std::collections::HashMap<String, String>> =
+            with_deadline(CONFIG_DEADLINE, pipe.query_async(&mut conn)).await?;
+        let rest = hashes.split_off(1);
+        let dimensions = hashes
+            .pop()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(hash, json)| serde_json::from_str(&json).ok().map(|dims| (hash, dims)))
+            .collect();
+        let buckets = buckets
+            .into_iter()
+            .zip(rest)
+            .map(|(bucket, fields)| (bucket, decode_rollup(fields)))
+            .collect();
+        Ok(Rollups {
+            dimensions,
+            buckets,
+        })
+    }
+
+    async fn list_events(
+        &self,
+        customer: &CustomerId,
+        query: &EventLogQuery,
+    ) -> StoreResult<Vec<String>> {
+        let (low, high) = log_bounds(query);
+        let mut conn = self.conn();
+        with_deadline(
+            CONFIG_DEADLINE,
+            redis::cmd("ZRANGE")
+                .arg(self.keys.event_log(customer))
+                .arg(format!("({high}"))
+                .arg(format!("[{low}"))
+                .arg("BYLEX")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(query.limit)
+                .query_async(&mut conn),
+        )
+        .await
     }
 }
 

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use quotagate::domain::apikey::hash_key;
 use quotagate::service::{Gateway, Settings};
-use quotagate::storage::ConfigStore;
+use quotagate::storage::Store;
 use quotagate::storage::keys::Keys;
 use quotagate::storage::memory::MemoryStore;
 use quotagate::storage::redis::{RedisConnection, RedisStore};
@@ -110,11 +110,16 @@ pub fn unique_prefix() -> String {
     format!("t{}", ulid::Ulid::new())
 }
 
-pub async fn redis_store(url: &str, prefix: &str) -> Arc<dyn ConfigStore> {
+pub async fn redis_store(url: &str, prefix: &str) -> Arc<dyn Store> {
     let conn = RedisConnection::connect(url, Duration::from_secs(2))
         .await
         .unwrap();
-    Arc::new(RedisStore::new(conn, Keys::new(prefix), url))
+    Arc::new(RedisStore::new(
+        conn,
+        Keys::new(prefix),
+        url,
+        Duration::from_millis(500),
+    ))
 }
 
 pub fn settings() -> Settings {
@@ -191,7 +196,7 @@ impl TestApp {
         Self::on(store, settings()).await
     }
 
-    pub async fn on(store: Arc<dyn ConfigStore>, settings: Settings) -> TestApp {
+    pub async fn on(store: Arc<dyn Store>, settings: Settings) -> TestApp {
         let gateway = Gateway::start(store, settings).await.unwrap();
         gateway.spawn_background();
         TestApp {

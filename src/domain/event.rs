@@ -1,0 +1,192 @@
+//! Usage events: what callers record, validated once at the edge.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::field::{
+    Dimensions, FieldError, MAX_METADATA_BYTES, Quantity, bounded_str, is_map_key,
+    validate_dimensions,
+};
+use super::ids::CustomerId;
+use super::time::{parse_rfc3339, serde_rfc3339};
+
+pub const MAX_VALUES: usize = 32;
+/// How far in the future a timestamp may be (clock skew between callers and the gateway).
+pub const MAX_FUTURE_SKEW: TimeDelta = TimeDelta::minutes(5);
+
+/// `POST /v1/events/record` body (also the body of consume, and each item of a batch).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewEvent {
+    pub customer_id: CustomerId,
+    pub event_type: String,
+    pub values: Option<BTreeMap<String, Quantity>>,
+    pub dimensions: Option<Dimensions>,
+    pub properties: Option<Map<String, Value>>,
+    pub timestamp: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// A validated event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub id: String,
+    pub customer_id: CustomerId,
+    pub event_type: String,
+    pub values: BTreeMap<String, Quantity>,
+    pub dimensions: Dimensions,
+    pub properties: Map<String, Value>,
+    #[serde(with = "serde_rfc3339")]
+    pub timestamp: DateTime<Utc>,
+    #[serde(with = "serde_rfc3339")]
+    pub received_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub idempotency_key: Option<String>,
+}
+
+impl Event {
+    /// Validates `input` received at `now`. `header_key` is the `Idempotency-Key` header,
+    /// the same key as the body's `idempotencyKey` (the body wins if both are given).
+    pub fn validate(
+        id: String,
+        input: NewEvent,
+        header_key: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Event, FieldError> {
+        bounded_str("eventType", &input.event_type, 1, 128)?;
+        let values = input.values.unwrap_or_default();
+        if values.len() > MAX_VALUES {
+            return Err(FieldError::invalid(
+                "values",
+                format!("must have at most {MAX_VALUES} entries"),
+            ));
+        }
+        if let Some(key) = values.keys().find(|key| !is_map_key(key)) {
+            return Err(FieldError::invalid(
+                format!("values.{key}"),
+                "key must match [A-Za-z0-9_]{1,64}",
+            ));
+        }
+        let dimensions = input.dimensions.unwrap_or_default();
+        validate_dimensions("dimensions", &dimensions)?;
+        let properties = input.properties.unwrap_or_default();
+        let size = serde_json::to_string(&properties).map_or(usize::MAX, |s| s.len());
+        if size > MAX_METADATA_BYTES {
+            return Err(FieldError::invalid(
+                "properties",
+                "must be at most 16 KiB serialized",
+            ));
+        }
+        let timestamp = match &input.timestamp {
+            None => now,
+            Some(raw) => parse_rfc3339(raw)
+                .ok_or_else(|| FieldError::invalid("timestamp", "must be an RFC 3339 date-time"))?,
+        };
+        if timestamp > now + MAX_FUTURE_SKEW {
+            return Err(FieldError::invalid(
+                "timestamp",
+                "must not be more than 5 minutes in the future",
+            ));
+        }
+        let idempotency_key = input
+            .idempotency_key
+            .or_else(|| header_key.map(str::to_string));
+        if let Some(key) = &idempotency_key {
+            bounded_str("idempotencyKey", key, 1, 256)?;
+        }
+        Ok(Event {
+            id,
+            customer_id: input.customer_id,
+            event_type: input.event_type,
+            values,
+            dimensions,
+            properties,
+            timestamp,
+            received_at: now,
+            idempotency_key,
+        })
+    }
+
+    /// Whether the event carries every one of `filters` with the same value.
+    pub fn carries(&self, filters: &Dimensions) -> bool {
+        filters
+            .iter()
+            .all(|(key, value)| self.dimensions.get(key) == Some(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap()
+    }
+
+    fn input() -> NewEvent {
+        serde_json::from_value(serde_json::json!({
+            "customerId": "c1", "eventType": "llm.call", "values": {"tokens": 12},
+            "dimensions": {"model": "gpt-4"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_and_header_idempotency_key() {
+        let event = Event::validate("evt_1".into(), input(), Some("k1"), now()).unwrap();
+        assert_eq!(event.timestamp, now());
+        assert_eq!(event.idempotency_key.as_deref(), Some("k1"));
+        assert_eq!(event.values["tokens"].get(), 12.0);
+    }
+
+    #[test]
+    fn future_timestamps_are_refused_past_five_minutes() {
+        let mut event = input();
+        event.timestamp = Some("2026-11-21T12:05:00Z".into());
+        assert!(Event::validate("e".into(), event.clone(), None, now()).is_ok());
+        event.timestamp = Some("2026-11-21T12:05:01Z".into());
+        let error = Event::validate("e".into(), event, None, now()).unwrap_err();
+        assert_eq!(error.field(), "timestamp");
+    }
+
+    #[test]
+    fn bounds_name_their_field() {
+        let mut event = input();
+        event.event_type = String::new();
+        assert_eq!(
+            Event::validate("e".into(), event, None, now())
+                .unwrap_err()
+                .field(),
+            "eventType"
+        );
+        let mut event = input();
+        event.values = Some((0..33).map(|i| (format!("v{i}"), Quantity::ZERO)).collect());
+        assert_eq!(
+            Event::validate("e".into(), event, None, now())
+                .unwrap_err()
+                .field(),
+            "values"
+        );
+        let mut event = input();
+        event.values = Some(BTreeMap::from([("a.b".to_string(), Quantity::ZERO)]));
+        assert_eq!(
+            Event::validate("e".into(), event, None, now())
+                .unwrap_err()
+                .field(),
+            "values.a.b"
+        );
+        let mut event = input();
+        event.idempotency_key = Some(String::new());
+        assert_eq!(
+            Event::validate("e".into(), event, None, now())
+                .unwrap_err()
+                .field(),
+            "idempotencyKey"
+        );
+    }
+}

@@ -1,0 +1,583 @@
+//! The hot path: record, batch, check; and the reads behind meter queries and the event list.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Deserialize;
+
+use super::Gateway;
+use super::error::{ServiceError, ServiceResult, corrupt};
+use super::page::{Page, encode_cursor};
+use crate::domain::customer::Customer;
+use crate::domain::event::{Event, NewEvent};
+use crate::domain::field::{Dimensions, FieldError, validate_dimensions};
+use crate::domain::ids::{CustomerId, IdKind};
+use crate::domain::meter::Aggregation;
+use crate::domain::time::parse_rfc3339;
+use crate::domain::usage::{
+    CustomerCalendar, EventPlan, LimitState, ResolvedLimit, hour_of, plan_event,
+};
+use crate::storage::usage::{EventLogQuery, RecordOutcome, Retention};
+use crate::storage::{ConfigOp, Kind};
+
+pub const MAX_BATCH: usize = 1000;
+
+/// The answer to a record.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub event_id: String,
+    pub duplicate: bool,
+    pub limits: Vec<LimitState>,
+}
+
+/// `POST /v1/limits/check` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckRequest {
+    pub customer_id: CustomerId,
+    pub dimensions: Option<Dimensions>,
+    pub event_type: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    pub allowed: bool,
+    pub customer_id: CustomerId,
+    pub limits: Vec<LimitState>,
+}
+
+/// `POST /v1/meters/{id}/query` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeterQuery {
+    pub customer_id: Option<CustomerId>,
+    pub dimensions: Option<Dimensions>,
+    pub start_date: Option<String>,
+    pub end_date: Option<String>,
+    pub granularity: Option<Granularity>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    Hour,
+    Day,
+}
+
+#[derive(Debug, Clone)]
+pub struct MeterQueryResult {
+    pub meter_id: String,
+    pub meter_name: String,
+    pub aggregation: Aggregation,
+    pub customer_id: Option<CustomerId>,
+    pub start_date: Option<DateTime<Utc>>,
+    pub end_date: Option<DateTime<Utc>>,
+    pub value: Option<f64>,
+    pub series: Option<Vec<(DateTime<Utc>, Option<f64>)>>,
+}
+
+/// `GET /v1/events` filters.
+#[derive(Debug, Clone)]
+pub struct EventListQuery {
+    pub customer_id: CustomerId,
+    pub event_type: Option<String>,
+    pub start: Option<DateTime<Utc>>,
+    pub end: Option<DateTime<Utc>>,
+    pub limit: usize,
+    /// Position (`<ts13>:<id>`) after which (older) the page starts.
+    pub before: Option<String>,
+}
+
+/// Folds aggregates the way the meter's aggregation does.
+#[derive(Debug, Clone, Copy)]
+struct Accumulator {
+    aggregation: Aggregation,
+    value: Option<f64>,
+    at_ms: i64,
+}
+
+impl Accumulator {
+    fn new(aggregation: Aggregation) -> Accumulator {
+        Accumulator {
+            aggregation,
+            value: None,
+            at_ms: i64::MIN,
+        }
+    }
+
+    fn add(&mut self, value: f64, at_ms: Option<i64>) {
+        self.value = Some(match (self.aggregation, self.value) {
+            (_, None) => {
+                self.at_ms = at_ms.unwrap_or(i64::MIN);
+                value
+            }
+            (Aggregation::Sum | Aggregation::Count, Some(old)) => old + value,
+            (Aggregation::Max, Some(old)) => old.max(value),
+            (Aggregation::Latest, Some(old)) => {
+                let at = at_ms.unwrap_or(i64::MIN);
+                if at >= self.at_ms {
+                    self.at_ms = at;
+                    value
+                } else {
+                    old
+                }
+            }
+        });
+    }
+
+    fn merge(&mut self, other: Accumulator) {
+        if let Some(value) = other.value {
+            self.add(value, Some(other.at_ms));
+        }
+    }
+
+    /// sum and count answer 0 for no usage; max and latest answer nothing.
+    fn result(&self) -> Option<f64> {
+        match self.aggregation {
+            Aggregation::Sum | Aggregation::Count => Some(self.value.unwrap_or(0.0)),
+            Aggregation::Max | Aggregation::Latest => self.value,
+        }
+    }
+}
+
+fn hour_ceil(at: DateTime<Utc>) -> i64 {
+    let floor = hour_of(at);
+    if floor == at.timestamp() && at.timestamp_subsec_nanos() == 0 {
+        floor
+    } else {
+        floor + 3600
+    }
+}
+
+impl Gateway {
+    /// The customer's calendar, and the customer to create when it is unknown. A cache miss
+    /// asks storage once, so a customer created on another node a moment ago keeps its zone.
+    async fn calendar_of(
+        &self,
+        id: &CustomerId,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<(CustomerCalendar, Option<Customer>)> {
+        let customer = match self.cache.customer(id) {
+            Some(customer) => Some((*customer).clone()),
+            None => match self.store.get(Kind::Customer, id.as_str()).await? {
+                Some(doc) => {
+                    let customer: Customer =
+                        serde_json::from_str(&doc).map_err(|e| corrupt("customers", e))?;
+                    self.cache.remember_customer(customer.clone());
+                    Some(customer)
+                }
+                None => None,
+            },
+        };
+        Ok(match customer {
+            Some(customer) => (calendar(&customer), None),
+            None => {
+                let fresh =
+                    Customer::with_defaults(id.clone(), self.settings.default_timezone, now);
+                (calendar(&fresh), Some(fresh))
+            }
+        })
+    }
+
+    /// Creates customers that recording met for the first time. Runs after the usage is
+    /// stored, so a failed record creates nothing; a retry (same idempotency key) gets here again.
+    async fn create_implicitly(&self, customers: Vec<Customer>) -> ServiceResult<()> {
+        if customers.is_empty() {
+            return Ok(());
+        }
+        let ops: Vec<ConfigOp> = customers
+            .iter()
+            .map(|c| ConfigOp::PutIfAbsent {
+                kind: Kind::Customer,
+                id: c.id.to_string(),
+                doc: super::config::to_doc(c),
+            })
+            .collect();
+        self.store
+            .apply(&ops)
+            .await?
+            .map_err(|_| ServiceError::Conflict("customer creation failed".into()))?;
+        for customer in customers {
+            self.cache.remember_customer(customer);
+        }
+        Ok(())
+    }
+
+    fn plan(&self, event: &Event, calendar: CustomerCalendar) -> EventPlan {
+        let index = self.cache.limit_index();
+        let limits = index.governing(&event.customer_id);
+        plan_event(event, &index.meters, &limits, calendar)
+    }
+
+    pub async fn record(
+        &self,
+        input: NewEvent,
+        idempotency_header: Option<&str>,
+    ) -> ServiceResult<Recorded> {
+        let now = self.clock.now();
+        let event = Event::validate(
+            IdKind::Event.new_id(ulid::Ulid::new()),
+            input,
+            idempotency_header,
+            now,
+        )?;
+        let (calendar, unknown) = self.calendar_of(&event.customer_id, now).await?;
+        let plan = self.plan(&event, calendar);
+        let outcome = self.store.record(&[(&event, &plan)]).await?.pop();
+        let recorded = match outcome {
+            Some(RecordOutcome::Recorded { counters }) => Recorded {
+                event_id: event.id.clone(),
+                duplicate: false,
+                limits: plan
+                    .limits
+                    .iter()
+                    .map(|(limit, window, index)| {
+                        LimitState::new(
+                            limit,
+                            *window,
+                            counters.get(*index).map_or(0.0, |c| c.1),
+                            0.0,
+                        )
+                    })
+                    .collect(),
+            },
+            Some(RecordOutcome::Duplicate { event_id }) => Recorded {
+                event_id,
+                duplicate: true,
+                limits: self.current_states(&event.customer_id, &plan).await?,
+            },
+            None => {
+                return Err(ServiceError::Storage(crate::storage::StoreError::Internal(
+                    "no record outcome".into(),
+                )));
+            }
+        };
+        self.create_implicitly(unknown.into_iter().collect())
+            .await?;
+        Ok(recorded)
+    }
+
+    /// States of the plan's limits as storage holds them now.
+    async fn current_states(
+        &self,
+        customer: &CustomerId,
+        plan: &EventPlan,
+    ) -> ServiceResult<Vec<LimitState>> {
+        let counters: Vec<_> = plan.counters.iter().map(|c| c.counter.clone()).collect();
+        let values = self.store.read_counters(customer, &counters).await?;
+        Ok(plan
+            .limits
+            .iter()
+            .map(|(limit, window, index)| {
+                LimitState::new(
+                    limit,
+                    *window,
+                    values.get(*index).copied().unwrap_or(0.0),
+                    0.0,
+                )
+            })
+            .collect())
+    }
+
+    /// Validates the whole batch first, then records every event in one round trip.
+    /// Returns (recorded, duplicates).
+    pub async fn record_batch(&self, inputs: Vec<NewEvent>) -> ServiceResult<(usize, usize)> {
+        if inputs.len() > MAX_BATCH {
+            return Err(FieldError::invalid(
+                "events",
+                format!("must hold at most {MAX_BATCH} events"),
+            )
+            .into());
+        }
+        let now = self.clock.now();
+        let mut events = Vec::with_capacity(inputs.len());
+        for (index, input) in inputs.into_iter().enumerate() {
+            let event = Event::validate(IdKind::Event.new_id(ulid::Ulid::new()), input, None, now)
+                .map_err(|e| e.within(&format!("events[{index}]")))?;
+            events.push(event);
+        }
+        let mut calendars: BTreeMap<CustomerId, CustomerCalendar> = BTreeMap::new();
+        let mut unknown = Vec::new();
+        for event in &events {
+            if !calendars.contains_key(&event.customer_id) {
+                let (calendar, fresh) = self.calendar_of(&event.customer_id, now).await?;
+                calendars.insert(event.customer_id.clone(), calendar);
+                unknown.extend(fresh);
+            }
+        }
+        let plans: Vec<EventPlan> = events
+            .iter()
+            .map(|e| self.plan(e, calendars[&e.customer_id]))
+            .collect();
+        let pairs: Vec<(&Event, &EventPlan)> = events.iter().zip(&plans).collect();
+        let outcomes = self.store.record(&pairs).await?;
+        let duplicates = outcomes
+            .iter()
+            .filter(|o| matches!(o, RecordOutcome::Duplicate { .. }))
+            .count();
+        self.create_implicitly(unknown).await?;
+        Ok((outcomes.len() - duplicates, duplicates))
+    }
+
+    /// Read-only: every governing limit the request concerns, with its usage now.
+    pub async fn check(&self, request: CheckRequest) -> ServiceResult<CheckResult> {
+        if let Some(dimensions) = &request.dimensions {
+            validate_dimensions("dimensions", dimensions)?;
+        }
+        if let Some(event_type) = &request.event_type {
+            crate::domain::field::bounded_str("eventType", event_type, 1, 128)?;
+        }
+        let now = self.clock.now();
+        let (calendar, _) = self.calendar_of(&request.customer_id, now).await?;
+        let limits: Vec<ResolvedLimit> = self
+            .cache
+            .limit_index()
+            .governing(&request.customer_id)
+            .into_iter()
+            .filter(|l| l.concerns(request.dimensions.as_ref(), request.event_type.as_deref()))
+            .collect();
+        let windows: Vec<_> = limits
+            .iter()
+            .map(|l| calendar.window(l.limit.period, now))
+            .collect();
+        let counters: Vec<_> = limits
+            .iter()
+            .zip(&windows)
+            .map(|(l, w)| l.counter(*w))
+            .collect();
+        let values = self
+            .store
+            .read_counters(&request.customer_id, &counters)
+            .await?;
+        let states: Vec<LimitState> = limits
+            .iter()
+            .zip(windows)
+            .zip(values)
+            .map(|((limit, window), used)| LimitState::new(limit, window, used, 0.0))
+            .collect();
+        Ok(CheckResult {
+            allowed: !states.iter().any(LimitState::is_full),
+            customer_id: request.customer_id,
+            limits: states,
+        })
+    }
+
+    pub async fn query_meter(
+        &self,
+        id: &str,
+        query: MeterQuery,
+    ) -> ServiceResult<MeterQueryResult> {
+        let meter = self.get_meter(id).await?;
+        if let Some(dimensions) = &query.dimensions {
+            validate_dimensions("dimensions", dimensions)?;
+        }
+        let parse = |field: &str,
+                     raw: &Option<String>|
+         -> Result<Option<DateTime<Utc>>, FieldError> {
+            raw.as_deref()
+                .map(|r| {
+                    parse_rfc3339(r)
+                        .ok_or_else(|| FieldError::invalid(field, "must be an RFC 3339 date-time"))
+                })
+                .transpose()
+        };
+        let start = parse("startDate", &query.start_date)?;
+        let end = parse("endDate", &query.end_date)?;
+        let now = self.clock.now();
+        let retention =
+            TimeDelta::from_std(Retention::default().rollups).unwrap_or(TimeDelta::days(400));
+        let hours = match (start, end) {
+            (None, None) => None,
+            (start, end) => {
+                let end = end.unwrap_or(now);
+                let start = start.unwrap_or(end - retention);
+                let (from, to) = (hour_of(start), hour_ceil(end));
+                if from >= to {
+                    return Err(FieldError::invalid("endDate", "must be after startDate").into());
+                }
+                if to - from > retention.num_seconds() + 3600 {
+                    return Err(FieldError::invalid(
+                        "startDate",
+                        "range must not exceed the roll-up retention (400 days)",
+                    )
+                    .into());
+                }
+                Some((from, to))
+            }
+        };
+        if query.granularity.is_some() && hours.is_none() {
+            return Err(FieldError::invalid("granularity", "needs startDate or endDate").into());
+        }
+        let customers: Vec<CustomerId> = match &query.customer_id {
+            Some(customer) => vec![customer.clone()],
+            None => {
+                let cache = self.cache.read();
+                let mut all: Vec<CustomerId> =
+                    cache.customers.values().map(|c| c.id.clone()).collect();
+                all.sort();
+                all
+            }
+        };
+        let mut total = Accumulator::new(meter.aggregation);
+        let mut by_hour: BTreeMap<i64, Accumulator> = BTreeMap::new();
+        for customer in &customers {
+            let rollups = self.store.read_rollups(customer, &meter.id, hours).await?;
+            for (bucket, cells) in &rollups.buckets {
+                let mut hour = Accumulator::new(meter.aggregation);
+                for (dims_hash, cell) in cells {
+                    let wanted = query.dimensions.as_ref().is_none_or(|wanted| {
+                        rollups
+                            .dimensions
+                            .get(dims_hash)
+                            .is_some_and(|dims| wanted.iter().all(|(k, v)| dims.get(k) == Some(v)))
+                    });
+                    if wanted {
+                        hour.add(cell.value, cell.at_ms);
+                    }
+                }
+                total.merge(hour);
+                if let Some(start) = bucket {
+                    by_hour
+                        .entry(*start)
+                        .or_insert_with(|| Accumulator::new(meter.aggregation))
+                        .merge(hour);
+                }
+            }
+        }
+        let series = match (query.granularity, hours) {
+            (Some(granularity), Some((from, to))) => {
+                let step = match granularity {
+                    Granularity::Hour => 3600,
+                    Granularity::Day => 86_400,
+                };
+                let first = from - from.rem_euclid(step);
+                let mut points = Vec::new();
+                let mut bucket = first;
+                while bucket < to {
+                    let mut acc = Accumulator::new(meter.aggregation);
+                    for (_, hour) in by_hour.range(bucket.max(from)..(bucket + step).min(to)) {
+                        acc.merge(*hour);
+                    }
+                    points.push((
+                        DateTime::from_timestamp(bucket, 0).unwrap_or_default(),
+                        acc.result(),
+                    ));
+                    bucket += step;
+                }
+                Some(points)
+            }
+            _ => None,
+        };
+        Ok(MeterQueryResult {
+            meter_id: meter.id,
+            meter_name: meter.name,
+            aggregation: meter.aggregation,
+            customer_id: query.customer_id,
+            start_date: hours.and_then(|(from, _)| DateTime::from_timestamp(from, 0)),
+            end_date: hours.and_then(|(_, to)| DateTime::from_timestamp(to, 0)),
+            value: total.result(),
+            series,
+        })
+    }
+
+    /// Newest first; pages resume strictly before the previous page's last event.
+    pub async fn list_events(&self, query: EventListQuery) -> ServiceResult<Page<Event>> {
+        const CHUNK: usize = 200;
+        let mut before = query.before.clone();
+        let mut items: Vec<(String, Event)> = Vec::new();
+        'scan: loop {
+            let log_query = EventLogQuery {
+                before: before.clone(),
+                from_ms: query.start.map(|s| s.timestamp_millis()),
+                to_ms: query.end.map(|e| e.timestamp_millis()),
+                limit: CHUNK,
+            };
+            let members = self
+                .store
+                .list_events(&query.customer_id, &log_query)
+                .await?;
+            let exhausted = members.len() < CHUNK;
+            for member in members {
+                let Some((position, json)) = split_log_member(&member) else {
+                    continue;
+                };
+                before = Some(position.to_string());
+                let event: Event = serde_json::from_str(json).map_err(|e| corrupt("events", e))?;
+                if query
+                    .event_type
+                    .as_ref()
+                    .is_none_or(|t| *t == event.event_type)
+                {
+                    items.push((position.to_string(), event));
+                    if items.len() > query.limit {
+                        break 'scan;
+                    }
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        let has_more = items.len() > query.limit;
+        items.truncate(query.limit);
+        let next_cursor = if has_more {
+            items.last().map(|(position, _)| encode_cursor(position))
+        } else {
+            None
+        };
+        Ok(Page {
+            data: items.into_iter().map(|(_, e)| e).collect(),
+            next_cursor,
+            has_more,
+        })
+    }
+}
+
+fn calendar(customer: &Customer) -> CustomerCalendar {
+    CustomerCalendar {
+        timezone: customer.timezone,
+        anchor: customer.billing_anchor(),
+    }
+}
+
+/// `<ts13>:<eventId>:<json>` → (`<ts13>:<eventId>`, json).
+fn split_log_member(member: &str) -> Option<(&str, &str)> {
+    let first = member.find(':')?;
+    let second = first + 1 + member[first + 1..].find(':')?;
+    Some((&member[..second], &member[second + 1..]))
+}
+
+/// An event-list position from a cursor, checked for shape.
+pub fn parse_event_position(raw: &str) -> Option<String> {
+    let (ts, id) = raw.split_once(':')?;
+    (ts.len() == 13 && ts.bytes().all(|b| b.is_ascii_digit()) && IdKind::Event.is_plausible(id))
+        .then(|| raw.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accumulators_follow_the_aggregation() {
+        let mut latest = Accumulator::new(Aggregation::Latest);
+        latest.add(5.0, Some(200));
+        latest.add(9.0, Some(100));
+        assert_eq!(latest.result(), Some(5.0));
+        let mut max = Accumulator::new(Aggregation::Max);
+        assert_eq!(max.result(), None);
+        max.add(3.0, None);
+        max.add(1.0, None);
+        assert_eq!(max.result(), Some(3.0));
+        assert_eq!(Accumulator::new(Aggregation::Sum).result(), Some(0.0));
+    }
+
+    #[test]
+    fn log_members_split_into_position_and_json() {
+        let member = "0001763683200000:evt_01ABC:{\"a\":\"x:y\"}";
+        assert_eq!(
+            split_log_member(member),
+            Some(("0001763683200000:evt_01ABC", "{\"a\":\"x:y\"}"))
+        );
+    }
+}
