@@ -48,6 +48,26 @@ impl Gateway {
 
     pub fn spawn_background(self: &Arc<Self>) {
         tokio::spawn(cache::follow_changes(Arc::clone(self)));
+        tokio::spawn(calibrate_clock(Arc::clone(self)));
+    }
+
+    /// Measures this node's clock against the storage server's once.
+    pub async fn calibrate_clock(&self) -> ServiceResult<()> {
+        let sent = chrono::Utc::now();
+        let server = self.store.server_time().await?;
+        let received = chrono::Utc::now();
+        if let Some(offset) =
+            server.and_then(|server| clock::estimate_offset(sent, received, server))
+        {
+            if offset.num_milliseconds().abs() > 100 {
+                tracing::warn!(
+                    offset_ms = offset.num_milliseconds(),
+                    "this node's clock differs from the storage server's"
+                );
+            }
+            self.clock.set_offset(offset);
+        }
+        Ok(())
     }
 
     pub fn describe_store(&self) -> String {
@@ -59,3 +79,15 @@ impl Gateway {
         Ok(self.store.ping().await?)
     }
 }
+
+/// Calibrates the clock at start and every [`CALIBRATION_INTERVAL`].
+async fn calibrate_clock(gateway: Arc<Gateway>) {
+    loop {
+        if let Err(error) = gateway.calibrate_clock().await {
+            tracing::debug!(%error, "clock calibration skipped");
+        }
+        tokio::time::sleep(CALIBRATION_INTERVAL).await;
+    }
+}
+
+const CALIBRATION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);

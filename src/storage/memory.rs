@@ -213,6 +213,10 @@ impl ConfigStore for MemoryStore {
         Ok(())
     }
 
+    async fn server_time(&self) -> StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(None)
+    }
+
     fn describe(&self) -> String {
         "embedded in-memory store".to_string()
     }

@@ -141,6 +141,10 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// Whether storage answers (and its scripts are loaded).
     async fn ping(&self) -> StoreResult<()>;
 
+    /// The storage server's clock, when it has one of its own (Redis `TIME`), so that nodes
+    /// agree on "now" near window boundaries.
+    async fn server_time(&self) -> StoreResult<Option<chrono::DateTime<chrono::Utc>>>;
+
     /// Which store this is, for the ready log line.
     fn describe(&self) -> String;
 }

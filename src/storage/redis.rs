@@ -399,6 +399,16 @@ impl ConfigStore for RedisStore {
         Ok(())
     }
 
+    async fn server_time(&self) -> StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
+        let mut conn = self.conn();
+        let (secs, micros): (i64, i64) =
+            with_deadline(CONFIG_DEADLINE, redis::cmd("TIME").query_async(&mut conn)).await?;
+        Ok(chrono::DateTime::from_timestamp(
+            secs,
+            (micros * 1000) as u32,
+        ))
+    }
+
     fn describe(&self) -> String {
         format!(
             "redis at {} (key prefix {})",

@@ -7,6 +7,7 @@ mod auth;
 mod bad_input;
 mod customers;
 mod limits;
+mod metering;
 mod meters;
 mod replicas;
 mod store_contract;

@@ -138,3 +138,51 @@ fn refuses_to_run_open_on_a_public_address() {
     let log = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("QUOTAGATE_ADMIN_KEY"), "{log}");
 }
+
+#[tokio::test]
+async fn record_on_one_replica_check_on_the_other() {
+    let (a, b) = start_pair();
+    let client = reqwest::Client::new();
+    let post = |url: String, body: Value| {
+        let client = &client;
+        async move { call(client, ADMIN_KEY, reqwest::Method::POST, url, Some(body)).await }
+    };
+    let (_, meter) = post(
+        a.url("/v1/meters"),
+        json!({"name": "t", "aggregation": "sum", "field": "values.tokens"}),
+    )
+    .await;
+    let meter_id = meter["id"].as_str().unwrap().to_string();
+    let (status, limit) = post(
+        a.url("/v1/limits"),
+        json!({"name": "d", "meterId": meter_id, "limitValue": 100, "period": "day"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let limit_id = limit["id"].clone();
+    // B learns about the new limit through the change log within about a second.
+    let learned = eventually(Duration::from_millis(1500), async || {
+        let (_, answer) = post(b.url("/v1/limits/check"), json!({"customerId": "x"})).await;
+        answer["limits"].as_array().is_some_and(|l| l.len() == 1)
+    })
+    .await;
+    assert!(learned <= Duration::from_millis(1200), "took {learned:?}");
+    let (status, _) = post(
+        a.url("/v1/events/record"),
+        json!({"customerId": "x", "eventType": "llm", "values": {"tokens": 60}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = post(
+        b.url("/v1/events/record"),
+        json!({"customerId": "x", "eventType": "llm", "values": {"tokens": 50}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for node in [&a, &b] {
+        let (_, answer) = post(node.url("/v1/limits/check"), json!({"customerId": "x"})).await;
+        assert_eq!(answer["allowed"], false);
+        assert_eq!(answer["limits"][0]["id"], limit_id);
+        assert_eq!(answer["limits"][0]["used"], 110);
+    }
+}

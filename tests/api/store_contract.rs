@@ -147,10 +147,23 @@ async fn contract(store: Arc<dyn ConfigStore>) {
 
 #[tokio::test]
 async fn memory_store_keeps_the_contract() {
-    contract(Arc::new(MemoryStore::new())).await;
+    let store = Arc::new(MemoryStore::new());
+    assert_eq!(
+        store.server_time().await.unwrap(),
+        None,
+        "the embedded store has no clock of its own"
+    );
+    contract(store).await;
 }
 
 #[tokio::test]
 async fn redis_store_keeps_the_contract() {
-    contract(redis_store(&shared_redis().url(), &unique_prefix()).await).await;
+    let store = redis_store(&shared_redis().url(), &unique_prefix()).await;
+    let server = store
+        .server_time()
+        .await
+        .unwrap()
+        .expect("Redis has a clock");
+    assert!((server - chrono::Utc::now()).num_seconds().abs() < 2);
+    contract(store).await;
 }
