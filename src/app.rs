@@ -43,6 +43,7 @@ pub fn settings(config: &Config) -> Settings {
     Settings {
         default_timezone: config.default_timezone,
         admin_key_hash: config.admin_key.as_deref().map(hash_key),
+        max_hold_fraction: config.max_hold_fraction,
     }
 }
 

@@ -52,6 +52,10 @@ pub struct Config {
     #[arg(long, env = "QUOTAGATE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// The largest share of a limit one reservation may hold, in (0, 1].
+    #[arg(long, env = "QUOTAGATE_MAX_HOLD_FRACTION", default_value_t = 1.0, value_parser = parse_fraction)]
+    pub max_hold_fraction: f64,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "QUOTAGATE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -80,6 +84,13 @@ impl Config {
 fn parse_timezone(raw: &str) -> Result<Tz, String> {
     raw.parse::<Tz>()
         .map_err(|_| format!("unknown IANA timezone `{raw}`"))
+}
+
+fn parse_fraction(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(value) if value > 0.0 && value <= 1.0 => Ok(value),
+        _ => Err("must be a number in (0, 1]".into()),
+    }
 }
 
 fn parse_key_prefix(raw: &str) -> Result<String, String> {

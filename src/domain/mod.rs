@@ -9,5 +9,6 @@ pub mod ids;
 pub mod limit;
 pub mod meter;
 pub mod period;
+pub mod reservation;
 pub mod time;
 pub mod usage;

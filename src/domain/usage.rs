@@ -151,10 +151,12 @@ pub fn governing(own: &[ResolvedLimit], defaults: &[ResolvedLimit]) -> Vec<Resol
 
 /// Identity of a usage counter. Usage belongs to the meter, not the limit: the limit value is
 /// not part of it, so changing a limit keeps its usage, and equal limits share a counter.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CounterId {
     pub meter_id: String,
     pub filters_hash: String,
+    #[serde(with = "super::limit::period_name")]
     pub period: Period,
     /// Unix seconds; `None` for all-time counters.
     pub window_start: Option<i64>,
@@ -256,6 +258,28 @@ pub fn hour_of(at: DateTime<Utc>) -> i64 {
     at.duration_trunc(TimeDelta::hours(1))
         .unwrap_or(at)
         .timestamp()
+}
+
+/// Whether `op` still fits under `limit` given what is used and held:
+/// sum/count `used + reserved + v ≤ limit`, max `max(used, v) ≤ limit`, latest `v ≤ limit`.
+pub fn fits(op: CounterOp, used: f64, reserved: f64, limit: f64) -> bool {
+    match op {
+        CounterOp::Add(v) => used + reserved + v <= limit,
+        CounterOp::Max(v) => used.max(v) <= limit,
+        CounterOp::Latest { value, .. } => value <= limit,
+    }
+}
+
+/// Whole seconds until every refusing limit has reset (the latest reset among them), or
+/// `None` when one of them never resets.
+pub fn retry_after(refusing: &[&LimitState], now: DateTime<Utc>) -> Option<i64> {
+    let mut latest = 0;
+    for state in refusing {
+        let reset = state.reset?;
+        let millis = reset * 1000 - now.timestamp_millis();
+        latest = latest.max((millis + 999).div_euclid(1000));
+    }
+    Some(latest.max(0))
 }
 
 /// A limit as check, consume, record and reserve report it.
@@ -481,6 +505,58 @@ mod tests {
                 .unwrap()
                 .timestamp()
         );
+    }
+
+    #[test]
+    fn fit_rules_per_aggregation() {
+        assert!(fits(CounterOp::Add(5.0), 90.0, 5.0, 100.0));
+        assert!(!fits(CounterOp::Add(5.1), 90.0, 5.0, 100.0));
+        assert!(
+            fits(CounterOp::Max(100.0), 20.0, 50.0, 100.0),
+            "max ignores holds"
+        );
+        assert!(!fits(CounterOp::Max(10.0), 101.0, 0.0, 100.0));
+        assert!(fits(
+            CounterOp::Latest {
+                value: 100.0,
+                at_ms: 0
+            },
+            500.0,
+            0.0,
+            100.0
+        ));
+        assert!(!fits(
+            CounterOp::Latest {
+                value: 101.0,
+                at_ms: 0
+            },
+            0.0,
+            0.0,
+            100.0
+        ));
+    }
+
+    #[test]
+    fn retry_after_waits_for_the_latest_reset() {
+        let m = meter(
+            "m",
+            json!({"name": "m", "aggregation": "sum", "field": "values.tokens"}),
+        );
+        let minute = limit("a", &m, json!({"limitValue": 1, "period": "minute"}));
+        let hour = limit("b", &m, json!({"limitValue": 1, "period": "hour"}));
+        let forever = limit("c", &m, json!({"limitValue": 1, "period": "all_time"}));
+        let calendar = utc_calendar();
+        let states: Vec<LimitState> = [&minute, &hour, &forever]
+            .iter()
+            .map(|l| LimitState::new(l, calendar.window(l.limit.period, now()), 1.0, 0.0))
+            .collect();
+        // now is 12:34:56: the minute resets in 4 s, the hour in 25 min 4 s.
+        assert_eq!(retry_after(&[&states[0]], now()), Some(4));
+        assert_eq!(
+            retry_after(&[&states[0], &states[1]], now()),
+            Some(25 * 60 + 4)
+        );
+        assert_eq!(retry_after(&[&states[0], &states[2]], now()), None);
     }
 
     #[test]

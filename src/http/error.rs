@@ -44,6 +44,7 @@ impl ApiError {
             Resource::Meter => ("meter_not_found", "meter"),
             Resource::Limit => ("limit_not_found", "limit"),
             Resource::ApiKey => ("not_found", "API key"),
+            Resource::Reservation => ("reservation_not_found", "reservation"),
         };
         ApiError::new(StatusCode::NOT_FOUND, code, format!("{what} not found"))
     }

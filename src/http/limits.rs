@@ -11,30 +11,6 @@ use crate::domain::ids::CustomerId;
 use crate::domain::limit::{Limit, LimitPatch, NewLimit};
 use crate::service::config::LimitQuery;
 
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckBody {
-    allowed: bool,
-    customer_id: CustomerId,
-    limits: Vec<crate::domain::usage::LimitState>,
-    degraded: bool,
-}
-
-/// Read-only decision: is the customer within every limit this request concerns?
-pub async fn check(
-    _: Authorized<Read>,
-    State(gateway): State<AppState>,
-    JsonBody(request): JsonBody<crate::service::usage::CheckRequest>,
-) -> Result<Json<CheckBody>, ApiError> {
-    let result = gateway.check(request).await?;
-    Ok(Json(CheckBody {
-        allowed: result.allowed,
-        customer_id: result.customer_id,
-        limits: result.limits,
-        degraded: false,
-    }))
-}
-
 pub async fn create(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,

@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod auth;
 pub mod customers;
+pub mod decisions;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -47,7 +48,13 @@ pub fn build_router(gateway: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/v1/meters/{id}/query", post(meters::query))
         .route("/v1/limits", post(limits::create).get(limits::list))
-        .route("/v1/limits/check", post(limits::check))
+        .route("/v1/limits/check", post(decisions::check))
+        .route("/v1/limits/consume", post(decisions::consume))
+        .route("/v1/reservations", post(decisions::reserve))
+        .route("/v1/reservations/{id}", get(decisions::get))
+        .route("/v1/reservations/{id}/commit", post(decisions::commit))
+        .route("/v1/reservations/{id}/release", post(decisions::release))
+        .route("/v1/reservations/{id}/extend", post(decisions::extend))
         .route("/v1/events/record", post(events::record))
         .route("/v1/events/batch", post(events::batch))
         .route("/v1/events", get(events::list))

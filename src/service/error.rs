@@ -7,6 +7,7 @@ pub enum Resource {
     Meter,
     Limit,
     ApiKey,
+    Reservation,
 }
 
 #[derive(Debug, thiserror::Error)]

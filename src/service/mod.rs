@@ -4,6 +4,7 @@ pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod decision;
 pub mod error;
 pub mod page;
 pub mod usage;
@@ -22,6 +23,8 @@ pub struct Settings {
     pub default_timezone: Tz,
     /// SHA-256 of the bootstrap admin key; `None` runs the gateway open (loopback only).
     pub admin_key_hash: Option<[u8; 32]>,
+    /// The largest share of a limit one reservation may hold (1.0: the whole limit).
+    pub max_hold_fraction: f64,
 }
 
 /// Everything a request handler needs: storage, the config cache, the clock and settings.

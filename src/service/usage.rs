@@ -14,10 +14,10 @@ use crate::domain::field::{Dimensions, FieldError, validate_dimensions};
 use crate::domain::ids::{CustomerId, IdKind};
 use crate::domain::meter::Aggregation;
 use crate::domain::time::parse_rfc3339;
-use crate::domain::usage::{
-    CustomerCalendar, EventPlan, LimitState, ResolvedLimit, hour_of, plan_event,
+use crate::domain::usage::{CustomerCalendar, EventPlan, LimitState, hour_of, plan_event};
+use crate::storage::usage::{
+    CounterReading, EventLogQuery, EventWrite, Mode, RecordOutcome, Retention,
 };
-use crate::storage::usage::{EventLogQuery, RecordOutcome, Retention};
 use crate::storage::{ConfigOp, Kind};
 
 pub const MAX_BATCH: usize = 1000;
@@ -27,22 +27,6 @@ pub const MAX_BATCH: usize = 1000;
 pub struct Recorded {
     pub event_id: String,
     pub duplicate: bool,
-    pub limits: Vec<LimitState>,
-}
-
-/// `POST /v1/limits/check` body.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CheckRequest {
-    pub customer_id: CustomerId,
-    pub dimensions: Option<Dimensions>,
-    pub event_type: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct CheckResult {
-    pub allowed: bool,
-    pub customer_id: CustomerId,
     pub limits: Vec<LimitState>,
 }
 
@@ -152,7 +136,7 @@ fn hour_ceil(at: DateTime<Utc>) -> i64 {
 impl Gateway {
     /// The customer's calendar, and the customer to create when it is unknown. A cache miss
     /// asks storage once, so a customer created on another node a moment ago keeps its zone.
-    async fn calendar_of(
+    pub(super) async fn calendar_of(
         &self,
         id: &CustomerId,
         now: DateTime<Utc>,
@@ -181,7 +165,7 @@ impl Gateway {
 
     /// Creates customers that recording met for the first time. Runs after the usage is
     /// stored, so a failed record creates nothing; a retry (same idempotency key) gets here again.
-    async fn create_implicitly(&self, customers: Vec<Customer>) -> ServiceResult<()> {
+    pub(super) async fn create_implicitly(&self, customers: Vec<Customer>) -> ServiceResult<()> {
         if customers.is_empty() {
             return Ok(());
         }
@@ -203,12 +187,34 @@ impl Gateway {
         Ok(())
     }
 
-    fn plan(&self, event: &Event, calendar: CustomerCalendar) -> EventPlan {
+    pub(super) fn plan(&self, event: &Event, calendar: CustomerCalendar) -> EventPlan {
         let index = self.cache.limit_index();
         let limits = index.governing(&event.customer_id);
         plan_event(event, &index.meters, &limits, calendar)
     }
 
+    /// Writes one event in `mode`; the one outcome storage gives for it.
+    pub(super) async fn write_one(
+        &self,
+        event: &Event,
+        plan: &EventPlan,
+        mode: &Mode,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<RecordOutcome> {
+        let write = EventWrite {
+            event,
+            plan,
+            mode,
+            now_ms: now.timestamp_millis(),
+        };
+        self.store.write(&[write]).await?.pop().ok_or_else(|| {
+            ServiceError::Storage(crate::storage::StoreError::Internal(
+                "no write outcome".into(),
+            ))
+        })
+    }
+
+    /// Records an event unconditionally (recording never refuses).
     pub async fn record(
         &self,
         input: NewEvent,
@@ -221,34 +227,31 @@ impl Gateway {
             idempotency_header,
             now,
         )?;
+        self.record_event(event, now).await
+    }
+
+    /// Records a validated event; also the second half of a reservation's commit.
+    pub(super) async fn record_event(
+        &self,
+        event: Event,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<Recorded> {
         let (calendar, unknown) = self.calendar_of(&event.customer_id, now).await?;
         let plan = self.plan(&event, calendar);
-        let outcome = self.store.record(&[(&event, &plan)]).await?.pop();
-        let recorded = match outcome {
-            Some(RecordOutcome::Recorded { counters }) => Recorded {
+        let recorded = match self.write_one(&event, &plan, &Mode::Record, now).await? {
+            RecordOutcome::Written { after, .. } => Recorded {
                 event_id: event.id.clone(),
                 duplicate: false,
-                limits: plan
-                    .limits
-                    .iter()
-                    .map(|(limit, window, index)| {
-                        LimitState::new(
-                            limit,
-                            *window,
-                            counters.get(*index).map_or(0.0, |c| c.1),
-                            0.0,
-                        )
-                    })
-                    .collect(),
+                limits: states(&plan, &after),
             },
-            Some(RecordOutcome::Duplicate { event_id }) => Recorded {
+            RecordOutcome::Duplicate { event_id } => Recorded {
                 event_id,
                 duplicate: true,
-                limits: self.current_states(&event.customer_id, &plan).await?,
+                limits: self.current_states(&event.customer_id, &plan, now).await?,
             },
-            None => {
+            RecordOutcome::Refused { .. } => {
                 return Err(ServiceError::Storage(crate::storage::StoreError::Internal(
-                    "no record outcome".into(),
+                    "record was refused".into(),
                 )));
             }
         };
@@ -258,25 +261,18 @@ impl Gateway {
     }
 
     /// States of the plan's limits as storage holds them now.
-    async fn current_states(
+    pub(super) async fn current_states(
         &self,
         customer: &CustomerId,
         plan: &EventPlan,
+        now: DateTime<Utc>,
     ) -> ServiceResult<Vec<LimitState>> {
         let counters: Vec<_> = plan.counters.iter().map(|c| c.counter.clone()).collect();
-        let values = self.store.read_counters(customer, &counters).await?;
-        Ok(plan
-            .limits
-            .iter()
-            .map(|(limit, window, index)| {
-                LimitState::new(
-                    limit,
-                    *window,
-                    values.get(*index).copied().unwrap_or(0.0),
-                    0.0,
-                )
-            })
-            .collect())
+        let readings = self
+            .store
+            .read_counters(customer, &counters, now.timestamp_millis())
+            .await?;
+        Ok(states(&plan, &readings))
     }
 
     /// Validates the whole batch first, then records every event in one round trip.
@@ -309,57 +305,23 @@ impl Gateway {
             .iter()
             .map(|e| self.plan(e, calendars[&e.customer_id]))
             .collect();
-        let pairs: Vec<(&Event, &EventPlan)> = events.iter().zip(&plans).collect();
-        let outcomes = self.store.record(&pairs).await?;
+        let writes: Vec<EventWrite<'_>> = events
+            .iter()
+            .zip(&plans)
+            .map(|(event, plan)| EventWrite {
+                event,
+                plan,
+                mode: &Mode::Record,
+                now_ms: now.timestamp_millis(),
+            })
+            .collect();
+        let outcomes = self.store.write(&writes).await?;
         let duplicates = outcomes
             .iter()
             .filter(|o| matches!(o, RecordOutcome::Duplicate { .. }))
             .count();
         self.create_implicitly(unknown).await?;
         Ok((outcomes.len() - duplicates, duplicates))
-    }
-
-    /// Read-only: every governing limit the request concerns, with its usage now.
-    pub async fn check(&self, request: CheckRequest) -> ServiceResult<CheckResult> {
-        if let Some(dimensions) = &request.dimensions {
-            validate_dimensions("dimensions", dimensions)?;
-        }
-        if let Some(event_type) = &request.event_type {
-            crate::domain::field::bounded_str("eventType", event_type, 1, 128)?;
-        }
-        let now = self.clock.now();
-        let (calendar, _) = self.calendar_of(&request.customer_id, now).await?;
-        let limits: Vec<ResolvedLimit> = self
-            .cache
-            .limit_index()
-            .governing(&request.customer_id)
-            .into_iter()
-            .filter(|l| l.concerns(request.dimensions.as_ref(), request.event_type.as_deref()))
-            .collect();
-        let windows: Vec<_> = limits
-            .iter()
-            .map(|l| calendar.window(l.limit.period, now))
-            .collect();
-        let counters: Vec<_> = limits
-            .iter()
-            .zip(&windows)
-            .map(|(l, w)| l.counter(*w))
-            .collect();
-        let values = self
-            .store
-            .read_counters(&request.customer_id, &counters)
-            .await?;
-        let states: Vec<LimitState> = limits
-            .iter()
-            .zip(windows)
-            .zip(values)
-            .map(|((limit, window), used)| LimitState::new(limit, window, used, 0.0))
-            .collect();
-        Ok(CheckResult {
-            allowed: !states.iter().any(LimitState::is_full),
-            customer_id: request.customer_id,
-            limits: states,
-        })
     }
 
     pub async fn query_meter(
@@ -531,6 +493,17 @@ impl Gateway {
             has_more,
         })
     }
+}
+
+/// The plan's limits with the readings of their counters.
+pub(super) fn states(plan: &EventPlan, readings: &[CounterReading]) -> Vec<LimitState> {
+    plan.limits
+        .iter()
+        .map(|(limit, window, index)| {
+            let reading = readings.get(*index).copied().unwrap_or_default();
+            LimitState::new(limit, *window, reading.used, reading.reserved)
+        })
+        .collect()
 }
 
 fn calendar(customer: &Customer) -> CustomerCalendar {

@@ -75,6 +75,21 @@ impl Keys {
         format!("{}:events", self.customer(customer))
     }
 
+    /// Holds of reservations on one counter: reservation ID → `amount:expires_at_ms`.
+    pub fn holds(&self, counter_key: &str) -> String {
+        format!("{counter_key}:holds")
+    }
+
+    /// A reservation record (hash: doc, status, eventId).
+    pub fn reservation(&self, customer: &CustomerId, id: &str) -> String {
+        format!("{}:rsv:{id}", self.customer(customer))
+    }
+
+    /// Which customer a reservation belongs to: paths name only the reservation.
+    pub fn reservation_owner(&self, id: &str) -> String {
+        format!("{}:{{r:{id}}}:owner", self.prefix)
+    }
+
     /// An idempotency record; the caller's key is hashed so any key fits.
     pub fn idempotency(&self, customer: &CustomerId, key: &str) -> String {
         use sha2::{Digest, Sha256};
@@ -124,6 +139,15 @@ mod tests {
             "qg:{c:cust_1}:dims:mtr_1"
         );
         assert_eq!(keys.event_log(&customer), "qg:{c:cust_1}:events");
+        assert_eq!(
+            keys.holds("qg:{c:cust_1}:u:m:_:day:1"),
+            "qg:{c:cust_1}:u:m:_:day:1:holds"
+        );
+        assert_eq!(
+            keys.reservation(&customer, "rsv_1"),
+            "qg:{c:cust_1}:rsv:rsv_1"
+        );
+        assert_eq!(keys.reservation_owner("rsv_1"), "qg:{r:rsv_1}:owner");
         let idem = keys.idempotency(&customer, "retry-1");
         assert!(
             idem.starts_with("qg:{c:cust_1}:idem:")

@@ -7,14 +7,13 @@ use async_trait::async_trait;
 
 use super::keys::Keys;
 use super::usage::{
-    EventLogQuery, EventOps, KeyOp, OpKind, RecordOutcome, Retention, Rollups, UsageStore,
+    CounterReading, EventLogQuery, EventOps, EventWrite, KeyOp, Mode, OpKind,
+    RESERVATION_AFTERLIFE_MS, RecordOutcome, Retention, Rollups, StoredReservation, UsageStore,
     decode_rollup, event_ops, parse_counter,
 };
 use super::{ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreResult};
-use crate::domain::event::Event;
 use crate::domain::ids::CustomerId;
 use crate::domain::usage::CounterId;
-use crate::domain::usage::EventPlan;
 
 /// How many changes the log keeps; a node further behind does a full reload.
 const CHANGE_LOG_LEN: usize = 10_000;
@@ -376,11 +375,69 @@ impl MemoryUsage {
         (before.unwrap_or_default(), after)
     }
 
-    fn record(&mut self, event: &EventOps, now: i64) -> RecordOutcome {
-        if let Some(key) = &event.dedupe_key {
-            if let Some(first) = self.text(key, now) {
-                return RecordOutcome::Duplicate { event_id: first };
+    /// Sum of the live holds on a counter; expired holds are dropped on the way.
+    fn reserved_on(&mut self, holds_key: &str, now: i64) -> f64 {
+        let Some(Entry {
+            value: Value::Hash(holds),
+            ..
+        }) = self.live(holds_key, now)
+        else {
+            return 0.0;
+        };
+        let mut total = 0.0;
+        holds.retain(|_, entry| match entry.split_once(':') {
+            Some((amount, expires)) if expires.parse::<i64>().is_ok_and(|e| e > now) => {
+                total += amount.parse::<f64>().unwrap_or(0.0);
+                true
             }
+            _ => false,
+        });
+        total
+    }
+
+    /// The reference semantics are those of `lua/usage.lua`; this mirrors it step by step.
+    fn write_event(&mut self, event: &EventOps) -> RecordOutcome {
+        let now = event.now_ms;
+        if let Some(key) = &event.dedupe_key
+            && let Some(first) = self.text(key, now)
+        {
+            return RecordOutcome::Duplicate { event_id: first };
+        }
+        let mut reserved = Vec::with_capacity(event.ops.len());
+        let mut readings = Vec::with_capacity(event.counters);
+        let mut refused = false;
+        for op in &event.ops {
+            let held = op
+                .holds_key
+                .as_deref()
+                .map_or(0.0, |key| self.reserved_on(key, now));
+            reserved.push(held);
+            let used = self
+                .text(&op.key, now)
+                .as_deref()
+                .map_or(0.0, parse_counter);
+            if event.mode != "record"
+                && let Some(cap) = op.cap
+            {
+                let value: f64 = op.value.parse().unwrap_or(0.0);
+                let fits = match op.kind {
+                    OpKind::Add => used + held + value <= cap,
+                    OpKind::Max => used.max(value) <= cap,
+                    _ => value <= cap,
+                };
+                refused |= !fits;
+            }
+            if readings.len() < event.counters {
+                readings.push(CounterReading {
+                    used,
+                    reserved: held,
+                });
+            }
+        }
+        if refused {
+            return RecordOutcome::Refused { counters: readings };
+        }
+        if let Some(key) = &event.dedupe_key {
             self.entries.insert(
                 key.clone(),
                 Entry {
@@ -389,34 +446,82 @@ impl MemoryUsage {
                 },
             );
         }
-        let mut counters = Vec::with_capacity(event.counters);
+        if event.mode == "reserve" {
+            let mut after = Vec::with_capacity(event.counters);
+            for (op, held) in event.ops.iter().zip(&reserved) {
+                let mut held = *held;
+                if let (OpKind::Add, Some(holds_key)) = (op.kind, &op.holds_key) {
+                    let holds = self.hash(holds_key, now);
+                    holds.insert(
+                        event.event_id.clone(),
+                        format!("{}:{}", op.value, op.hold_expires_ms),
+                    );
+                    if op.expire_at_ms != 0
+                        && let Some(entry) = self.entries.get_mut(holds_key)
+                    {
+                        entry.expire_at_ms = Some(op.expire_at_ms);
+                    }
+                    held += op.value.parse::<f64>().unwrap_or(0.0);
+                }
+                let used = self
+                    .text(&op.key, now)
+                    .as_deref()
+                    .map_or(0.0, parse_counter);
+                after.push(CounterReading {
+                    used,
+                    reserved: held,
+                });
+            }
+            if let Some(key) = &event.reservation_key {
+                let record = self.hash(key, now);
+                record.insert("doc".into(), event.reservation_doc.clone());
+                record.insert("status".into(), "held".into());
+                if let Some(entry) = self.entries.get_mut(key) {
+                    entry.expire_at_ms = Some(now + event.reservation_ttl_ms);
+                }
+            }
+            after.truncate(event.counters);
+            return RecordOutcome::Written {
+                before: readings,
+                after,
+            };
+        }
+        let mut after = Vec::with_capacity(event.counters);
         for (index, op) in event.ops.iter().enumerate() {
-            let (before, after) = self.apply_op(op, now);
+            let (_, written) = self.apply_op(op, now);
             if index < event.counters {
-                counters.push((parse_counter(&before), parse_counter(&after)));
+                after.push(CounterReading {
+                    used: parse_counter(&written),
+                    reserved: reserved[index],
+                });
             }
         }
-        if !matches!(
-            self.live(&event.log_key, now).map(|e| &e.value),
-            Some(Value::Log(_))
-        ) {
-            self.entries.insert(
-                event.log_key.clone(),
-                Entry {
-                    value: Value::Log(Default::default()),
-                    expire_at_ms: None,
-                },
-            );
-        }
-        if let Some(entry) = self.entries.get_mut(&event.log_key) {
-            entry.expire_at_ms = Some(now + event.log_ttl_ms);
-            if let Value::Log(log) = &mut entry.value {
-                log.insert(event.log_member.clone());
-                let bound = event.log_trim_below.trim_start_matches('(').to_string();
-                *log = log.split_off(&bound);
+        if !event.log_member.is_empty() {
+            if !matches!(
+                self.live(&event.log_key, now).map(|e| &e.value),
+                Some(Value::Log(_))
+            ) {
+                self.entries.insert(
+                    event.log_key.clone(),
+                    Entry {
+                        value: Value::Log(Default::default()),
+                        expire_at_ms: None,
+                    },
+                );
+            }
+            if let Some(entry) = self.entries.get_mut(&event.log_key) {
+                entry.expire_at_ms = Some(now + event.log_ttl_ms);
+                if let Value::Log(log) = &mut entry.value {
+                    log.insert(event.log_member.clone());
+                    let bound = event.log_trim_below.trim_start_matches('(').to_string();
+                    *log = log.split_off(&bound);
+                }
             }
         }
-        RecordOutcome::Recorded { counters }
+        RecordOutcome::Written {
+            before: readings,
+            after,
+        }
     }
 }
 
@@ -430,32 +535,157 @@ impl MemoryStore {
 
 #[async_trait]
 impl UsageStore for MemoryStore {
-    async fn record(&self, events: &[(&Event, &EventPlan)]) -> StoreResult<Vec<RecordOutcome>> {
-        let now = now_ms();
-        let ops: Vec<EventOps> = events
+    async fn write(&self, writes: &[EventWrite<'_>]) -> StoreResult<Vec<RecordOutcome>> {
+        let ops: Vec<EventOps> = writes
             .iter()
-            .map(|(event, plan)| event_ops(&self.keys, &self.retention, event, plan, now))
+            .map(|write| event_ops(&self.keys, &self.retention, *write))
             .collect();
         let mut usage = self.usage();
-        Ok(ops.iter().map(|event| usage.record(event, now)).collect())
+        for (write, event) in writes.iter().zip(&ops) {
+            if let Mode::Reserve { reservation, .. } = write.mode {
+                usage.entries.insert(
+                    self.keys.reservation_owner(&reservation.id),
+                    Entry {
+                        value: Value::Text(write.event.customer_id.to_string()),
+                        expire_at_ms: Some(event.now_ms + event.reservation_ttl_ms),
+                    },
+                );
+            }
+        }
+        Ok(ops.iter().map(|event| usage.write_event(event)).collect())
+    }
+
+    async fn reservation_owner(&self, id: &str) -> StoreResult<Option<CustomerId>> {
+        let owner = self
+            .usage()
+            .text(&self.keys.reservation_owner(id), now_ms());
+        Ok(owner.and_then(|raw| CustomerId::parse("owner", &raw).ok()))
     }
 
     async fn read_counters(
         &self,
         customer: &CustomerId,
         counters: &[CounterId],
-    ) -> StoreResult<Vec<f64>> {
-        let now = now_ms();
+        now_ms: i64,
+    ) -> StoreResult<Vec<CounterReading>> {
         let mut usage = self.usage();
         Ok(counters
             .iter()
             .map(|counter| {
-                usage
-                    .text(&self.keys.counter(customer, counter), now)
-                    .as_deref()
-                    .map_or(0.0, parse_counter)
+                let key = self.keys.counter(customer, counter);
+                CounterReading {
+                    used: usage
+                        .text(&key, now_ms)
+                        .as_deref()
+                        .map_or(0.0, parse_counter),
+                    reserved: usage.reserved_on(&self.keys.holds(&key), now_ms),
+                }
             })
             .collect())
+    }
+
+    async fn reservation(
+        &self,
+        customer: &CustomerId,
+        id: &str,
+    ) -> StoreResult<Option<StoredReservation>> {
+        let mut usage = self.usage();
+        let key = self.keys.reservation(customer, id);
+        let Some(Entry {
+            value: Value::Hash(record),
+            ..
+        }) = usage.live(&key, now_ms())
+        else {
+            return Ok(None);
+        };
+        Ok(Some(StoredReservation {
+            doc: record.get("doc").cloned().unwrap_or_default(),
+            status: record.get("status").cloned().unwrap_or_default(),
+            event_id: record.get("eventId").filter(|e| !e.is_empty()).cloned(),
+        }))
+    }
+
+    async fn finish_reservation(
+        &self,
+        customer: &CustomerId,
+        id: &str,
+        counters: &[CounterId],
+        status: &str,
+        event_id: &str,
+    ) -> StoreResult<Option<(String, String)>> {
+        let now = now_ms();
+        let mut usage = self.usage();
+        let key = self.keys.reservation(customer, id);
+        let Some(Entry {
+            value: Value::Hash(record),
+            ..
+        }) = usage.live(&key, now)
+        else {
+            return Ok(None);
+        };
+        let current = record.get("status").cloned().unwrap_or_default();
+        if current == "committed" || current == "released" {
+            return Ok(Some((
+                current,
+                record.get("eventId").cloned().unwrap_or_default(),
+            )));
+        }
+        record.insert("status".into(), status.into());
+        record.insert("eventId".into(), event_id.into());
+        if let Some(entry) = usage.entries.get_mut(&key) {
+            entry.expire_at_ms = Some(now + RESERVATION_AFTERLIFE_MS);
+        }
+        for counter in counters {
+            let holds_key = self.keys.holds(&self.keys.counter(customer, counter));
+            if let Some(Entry {
+                value: Value::Hash(holds),
+                ..
+            }) = usage.live(&holds_key, now)
+            {
+                holds.remove(id);
+            }
+        }
+        Ok(Some((status.to_string(), event_id.to_string())))
+    }
+
+    async fn extend_reservation(
+        &self,
+        customer: &CustomerId,
+        id: &str,
+        holds: &[(CounterId, i64)],
+        doc: &str,
+        expires_at_ms: i64,
+    ) -> StoreResult<bool> {
+        let now = now_ms();
+        let mut usage = self.usage();
+        let key = self.keys.reservation(customer, id);
+        let Some(Entry {
+            value: Value::Hash(record),
+            ..
+        }) = usage.live(&key, now)
+        else {
+            return Ok(false);
+        };
+        if record.get("status").map(String::as_str) != Some("held") {
+            return Ok(false);
+        }
+        record.insert("doc".into(), doc.into());
+        if let Some(entry) = usage.entries.get_mut(&key) {
+            entry.expire_at_ms = Some(expires_at_ms + RESERVATION_AFTERLIFE_MS);
+        }
+        for (counter, hold_expires) in holds {
+            let holds_key = self.keys.holds(&self.keys.counter(customer, counter));
+            if let Some(Entry {
+                value: Value::Hash(entries),
+                ..
+            }) = usage.live(&holds_key, now)
+                && let Some(entry) = entries.get_mut(id)
+                && let Some((amount, _)) = entry.split_once(':')
+            {
+                *entry = format!("{amount}:{hold_expires}");
+            }
+        }
+        Ok(true)
     }
 
     async fn read_rollups(

@@ -13,16 +13,15 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use super::keys::Keys;
 use super::memory::log_bounds;
 use super::usage::{
-    EventLogQuery, EventOps, RecordOutcome, Retention, Rollups, UsageStore, decode_rollup,
+    CounterReading, EventLogQuery, EventOps, EventWrite, Mode, RESERVATION_AFTERLIFE_MS,
+    RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, decode_answer, decode_rollup,
     event_ops, parse_counter,
 };
 use super::{
     ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreError, StoreResult,
 };
-use crate::domain::event::Event;
 use crate::domain::ids::CustomerId;
 use crate::domain::usage::CounterId;
-use crate::domain::usage::EventPlan;
 
 /// How many changes the config log keeps (approximately); a node further behind reloads.
 const CHANGE_LOG_LEN: usize = 100_000;
@@ -129,7 +128,9 @@ pub struct RedisStore {
     timeout: Duration,
     retention: Retention,
     config_apply: Script,
-    record: Script,
+    usage: Script,
+    reservation_finish: Script,
+    reservation_extend: Script,
 }
 
 impl RedisStore {
@@ -141,7 +142,9 @@ impl RedisStore {
             timeout,
             retention: Retention::default(),
             config_apply: Script::new(include_str!("../../lua/config_apply.lua")),
-            record: Script::new(include_str!("../../lua/record.lua")),
+            usage: Script::new(include_str!("../../lua/usage.lua")),
+            reservation_finish: Script::new(include_str!("../../lua/reservation_finish.lua")),
+            reservation_extend: Script::new(include_str!("../../lua/reservation_extend.lua")),
         }
     }
 
@@ -427,35 +430,57 @@ fn evalsha(script: &Script, keys: &[&str], args: &[&str]) -> Cmd {
     cmd
 }
 
-fn record_call(script: &Script, event: &EventOps) -> Cmd {
-    let mut keys: Vec<&str> = Vec::with_capacity(2 + event.ops.len());
+fn usage_call(script: &Script, event: &EventOps) -> Cmd {
+    let mut keys: Vec<&str> = Vec::with_capacity(3 + 2 * event.ops.len());
     keys.push(event.dedupe_key.as_deref().unwrap_or(&event.log_key));
     keys.push(&event.log_key);
+    keys.push(event.reservation_key.as_deref().unwrap_or(&event.log_key));
+    let numbers: Vec<[String; 4]> = event
+        .ops
+        .iter()
+        .map(|op| {
+            [
+                op.at_ms.to_string(),
+                op.expire_at_ms.to_string(),
+                op.cap.map(|c| format!("{c}")).unwrap_or_default(),
+                op.hold_expires_ms.to_string(),
+            ]
+        })
+        .collect();
+    for op in &event.ops {
+        keys.push(&op.key);
+        keys.push(op.holds_key.as_deref().unwrap_or(&op.key));
+    }
     let dedupe_ttl = if event.dedupe_key.is_some() {
         event.dedupe_ttl_ms.to_string()
     } else {
         "0".to_string()
     };
-    let log_ttl = event.log_ttl_ms.to_string();
-    let mut numbers: Vec<(String, String)> = Vec::with_capacity(event.ops.len());
-    for op in &event.ops {
-        keys.push(&op.key);
-        numbers.push((op.at_ms.to_string(), op.expire_at_ms.to_string()));
-    }
+    let (now, log_ttl, reservation_ttl) = (
+        event.now_ms.to_string(),
+        event.log_ttl_ms.to_string(),
+        event.reservation_ttl_ms.to_string(),
+    );
     let mut args: Vec<&str> = vec![
+        event.mode,
+        &now,
         &dedupe_ttl,
         &event.event_id,
         &event.log_member,
         &event.log_trim_below,
         &log_ttl,
+        &event.reservation_doc,
+        &reservation_ttl,
     ];
-    for (op, (at, expire)) in event.ops.iter().zip(&numbers) {
+    for (op, [at, expire, cap, hold]) in event.ops.iter().zip(&numbers) {
         args.extend([
             op.kind.code(),
             op.field.as_str(),
             op.value.as_str(),
             at.as_str(),
             expire.as_str(),
+            cap.as_str(),
+            hold.as_str(),
         ]);
     }
     evalsha(script, &keys, &args)
@@ -472,53 +497,56 @@ fn text(value: &Value) -> Option<String> {
 }
 
 fn decode_outcome(value: Value, counters: usize) -> StoreResult<RecordOutcome> {
-    let bad = || StoreError::Internal("unexpected record script answer".into());
+    let bad = || StoreError::Internal("unexpected usage script answer".into());
     let Value::Array(items) = value else {
         return Err(bad());
     };
-    match items.first() {
-        Some(Value::Int(1)) => Ok(RecordOutcome::Duplicate {
-            event_id: items.get(1).and_then(text).ok_or_else(bad)?,
-        }),
-        Some(Value::Int(0)) => {
-            let values: Vec<String> = items[1..]
-                .iter()
-                .map(|v| text(v).unwrap_or_default())
-                .collect();
-            let counters = values
-                .chunks(2)
-                .take(counters)
-                .map(|pair| {
-                    (
-                        parse_counter(&pair[0]),
-                        parse_counter(pair.get(1).map_or("", String::as_str)),
-                    )
-                })
-                .collect();
-            Ok(RecordOutcome::Recorded { counters })
-        }
-        _ => Err(bad()),
-    }
+    let Some(Value::Int(tag)) = items.first() else {
+        return Err(bad());
+    };
+    let values: Vec<String> = items[1..]
+        .iter()
+        .map(|v| text(v).unwrap_or_default())
+        .collect();
+    decode_answer(*tag, &values, counters).ok_or_else(bad)
 }
 
 #[async_trait]
 impl UsageStore for RedisStore {
-    async fn record(&self, events: &[(&Event, &EventPlan)]) -> StoreResult<Vec<RecordOutcome>> {
-        let now = chrono::Utc::now().timestamp_millis();
-        let events: Vec<EventOps> = events
+    async fn write(&self, writes: &[EventWrite<'_>]) -> StoreResult<Vec<RecordOutcome>> {
+        let events: Vec<EventOps> = writes
             .iter()
-            .map(|(event, plan)| event_ops(&self.keys, &self.retention, event, plan, now))
+            .map(|w| event_ops(&self.keys, &self.retention, *w))
             .collect();
         let calls: Vec<Cmd> = events
             .iter()
-            .map(|event| record_call(&self.record, event))
+            .map(|event| usage_call(&self.usage, event))
             .collect();
+        // The owner pointer goes first: a reservation must be findable by its ID alone.
+        let mut owners = redis::pipe();
+        for (write, event) in writes.iter().zip(&events) {
+            if let (Mode::Reserve { reservation, .. }, true) =
+                (write.mode, event.reservation_key.is_some())
+            {
+                owners
+                    .cmd("SET")
+                    .arg(self.keys.reservation_owner(&reservation.id))
+                    .arg(write.event.customer_id.as_str())
+                    .arg("PX")
+                    .arg(event.reservation_ttl_ms)
+                    .ignore();
+            }
+        }
+        if !owners.is_empty() {
+            let mut conn = self.conn();
+            let () = with_deadline(self.timeout, owners.query_async(&mut conn)).await?;
+        }
         let answers = self
-            .eval_many(&self.record, &calls, self.deadline_for(calls.len()))
+            .eval_many(&self.usage, &calls, self.deadline_for(calls.len()))
             .await?;
         answers
             .into_iter()
-            .zip(events)
+            .zip(&events)
             .map(|(answer, event)| decode_outcome(answer, event.counters))
             .collect()
     }
@@ -527,7 +555,8 @@ impl UsageStore for RedisStore {
         &self,
         customer: &CustomerId,
         counters: &[CounterId],
-    ) -> StoreResult<Vec<f64>> {
+        now_ms: i64,
+    ) -> StoreResult<Vec<CounterReading>> {
         if counters.is_empty() {
             return Ok(Vec::new());
         }
@@ -535,16 +564,132 @@ impl UsageStore for RedisStore {
             .iter()
             .map(|c| self.keys.counter(customer, c))
             .collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(&keys);
+        for key in &keys {
+            pipe.cmd("HVALS").arg(self.keys.holds(key));
+        }
         let mut conn = self.conn();
-        let values: Vec<Option<String>> = with_deadline(
-            self.timeout,
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn),
-        )
-        .await?;
+        let (values, holds): (Vec<Option<String>>, Vec<Vec<String>>) = {
+            let mut answers: Vec<Value> =
+                with_deadline(self.timeout, pipe.query_async(&mut conn)).await?;
+            let rest = answers.split_off(1);
+            let values = redis::from_redis_value(answers.pop().unwrap_or(Value::Nil))
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
+            let holds = rest
+                .into_iter()
+                .map(|v| {
+                    redis::from_redis_value(v).map_err(|e| StoreError::Internal(e.to_string()))
+                })
+                .collect::<StoreResult<_>>()?;
+            (values, holds)
+        };
         Ok(values
             .iter()
-            .map(|v| v.as_deref().map_or(0.0, parse_counter))
+            .zip(holds)
+            .map(|(value, holds)| CounterReading {
+                used: value.as_deref().map_or(0.0, parse_counter),
+                reserved: live_holds(&holds, now_ms),
+            })
             .collect())
+    }
+
+    async fn reservation(
+        &self,
+        customer: &CustomerId,
+        id: &str,
+    ) -> StoreResult<Option<StoredReservation>> {
+        let mut conn = self.conn();
+        let record: std::collections::HashMap<String, String> = with_deadline(
+            self.timeout.max(CONFIG_DEADLINE),
+            redis::cmd("HGETALL")
+                .arg(self.keys.reservation(customer, id))
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(record.get("doc").map(|doc| StoredReservation {
+            doc: doc.clone(),
+            status: record.get("status").cloned().unwrap_or_default(),
+            event_id: record.get("eventId").filter(|e| !e.is_empty()).cloned(),
+        }))
+    }
+
+    async fn reservation_owner(&self, id: &str) -> StoreResult<Option<CustomerId>> {
+        let mut conn = self.conn();
+        let owner: Option<String> = with_deadline(
+            self.timeout.max(CONFIG_DEADLINE),
+            redis::cmd("GET")
+                .arg(self.keys.reservation_owner(id))
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(owner.and_then(|raw| CustomerId::parse("owner", &raw).ok()))
+    }
+
+    async fn finish_reservation(
+        &self,
+        customer: &CustomerId,
+        id: &str,
+        counters: &[CounterId],
+        status: &str,
+        event_id: &str,
+    ) -> StoreResult<Option<(String, String)>> {
+        let mut keys = vec![self.keys.reservation(customer, id)];
+        keys.extend(
+            counters
+                .iter()
+                .map(|c| self.keys.holds(&self.keys.counter(customer, c))),
+        );
+        let afterlife = RESERVATION_AFTERLIFE_MS.to_string();
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let call = evalsha(
+            &self.reservation_finish,
+            &key_refs,
+            &[id, status, event_id, &afterlife],
+        );
+        let answer = self
+            .eval_many(&self.reservation_finish, &[call], CONFIG_DEADLINE)
+            .await?
+            .pop();
+        let values: Vec<String> = match answer {
+            Some(Value::Array(items)) => {
+                items.iter().map(|v| text(v).unwrap_or_default()).collect()
+            }
+            _ => return Err(StoreError::Internal("unexpected reservation answer".into())),
+        };
+        Ok(match values.as_slice() {
+            [status, _] if status == "missing" => None,
+            [status, event] => Some((status.clone(), event.clone())),
+            _ => return Err(StoreError::Internal("unexpected reservation answer".into())),
+        })
+    }
+
+    async fn extend_reservation(
+        &self,
+        customer: &CustomerId,
+        id: &str,
+        holds: &[(CounterId, i64)],
+        doc: &str,
+        expires_at_ms: i64,
+    ) -> StoreResult<bool> {
+        let mut keys = vec![self.keys.reservation(customer, id)];
+        keys.extend(
+            holds
+                .iter()
+                .map(|(c, _)| self.keys.holds(&self.keys.counter(customer, c))),
+        );
+        let now = chrono::Utc::now().timestamp_millis();
+        let ttl = ((expires_at_ms - now).max(1) + RESERVATION_AFTERLIFE_MS).to_string();
+        let expiries: Vec<String> = holds.iter().map(|(_, e)| e.to_string()).collect();
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = vec![id, doc, &ttl];
+        args.extend(expiries.iter().map(String::as_str));
+        let call = evalsha(&self.reservation_extend, &key_refs, &args);
+        let answer = self
+            .eval_many(&self.reservation_extend, &[call], CONFIG_DEADLINE)
+            .await?
+            .pop();
+        Ok(matches!(answer, Some(Value::Int(1))))
     }
 
     async fn read_rollups(
@@ -607,6 +752,16 @@ impl UsageStore for RedisStore {
         )
         .await
     }
+}
+
+/// Sum of hold entries (`amount:expires_at_ms`) still live at `now_ms`.
+fn live_holds(entries: &[String], now_ms: i64) -> f64 {
+    entries
+        .iter()
+        .filter_map(|entry| entry.split_once(':'))
+        .filter(|(_, expires)| expires.parse::<i64>().is_ok_and(|e| e > now_ms))
+        .map(|(amount, _)| amount.parse::<f64>().unwrap_or(0.0))
+        .sum()
 }
 
 /// Hides a password in a Redis URL before it is logged.

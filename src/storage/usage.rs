@@ -70,32 +70,89 @@ pub struct KeyOp {
     pub at_ms: i64,
     /// Absolute expiry set when the key has none yet; 0: never expires.
     pub expire_at_ms: i64,
+    /// Holds (reservations) on this counter; limit counters of sum and count meters only.
+    pub holds_key: Option<String>,
+    /// The tightest limit on this counter, checked by consume and reserve.
+    pub cap: Option<f64>,
+    /// Reserve: when this op's hold ends (the reservation's expiry, or the window's end if sooner).
+    pub hold_expires_ms: i64,
+}
+
+/// What a write does with the limits.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Counts unconditionally (record, batch, commit).
+    Record,
+    /// Counts only if every capped counter stays within its cap.
+    Consume { caps: Vec<Option<f64>> },
+    /// If every cap holds, adds holds instead of usage and stores the reservation.
+    Reserve {
+        caps: Vec<Option<f64>>,
+        reservation: ReservationWrite,
+    },
+}
+
+/// A reservation to store with its holds.
+#[derive(Debug, Clone)]
+pub struct ReservationWrite {
+    pub id: String,
+    /// The stored document (JSON), returned by [`UsageStore::reservation`].
+    pub doc: String,
+    pub expires_at_ms: i64,
 }
 
 /// Everything one event does to storage, in one atomic step.
 #[derive(Debug, Clone)]
 pub struct EventOps {
+    pub mode: &'static str,
+    pub now_ms: i64,
     pub event_id: String,
     pub dedupe_key: Option<String>,
     pub dedupe_ttl_ms: i64,
     pub log_key: String,
-    /// Member of the event log (`<ts13>:<eventId>:<json>`), ordered by time then ID.
+    /// Member of the event log (`<ts13>:<eventId>:<json>`), ordered by time then ID; empty
+    /// for a reservation, which logs nothing.
     pub log_member: String,
     /// Log members below this bound are past retention and trimmed.
     pub log_trim_below: String,
     pub log_ttl_ms: i64,
+    pub reservation_key: Option<String>,
+    pub reservation_doc: String,
+    pub reservation_ttl_ms: i64,
     /// The first `counters` ops are the plan's limit counters, in plan order.
     pub ops: Vec<KeyOp>,
     pub counters: usize,
 }
 
-/// What recording one event did.
+/// A counter as a decision sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CounterReading {
+    pub used: f64,
+    pub reserved: f64,
+}
+
+/// What one write did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordOutcome {
-    /// Values of the plan's counters before and after the event.
-    Recorded { counters: Vec<(f64, f64)> },
+    /// Written. The plan's counters before and after (reserved after a reserve).
+    Written {
+        before: Vec<CounterReading>,
+        after: Vec<CounterReading>,
+    },
+    /// A cap did not hold: nothing was written. The plan's counters as they are.
+    Refused { counters: Vec<CounterReading> },
     /// The idempotency key was seen before: nothing changed. The ID of the first event.
     Duplicate { event_id: String },
+}
+
+/// A write of one event: the event, its plan and its mode.
+#[derive(Debug, Clone, Copy)]
+pub struct EventWrite<'a> {
+    pub event: &'a Event,
+    pub plan: &'a EventPlan,
+    pub mode: &'a Mode,
+    /// The node's "now" (unix ms): holds expire against it, old log entries are trimmed by it.
+    pub now_ms: i64,
 }
 
 fn number(value: f64) -> String {
@@ -115,81 +172,181 @@ pub fn log_position(at_ms: i64, event_id: &str) -> String {
     format!("{:013}:{event_id}", at_ms.max(0))
 }
 
-pub fn event_ops(
-    keys: &Keys,
-    retention: &Retention,
-    event: &Event,
-    plan: &EventPlan,
-    now_ms: i64,
-) -> EventOps {
+/// Stored reservation records outlive their expiry by this much, so reads still find them.
+pub const RESERVATION_AFTERLIFE_MS: i64 = 24 * 3600 * 1000;
+
+pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> EventOps {
+    let EventWrite {
+        event,
+        plan,
+        mode,
+        now_ms,
+    } = write;
     let customer = &event.customer_id;
+    let (mode_name, caps, reservation) = match mode {
+        Mode::Record => ("record", None, None),
+        Mode::Consume { caps } => ("consume", Some(caps), None),
+        Mode::Reserve { caps, reservation } => ("reserve", Some(caps), Some(reservation)),
+    };
     let mut ops = Vec::with_capacity(plan.counters.len() + plan.rollups.len() * 3);
-    for write in &plan.counters {
+    for (index, write) in plan.counters.iter().enumerate() {
         let (kind, value, at_ms) = match write.op {
             CounterOp::Add(v) => (OpKind::Add, number(v), 0),
             CounterOp::Max(v) => (OpKind::Max, number(v), 0),
             CounterOp::Latest { value, at_ms } => (OpKind::Latest, number(value), at_ms),
         };
+        let window_end_ms = plan
+            .limits
+            .iter()
+            .find(|(_, _, i)| *i == index)
+            .and_then(|(_, w, _)| *w)
+            .map(|w| w.end.timestamp_millis());
+        let hold_expires_ms = match (reservation, window_end_ms) {
+            (Some(r), Some(end)) => r.expires_at_ms.min(end),
+            (Some(r), None) => r.expires_at_ms,
+            (None, _) => 0,
+        };
+        let counter_key = keys.counter(customer, &write.counter);
         ops.push(KeyOp {
-            key: keys.counter(customer, &write.counter),
+            holds_key: (kind == OpKind::Add).then(|| keys.holds(&counter_key)),
+            key: counter_key,
             kind,
             field: String::new(),
             value,
             at_ms,
             expire_at_ms: write.retain_until_ms.unwrap_or(0),
+            cap: caps.and_then(|caps| caps.get(index).copied().flatten()),
+            hold_expires_ms,
         });
     }
+    // A reservation touches only the limit counters.
+    let rollups = if reservation.is_some() {
+        &[][..]
+    } else {
+        &plan.rollups[..]
+    };
     let rollup_ms = retention.rollups.as_millis() as i64;
-    for rollup in &plan.rollups {
+    for rollup in rollups {
         let (kind, value, at_ms) = match rollup.op {
             CounterOp::Add(v) => (OpKind::HashAdd, number(v), 0),
             CounterOp::Max(v) => (OpKind::HashMax, number(v), 0),
             CounterOp::Latest { value, at_ms } => (OpKind::HashLatest, number(value), at_ms),
         };
-        ops.push(KeyOp {
-            key: keys.rollup(customer, &rollup.meter_id, Some(rollup.hour_start)),
+        let plain =
+            |key: String, kind: OpKind, value: String, at_ms: i64, expire_at_ms: i64| KeyOp {
+                key,
+                kind,
+                field: rollup.dimensions_hash.clone(),
+                value,
+                at_ms,
+                expire_at_ms,
+                holds_key: None,
+                cap: None,
+                hold_expires_ms: 0,
+            };
+        ops.push(plain(
+            keys.rollup(customer, &rollup.meter_id, Some(rollup.hour_start)),
             kind,
-            field: rollup.dimensions_hash.clone(),
-            value: value.clone(),
+            value.clone(),
             at_ms,
-            expire_at_ms: (rollup.hour_start + 3600) * 1000 + rollup_ms,
-        });
-        ops.push(KeyOp {
-            key: keys.rollup(customer, &rollup.meter_id, None),
+            (rollup.hour_start + 3600) * 1000 + rollup_ms,
+        ));
+        ops.push(plain(
+            keys.rollup(customer, &rollup.meter_id, None),
             kind,
-            field: rollup.dimensions_hash.clone(),
             value,
             at_ms,
-            expire_at_ms: 0,
-        });
-        ops.push(KeyOp {
-            key: keys.rollup_dimensions(customer, &rollup.meter_id),
-            kind: OpKind::HashSetIfAbsent,
-            field: rollup.dimensions_hash.clone(),
-            value: serde_json::to_string(&rollup.dimensions).unwrap_or_else(|_| "{}".into()),
-            at_ms: 0,
-            expire_at_ms: 0,
-        });
+            0,
+        ));
+        ops.push(plain(
+            keys.rollup_dimensions(customer, &rollup.meter_id),
+            OpKind::HashSetIfAbsent,
+            serde_json::to_string(&rollup.dimensions).unwrap_or_else(|_| "{}".into()),
+            0,
+            0,
+        ));
     }
     let events_ms = retention.events.as_millis() as i64;
-    let log_json = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
+    let log_member = match reservation {
+        Some(_) => String::new(),
+        None => {
+            let json = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
+            format!(
+                "{}:{json}",
+                log_position(event.timestamp.timestamp_millis(), &event.id)
+            )
+        }
+    };
     EventOps {
-        event_id: event.id.clone(),
+        mode: mode_name,
+        now_ms,
+        event_id: reservation.map_or_else(|| event.id.clone(), |r| r.id.clone()),
         dedupe_key: event
             .idempotency_key
             .as_deref()
             .map(|k| keys.idempotency(customer, k)),
         dedupe_ttl_ms: retention.idempotency.as_millis() as i64,
         log_key: keys.event_log(customer),
-        log_member: format!(
-            "{}:{log_json}",
-            log_position(event.timestamp.timestamp_millis(), &event.id)
-        ),
+        log_member,
         log_trim_below: format!("({:013}", (now_ms - events_ms).max(0)),
         log_ttl_ms: events_ms,
+        reservation_key: reservation.map(|r| keys.reservation(customer, &r.id)),
+        reservation_doc: reservation.map(|r| r.doc.clone()).unwrap_or_default(),
+        reservation_ttl_ms: reservation.map_or(0, |r| {
+            (r.expires_at_ms - now_ms).max(1) + RESERVATION_AFTERLIFE_MS
+        }),
         ops,
         counters: plan.counters.len(),
     }
+}
+
+/// Turns the script's flat answer (already split into strings) into an outcome.
+pub fn decode_answer(tag: i64, values: &[String], counters: usize) -> Option<RecordOutcome> {
+    let number = |raw: &str| parse_counter(raw);
+    match tag {
+        1 => values.first().map(|id| RecordOutcome::Duplicate {
+            event_id: id.clone(),
+        }),
+        2 => Some(RecordOutcome::Refused {
+            counters: values
+                .chunks(2)
+                .take(counters)
+                .map(|pair| CounterReading {
+                    used: number(&pair[0]),
+                    reserved: pair.get(1).map_or(0.0, |r| number(r)),
+                })
+                .collect(),
+        }),
+        0 => {
+            let triples: Vec<&[String]> = values.chunks(3).take(counters).collect();
+            Some(RecordOutcome::Written {
+                before: triples
+                    .iter()
+                    .map(|t| CounterReading {
+                        used: number(&t[0]),
+                        reserved: t.get(2).map_or(0.0, |r| number(r)),
+                    })
+                    .collect(),
+                after: triples
+                    .iter()
+                    .map(|t| CounterReading {
+                        used: t.get(1).map_or(0.0, |v| number(v)),
+                        reserved: t.get(2).map_or(0.0, |r| number(r)),
+                    })
+                    .collect(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A stored reservation: its document and how it ended, if it did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredReservation {
+    pub doc: String,
+    /// `held`, `committed` or `released` (expiry is read from the document's `expiresAt`).
+    pub status: String,
+    pub event_id: Option<String>,
 }
 
 /// One roll-up cell: an aggregate per dimension set; `at_ms` for `latest`.
@@ -239,15 +396,16 @@ pub struct EventLogQuery {
 
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
-    /// Records events, each in one atomic step; many events go in one round trip.
-    async fn record(&self, events: &[(&Event, &EventPlan)]) -> StoreResult<Vec<RecordOutcome>>;
+    /// Writes events, each in one atomic step; many events go in one round trip.
+    async fn write(&self, writes: &[EventWrite<'_>]) -> StoreResult<Vec<RecordOutcome>>;
 
-    /// Current values of counters of one customer (0 when absent), in one round trip.
+    /// Current usage and holds of counters of one customer (0 when absent), in one round trip.
     async fn read_counters(
         &self,
         customer: &CustomerId,
         counters: &[CounterId],
-    ) -> StoreResult<Vec<f64>>;
+        now_ms: i64,
+    ) -> StoreResult<Vec<CounterReading>>;
 
     /// Roll-ups of one customer and meter for the hours in `[from, to)` (unix seconds, hour
     /// aligned), or the all-time roll-up when `hours` is `None`.
@@ -264,4 +422,36 @@ pub trait UsageStore: Send + Sync + 'static {
         customer: &CustomerId,
         query: &EventLogQuery,
     ) -> StoreResult<Vec<String>>;
+
+    async fn reservation(
+        &self,
+        customer: &CustomerId,
+        id: &str,
+    ) -> StoreResult<Option<StoredReservation>>;
+
+    /// The customer a reservation belongs to (paths name only the reservation).
+    async fn reservation_owner(&self, id: &str) -> StoreResult<Option<CustomerId>>;
+
+    /// Ends a held reservation once: drops its holds on `counters` and stores `status`
+    /// (`committed` with the commit's event ID, or `released`). Returns the status after the
+    /// call and its event ID; `None` if there is no such reservation.
+    async fn finish_reservation(
+        &self,
+        customer: &CustomerId,
+        id: &str,
+        counters: &[CounterId],
+        status: &str,
+        event_id: &str,
+    ) -> StoreResult<Option<(String, String)>>;
+
+    /// Moves a held reservation's expiry (and that of its holds) to `expires_at_ms`.
+    /// Returns false when it is not held.
+    async fn extend_reservation(
+        &self,
+        customer: &CustomerId,
+        id: &str,
+        holds: &[(CounterId, i64)],
+        doc: &str,
+        expires_at_ms: i64,
+    ) -> StoreResult<bool>;
 }

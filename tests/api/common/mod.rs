@@ -126,6 +126,7 @@ pub fn settings() -> Settings {
     Settings {
         default_timezone: chrono_tz::UTC,
         admin_key_hash: Some(hash_key(ADMIN_KEY)),
+        max_hold_fraction: 1.0,
     }
 }
 

@@ -1,0 +1,183 @@
+-- One usage decision or write for one event, atomically: de-duplication, optional limit
+-- checks against caps, then every counter, roll-up and the event log (or, for a reservation,
+-- holds on the counters instead of usage).
+--
+-- KEYS[1]   idempotency record (any key of the customer's slot when ARGV[3] is 0)
+-- KEYS[2]   the customer's event log (sorted set, all scores 0, ordered by member)
+-- KEYS[3]   reservation record (hash; any key of the slot unless ARGV[1] is 'reserve')
+-- KEYS[4..] two keys per op below, in order: the key itself, then its holds hash
+--           (holds: reservation id -> "amount:expires_at_ms"; repeat the key for ops without holds)
+-- ARGV[1]   mode: 'record' (always writes), 'consume' (writes only if every cap holds),
+--           'reserve' (if every cap holds, adds holds instead of usage)
+-- ARGV[2]   now, unix ms (the node's calibrated clock: holds expire against it)
+-- ARGV[3]   idempotency TTL in ms; 0: no de-duplication
+-- ARGV[4]   event ID (record/consume) or reservation ID (reserve)
+-- ARGV[5]   event log member ('' for none)
+-- ARGV[6]   exclusive lexical bound below which log members are trimmed
+-- ARGV[7]   event log TTL in ms
+-- ARGV[8]   reservation record: JSON document ('' unless reserving)
+-- ARGV[9]   reservation record TTL in ms
+-- ARGV[10..] ops, 7 values each: kind, field, value, at_ms, expire_at_ms (0: none),
+--           cap ('' for none), hold_expires_at_ms (reserve: when this op's hold ends)
+--   kinds: add | max | latest (string keys; latest holds "value@at_ms")
+--          hadd | hmax | hlatest | hsetnx (hash fields; hlatest keeps at_ms in "<field>@")
+-- Returns {1, first_id} for a duplicate;
+--         {2, used1, reserved1, used2, reserved2, ...} when a cap does not hold (nothing written);
+--         {0, before1, after1, reserved1, ...} otherwise; values are strings, '' when absent.
+
+local mode, now = ARGV[1], tonumber(ARGV[2])
+local first_op = 10
+local op_count = (#ARGV - first_op + 1) / 7
+
+local function op_args(i)
+  local b = first_op + (i - 1) * 7
+  return ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
+end
+
+-- Sum of the live holds on a counter; expired holds are dropped on the way.
+local function reserved_on(holds_key)
+  local total = 0
+  local entries = redis.call('HGETALL', holds_key)
+  for j = 1, #entries, 2 do
+    local amount, expires = string.match(entries[j + 1], '^(.+):(%d+)$')
+    if tonumber(expires) > now then
+      total = total + tonumber(amount)
+    else
+      redis.call('HDEL', holds_key, entries[j])
+    end
+  end
+  return total
+end
+
+if tonumber(ARGV[3]) > 0 then
+  local first = redis.call('GET', KEYS[1])
+  if first then
+    return {1, first}
+  end
+end
+
+local reserved = {}
+local refused = false
+local state = {2}
+for i = 1, op_count do
+  local kind, _, value, _, _, cap = op_args(i)
+  local key, holds_key = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local held = 0
+  if holds_key ~= key then
+    held = reserved_on(holds_key)
+  end
+  reserved[i] = held
+  if mode ~= 'record' and cap ~= '' then
+    local used = redis.call('GET', key) or ''
+    local current = tonumber((string.gsub(used, '@.*', ''))) or 0
+    local v, limit = tonumber(value), tonumber(cap)
+    if kind == 'add' then
+      if current + held + v > limit then refused = true end
+    elseif kind == 'max' then
+      if math.max(current, v) > limit then refused = true end
+    elseif v > limit then
+      refused = true
+    end
+    state[#state + 1] = used
+  else
+    state[#state + 1] = ''
+  end
+  state[#state + 1] = tostring(held)
+end
+if refused then
+  return state
+end
+
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
+end
+
+local out = {0}
+
+if mode == 'reserve' then
+  for i = 1, op_count do
+    local kind, _, value, _, expire, _, hold_expires = op_args(i)
+    local key, holds_key = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+    local held = reserved[i]
+    if kind == 'add' and holds_key ~= key then
+      redis.call('HSET', holds_key, ARGV[4], value .. ':' .. hold_expires)
+      if expire ~= '0' then
+        redis.call('PEXPIREAT', holds_key, expire)
+      end
+      held = held + tonumber(value)
+    end
+    local used = redis.call('GET', key) or ''
+    out[#out + 1] = used
+    out[#out + 1] = used
+    out[#out + 1] = tostring(held)
+  end
+  redis.call('HSET', KEYS[3], 'doc', ARGV[8], 'status', 'held')
+  redis.call('PEXPIRE', KEYS[3], ARGV[9])
+  return out
+end
+
+for i = 1, op_count do
+  local kind, field, value, at, expire = op_args(i)
+  local key = KEYS[2 + 2 * i]
+  local before, after
+  if kind == 'add' then
+    before = redis.call('GET', key)
+    after = redis.call('INCRBYFLOAT', key, value)
+  elseif kind == 'max' then
+    before = redis.call('GET', key)
+    if not before or tonumber(value) > tonumber(before) then
+      redis.call('SET', key, value, 'KEEPTTL')
+      after = value
+    else
+      after = before
+    end
+  elseif kind == 'latest' then
+    before = redis.call('GET', key)
+    local before_at = before and tonumber(string.match(before, '@(.+)$'))
+    if not before_at or tonumber(at) >= before_at then
+      after = value .. '@' .. at
+      redis.call('SET', key, after, 'KEEPTTL')
+    else
+      after = before
+    end
+  elseif kind == 'hadd' then
+    before = redis.call('HGET', key, field)
+    after = redis.call('HINCRBYFLOAT', key, field, value)
+  elseif kind == 'hmax' then
+    before = redis.call('HGET', key, field)
+    if not before or tonumber(value) > tonumber(before) then
+      redis.call('HSET', key, field, value)
+      after = value
+    else
+      after = before
+    end
+  elseif kind == 'hlatest' then
+    before = redis.call('HGET', key, field)
+    local before_at = tonumber(redis.call('HGET', key, field .. '@'))
+    if not before_at or tonumber(at) >= before_at then
+      redis.call('HSET', key, field, value, field .. '@', at)
+      after = value
+    else
+      after = before
+    end
+  elseif kind == 'hsetnx' then
+    redis.call('HSETNX', key, field, value)
+    after = value
+  else
+    return redis.error_reply('unknown op ' .. kind)
+  end
+  if expire ~= '0' and redis.call('PTTL', key) == -1 then
+    redis.call('PEXPIREAT', key, expire)
+  end
+  out[#out + 1] = before or ''
+  out[#out + 1] = after
+  out[#out + 1] = tostring(reserved[i] or 0)
+end
+
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[2], 0, ARGV[5])
+  redis.call('ZREMRANGEBYLEX', KEYS[2], '-', ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+end
+
+return out

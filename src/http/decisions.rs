@@ -1,0 +1,165 @@
+//! Check, consume and reservations: decisions answer 200 whether allowed or not.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::AppState;
+use super::auth::{Authorized, Ingest, Read};
+use super::error::ApiError;
+use super::events::{idempotency_key, replayed};
+use super::extract::{JsonBody, OptionalJsonBody, PathId};
+use crate::domain::event::NewEvent;
+use crate::domain::field::serialize_number;
+use crate::domain::ids::CustomerId;
+use crate::domain::reservation::{
+    CommitReservation, ExtendReservation, NewReservation, Reservation,
+};
+use crate::domain::usage::LimitState;
+use crate::service::decision::{CheckRequest, Decision};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DecisionBody {
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    customer_id: Option<CustomerId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reservation: Option<Reservation>,
+    limits: Vec<LimitState>,
+    /// Present on refusals only (`null` when a refusing limit never resets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<Option<i64>>,
+    degraded: bool,
+}
+
+static RATE_LIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATE_LIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+fn number_header(value: f64) -> HeaderValue {
+    let text = serde_json::to_string(&NumberText(value)).unwrap_or_else(|_| "0".into());
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0"))
+}
+
+struct NumberText(f64);
+
+impl Serialize for NumberText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_number(self.0, serializer)
+    }
+}
+
+/// The answer of a decision. `with_customer` for check, which names the customer.
+fn respond(decision: Decision, with_customer: bool) -> Response {
+    let refused = !decision.allowed && !decision.degraded;
+    let body = DecisionBody {
+        allowed: decision.allowed,
+        customer_id: with_customer.then(|| decision.customer_id.clone()),
+        event_id: decision.event_id.clone(),
+        reservation: decision.reservation.clone(),
+        limits: decision.limits,
+        retry_after: refused.then_some(decision.retry_after),
+        degraded: decision.degraded,
+    };
+    let mut response = Json(body).into_response();
+    if refused {
+        let headers = response.headers_mut();
+        if let Some(seconds) = decision.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(info) = &decision.rate_limit {
+            headers.insert(RATE_LIMIT_LIMIT.clone(), number_header(info.limit));
+            headers.insert(RATE_LIMIT_REMAINING.clone(), number_header(info.remaining));
+            headers.insert(
+                RATE_LIMIT_RESET.clone(),
+                HeaderValue::from(info.reset_seconds),
+            );
+        }
+    }
+    replayed(response, decision.duplicate)
+}
+
+pub async fn check(
+    _: Authorized<Read>,
+    State(gateway): State<AppState>,
+    JsonBody(request): JsonBody<CheckRequest>,
+) -> Result<Response, ApiError> {
+    Ok(respond(gateway.check(request).await?, true))
+}
+
+pub async fn consume(
+    _: Authorized<Ingest>,
+    State(gateway): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(input): JsonBody<NewEvent>,
+) -> Result<Response, ApiError> {
+    Ok(respond(
+        gateway.consume(input, idempotency_key(&headers)?).await?,
+        false,
+    ))
+}
+
+pub async fn reserve(
+    _: Authorized<Ingest>,
+    State(gateway): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(input): JsonBody<NewReservation>,
+) -> Result<Response, ApiError> {
+    Ok(respond(
+        gateway.reserve(input, idempotency_key(&headers)?).await?,
+        false,
+    ))
+}
+
+pub async fn get(
+    _: Authorized<Read>,
+    State(gateway): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Json<Reservation>, ApiError> {
+    Ok(Json(gateway.get_reservation(&id).await?))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CommitBody {
+    reservation: Reservation,
+    event_id: String,
+    limits: Vec<LimitState>,
+}
+
+pub async fn commit(
+    _: Authorized<Ingest>,
+    State(gateway): State<AppState>,
+    PathId(id): PathId,
+    OptionalJsonBody(input): OptionalJsonBody<CommitReservation>,
+) -> Result<Response, ApiError> {
+    let (reservation, recorded) = gateway.commit_reservation(&id, input).await?;
+    let body = CommitBody {
+        reservation,
+        event_id: recorded.event_id,
+        limits: recorded.limits,
+    };
+    Ok(replayed(Json(body).into_response(), recorded.duplicate))
+}
+
+pub async fn release(
+    _: Authorized<Ingest>,
+    State(gateway): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Json<Reservation>, ApiError> {
+    Ok(Json(gateway.release_reservation(&id).await?))
+}
+
+pub async fn extend(
+    _: Authorized<Ingest>,
+    State(gateway): State<AppState>,
+    PathId(id): PathId,
+    JsonBody(input): JsonBody<ExtendReservation>,
+) -> Result<Json<Reservation>, ApiError> {
+    Ok(Json(gateway.extend_reservation(&id, input).await?))
+}

@@ -1,0 +1,590 @@
+//! Decisions: check (read-only), consume (check and record atomically), reservations (hold an
+//! estimate, settle the actual cost later), and how they answer when storage is unreachable.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Deserialize;
+
+use super::Gateway;
+use super::error::{Resource, ServiceError, ServiceResult, corrupt};
+use super::usage::{Recorded, states};
+use crate::domain::event::{Event, NewEvent};
+use crate::domain::field::{Dimensions, bounded_str, validate_dimensions};
+use crate::domain::ids::{CustomerId, IdKind};
+use crate::domain::limit::FailMode;
+use crate::domain::reservation::{
+    CommitReservation, ExtendReservation, Hold, NewReservation, Reservation, ReservationStatus,
+    StoredReservationDoc, parse_ttl,
+};
+use crate::domain::usage::{EventPlan, LimitState, ResolvedLimit, fits, retry_after};
+use crate::storage::StoreError;
+use crate::storage::usage::{CounterReading, Mode, RecordOutcome, ReservationWrite};
+
+/// `POST /v1/limits/check` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckRequest {
+    pub customer_id: CustomerId,
+    pub dimensions: Option<Dimensions>,
+    pub event_type: Option<String>,
+}
+
+/// The refusing limit with the latest reset, for the `RateLimit-*` headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitInfo {
+    pub limit: f64,
+    pub remaining: f64,
+    pub reset_seconds: i64,
+}
+
+/// A decision: check, consume or reserve.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Storage was unreachable: decided by the limits' fail modes.
+    pub degraded: bool,
+    pub customer_id: CustomerId,
+    pub limits: Vec<LimitState>,
+    /// Seconds until every refusing limit has reset; `None` if one never resets.
+    pub retry_after: Option<i64>,
+    pub rate_limit: Option<RateLimitInfo>,
+    /// Consume: the recorded event. Reserve: the reservation.
+    pub event_id: Option<String>,
+    pub reservation: Option<Reservation>,
+    /// A replay of an earlier request with the same idempotency key.
+    pub duplicate: bool,
+}
+
+impl Decision {
+    fn new(customer_id: CustomerId, allowed: bool, limits: Vec<LimitState>) -> Decision {
+        Decision {
+            allowed,
+            degraded: false,
+            customer_id,
+            limits,
+            retry_after: None,
+            rate_limit: None,
+            event_id: None,
+            reservation: None,
+            duplicate: false,
+        }
+    }
+
+    /// Storage is unreachable: every limit in play decides by its fail mode.
+    fn degraded(
+        customer_id: CustomerId,
+        limits: &[(ResolvedLimit, Option<crate::domain::period::Window>)],
+    ) -> Decision {
+        let allowed = limits
+            .iter()
+            .all(|(l, _)| l.limit.fail_mode == FailMode::Open);
+        let states = limits
+            .iter()
+            .map(|(l, w)| LimitState::unknown(l, *w))
+            .collect();
+        Decision {
+            degraded: true,
+            ..Decision::new(customer_id, allowed, states)
+        }
+    }
+
+    /// A refusal: `refusing` are the indexes of the limits that did not fit.
+    fn refused(
+        customer_id: CustomerId,
+        limits: Vec<LimitState>,
+        refusing: &[usize],
+        now: DateTime<Utc>,
+    ) -> Decision {
+        let refusing: Vec<&LimitState> = refusing.iter().filter_map(|i| limits.get(*i)).collect();
+        let retry = retry_after(&refusing, now);
+        let latest = refusing.iter().max_by_key(|s| s.reset.unwrap_or(i64::MAX));
+        let rate_limit = latest.map(|state| RateLimitInfo {
+            limit: state.limit.get(),
+            remaining: state.remaining.map_or(0.0, |r| r.get()),
+            reset_seconds: state
+                .reset
+                .map_or(0, |reset| (reset - now.timestamp()).max(0)),
+        });
+        Decision {
+            retry_after: retry,
+            rate_limit,
+            ..Decision::new(customer_id, false, limits)
+        }
+    }
+}
+
+fn is_outage(error: &ServiceError) -> bool {
+    matches!(error, ServiceError::Storage(StoreError::Unavailable(_)))
+}
+
+/// The tightest limit on each of the plan's counters (limits sharing a counter share usage).
+fn caps(plan: &EventPlan) -> Vec<Option<f64>> {
+    let mut caps = vec![None; plan.counters.len()];
+    for (limit, _, index) in &plan.limits {
+        let value = limit.limit.limit_value.get();
+        let cap: &mut Option<f64> = &mut caps[*index];
+        *cap = Some(cap.map_or(value, |c: f64| c.min(value)));
+    }
+    caps
+}
+
+/// Which of the plan's limits the event does not fit, given the counters' readings.
+fn refusing_limits(plan: &EventPlan, readings: &[CounterReading]) -> Vec<usize> {
+    plan.limits
+        .iter()
+        .enumerate()
+        .filter(|(_, (limit, _, index))| {
+            let reading = readings.get(*index).copied().unwrap_or_default();
+            !fits(
+                plan.counters[*index].op,
+                reading.used,
+                reading.reserved,
+                limit.limit.limit_value.get(),
+            )
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn plan_windows(plan: &EventPlan) -> Vec<(ResolvedLimit, Option<crate::domain::period::Window>)> {
+    plan.limits
+        .iter()
+        .map(|(l, w, _)| (l.clone(), *w))
+        .collect()
+}
+
+impl Gateway {
+    /// Read-only: every governing limit the request concerns, with its usage now.
+    pub async fn check(&self, request: CheckRequest) -> ServiceResult<Decision> {
+        if let Some(dimensions) = &request.dimensions {
+            validate_dimensions("dimensions", dimensions)?;
+        }
+        if let Some(event_type) = &request.event_type {
+            bounded_str("eventType", event_type, 1, 128)?;
+        }
+        let now = self.clock.now();
+        let limits: Vec<ResolvedLimit> = self
+            .cache
+            .limit_index()
+            .governing(&request.customer_id)
+            .into_iter()
+            .filter(|l| l.concerns(request.dimensions.as_ref(), request.event_type.as_deref()))
+            .collect();
+        let calendar = match self.calendar_of(&request.customer_id, now).await {
+            Ok((calendar, _)) => calendar,
+            Err(error) if is_outage(&error) => {
+                let fallback = crate::domain::customer::Customer::with_defaults(
+                    request.customer_id.clone(),
+                    self.settings.default_timezone,
+                    now,
+                );
+                let calendar = crate::domain::usage::CustomerCalendar {
+                    timezone: fallback.timezone,
+                    anchor: fallback.billing_anchor(),
+                };
+                let windows: Vec<_> = limits
+                    .iter()
+                    .map(|l| (l.clone(), calendar.window(l.limit.period, now)))
+                    .collect();
+                return Ok(Decision::degraded(request.customer_id, &windows));
+            }
+            Err(error) => return Err(error),
+        };
+        let windowed: Vec<_> = limits
+            .iter()
+            .map(|l| (l.clone(), calendar.window(l.limit.period, now)))
+            .collect();
+        let counters: Vec<_> = windowed.iter().map(|(l, w)| l.counter(*w)).collect();
+        let readings = match self
+            .store
+            .read_counters(&request.customer_id, &counters, now.timestamp_millis())
+            .await
+        {
+            Ok(readings) => readings,
+            Err(error @ StoreError::Unavailable(_)) => {
+                tracing::warn!(%error, "check degraded");
+                return Ok(Decision::degraded(request.customer_id, &windowed));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let states: Vec<LimitState> = windowed
+            .iter()
+            .zip(readings)
+            .map(|((limit, window), r)| LimitState::new(limit, *window, r.used, r.reserved))
+            .collect();
+        let full: Vec<usize> = states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_full())
+            .map(|(i, _)| i)
+            .collect();
+        if full.is_empty() {
+            Ok(Decision::new(request.customer_id, true, states))
+        } else {
+            Ok(Decision::refused(request.customer_id, states, &full, now))
+        }
+    }
+
+    /// Checks and records in one atomic step: all limits the event counts toward fit, or
+    /// nothing is recorded.
+    pub async fn consume(
+        &self,
+        input: NewEvent,
+        idempotency_header: Option<&str>,
+    ) -> ServiceResult<Decision> {
+        let now = self.clock.now();
+        let event = Event::validate(
+            IdKind::Event.new_id(ulid::Ulid::new()),
+            input,
+            idempotency_header,
+            now,
+        )?;
+        let customer_id = event.customer_id.clone();
+        let (calendar, unknown) = match self.calendar_of(&customer_id, now).await {
+            Ok(found) => found,
+            Err(error) if is_outage(&error) => return Ok(self.degraded_for(&event, now)),
+            Err(error) => return Err(error),
+        };
+        let plan = self.plan(&event, calendar);
+        let mode = Mode::Consume { caps: caps(&plan) };
+        let outcome = match self.write_one(&event, &plan, &mode, now).await {
+            Ok(outcome) => outcome,
+            Err(error) if is_outage(&error) => {
+                tracing::warn!(%error, "consume degraded");
+                return Ok(Decision::degraded(customer_id, &plan_windows(&plan)));
+            }
+            Err(error) => return Err(error),
+        };
+        let decision = match outcome {
+            RecordOutcome::Written { after, .. } => Decision {
+                event_id: Some(event.id.clone()),
+                ..Decision::new(customer_id, true, states(&plan, &after))
+            },
+            RecordOutcome::Refused { counters } => {
+                let refusing = refusing_limits(&plan, &counters);
+                return Ok(Decision::refused(
+                    customer_id,
+                    states(&plan, &counters),
+                    &refusing,
+                    now,
+                ));
+            }
+            RecordOutcome::Duplicate { event_id } => Decision {
+                event_id: Some(event_id),
+                duplicate: true,
+                ..Decision::new(
+                    customer_id.clone(),
+                    true,
+                    self.current_states(&customer_id, &plan, now).await?,
+                )
+            },
+        };
+        self.create_implicitly(unknown.into_iter().collect())
+            .await?;
+        Ok(decision)
+    }
+
+    /// The degraded answer for an event whose customer could not even be looked up.
+    fn degraded_for(&self, event: &Event, now: DateTime<Utc>) -> Decision {
+        let fallback = crate::domain::customer::Customer::with_defaults(
+            event.customer_id.clone(),
+            self.settings.default_timezone,
+            now,
+        );
+        let calendar = crate::domain::usage::CustomerCalendar {
+            timezone: fallback.timezone,
+            anchor: fallback.billing_anchor(),
+        };
+        let plan = self.plan(event, calendar);
+        Decision::degraded(event.customer_id.clone(), &plan_windows(&plan))
+    }
+
+    /// Holds an estimate against every limit it would count toward, if it fits.
+    pub async fn reserve(
+        &self,
+        input: NewReservation,
+        idempotency_header: Option<&str>,
+    ) -> ServiceResult<Decision> {
+        let ttl = parse_ttl("ttlSeconds", input.ttl_seconds)?;
+        let now = self.clock.now();
+        let new_event = NewEvent {
+            customer_id: input.customer_id,
+            event_type: input.event_type,
+            values: Some(input.values),
+            dimensions: input.dimensions,
+            properties: None,
+            timestamp: None,
+            idempotency_key: None,
+        };
+        let event = Event::validate(
+            IdKind::Event.new_id(ulid::Ulid::new()),
+            new_event,
+            idempotency_header,
+            now,
+        )?;
+        let customer_id = event.customer_id.clone();
+        let (calendar, unknown) = match self.calendar_of(&customer_id, now).await {
+            Ok(found) => found,
+            Err(error) if is_outage(&error) => return Ok(self.degraded_for(&event, now)),
+            Err(error) => return Err(error),
+        };
+        let plan = self.plan(&event, calendar);
+        let expires_at = now + TimeDelta::seconds(ttl);
+        let reservation = Reservation {
+            id: IdKind::Reservation.new_id(ulid::Ulid::new()),
+            customer_id: customer_id.clone(),
+            event_type: event.event_type.clone(),
+            values: event.values.clone(),
+            dimensions: event.dimensions.clone(),
+            status: ReservationStatus::Held,
+            expires_at,
+            created_at: now,
+        };
+        // A single hold may not take more than the configured share of any limit.
+        let too_big: Vec<usize> = plan
+            .limits
+            .iter()
+            .enumerate()
+            .filter(|(_, (limit, _, index))| {
+                plan.counters[*index].op.amount()
+                    > limit.limit.limit_value.get() * self.settings.max_hold_fraction
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if !too_big.is_empty() {
+            let current = match self.current_states(&customer_id, &plan, now).await {
+                Ok(states) => states,
+                Err(error) if is_outage(&error) => {
+                    return Ok(Decision::degraded(customer_id, &plan_windows(&plan)));
+                }
+                Err(error) => return Err(error),
+            };
+            let mut refusal = Decision::refused(customer_id, current, &too_big, now);
+            refusal.retry_after = None;
+            return Ok(refusal);
+        }
+        let holds: Vec<Hold> = plan
+            .counters
+            .iter()
+            .enumerate()
+            .map(|(index, counter)| Hold {
+                counter: counter.counter.clone(),
+                window_end_ms: plan
+                    .limits
+                    .iter()
+                    .find(|(_, _, i)| *i == index)
+                    .and_then(|(_, w, _)| *w)
+                    .map(|w| w.end.timestamp_millis()),
+            })
+            .collect();
+        let doc = StoredReservationDoc {
+            reservation: reservation.clone(),
+            holds,
+        };
+        let mode = Mode::Reserve {
+            caps: caps(&plan),
+            reservation: ReservationWrite {
+                id: reservation.id.clone(),
+                doc: serde_json::to_string(&doc).expect("reservations serialize"),
+                expires_at_ms: expires_at.timestamp_millis(),
+            },
+        };
+        let outcome = match self.write_one(&event, &plan, &mode, now).await {
+            Ok(outcome) => outcome,
+            Err(error) if is_outage(&error) => {
+                tracing::warn!(%error, "reserve degraded");
+                return Ok(Decision::degraded(customer_id, &plan_windows(&plan)));
+            }
+            Err(error) => return Err(error),
+        };
+        let decision = match outcome {
+            RecordOutcome::Written { after, .. } => Decision {
+                reservation: Some(reservation),
+                ..Decision::new(customer_id, true, states(&plan, &after))
+            },
+            RecordOutcome::Refused { counters } => {
+                let refusing = refusing_limits(&plan, &counters);
+                return Ok(Decision::refused(
+                    customer_id,
+                    states(&plan, &counters),
+                    &refusing,
+                    now,
+                ));
+            }
+            RecordOutcome::Duplicate { event_id } => {
+                let replayed = self.get_reservation(&event_id).await?;
+                Decision {
+                    reservation: Some(replayed),
+                    duplicate: true,
+                    ..Decision::new(
+                        customer_id.clone(),
+                        true,
+                        self.current_states(&customer_id, &plan, now).await?,
+                    )
+                }
+            }
+        };
+        self.create_implicitly(unknown.into_iter().collect())
+            .await?;
+        Ok(decision)
+    }
+
+    async fn load_reservation(
+        &self,
+        id: &str,
+    ) -> ServiceResult<(StoredReservationDoc, String, Option<String>)> {
+        if !IdKind::Reservation.is_plausible(id) {
+            return Err(ServiceError::NotFound(Resource::Reservation));
+        }
+        let owner = self
+            .store
+            .reservation_owner(id)
+            .await?
+            .ok_or(ServiceError::NotFound(Resource::Reservation))?;
+        let stored = self
+            .store
+            .reservation(&owner, id)
+            .await?
+            .ok_or(ServiceError::NotFound(Resource::Reservation))?;
+        let doc: StoredReservationDoc =
+            serde_json::from_str(&stored.doc).map_err(|e| corrupt("reservations", e))?;
+        Ok((doc, stored.status, stored.event_id))
+    }
+
+    pub async fn get_reservation(&self, id: &str) -> ServiceResult<Reservation> {
+        let (doc, status, _) = self.load_reservation(id).await?;
+        let mut reservation = doc.reservation;
+        reservation.status =
+            ReservationStatus::at(&status, reservation.expires_at, self.clock.now());
+        Ok(reservation)
+    }
+
+    /// Records the actual cost (default: the estimate), unconditionally, and drops the hold.
+    /// Idempotent: a second commit answers the first one's event. Committing an expired
+    /// reservation still records.
+    pub async fn commit_reservation(
+        &self,
+        id: &str,
+        input: CommitReservation,
+    ) -> ServiceResult<(Reservation, Recorded)> {
+        let (doc, status, event_id) = self.load_reservation(id).await?;
+        let now = self.clock.now();
+        let mut reservation = doc.reservation.clone();
+        if status == "released" {
+            return Err(ServiceError::Conflict(
+                "the reservation was released; it cannot be committed".into(),
+            ));
+        }
+        let values = input.values.unwrap_or_else(|| reservation.values.clone());
+        let new_event = NewEvent {
+            customer_id: reservation.customer_id.clone(),
+            event_type: reservation.event_type.clone(),
+            values: Some(values.clone()),
+            dimensions: Some(reservation.dimensions.clone()),
+            properties: None,
+            timestamp: None,
+            // The commit's own idempotency key: a retried commit never records twice.
+            idempotency_key: Some(format!("commit:{id}")),
+        };
+        let event = Event::validate(
+            event_id.unwrap_or_else(|| IdKind::Event.new_id(ulid::Ulid::new())),
+            new_event,
+            None,
+            now,
+        )?;
+        let recorded = self.record_event(event, now).await?;
+        let counters: Vec<_> = doc.holds.iter().map(|h| h.counter.clone()).collect();
+        self.store
+            .finish_reservation(
+                &reservation.customer_id,
+                id,
+                &counters,
+                "committed",
+                &recorded.event_id,
+            )
+            .await?
+            .ok_or(ServiceError::NotFound(Resource::Reservation))?;
+        reservation.status = ReservationStatus::Committed;
+        reservation.values = values;
+        let limits = self.reservation_states(&reservation, &doc, now).await?;
+        Ok((reservation, Recorded { limits, ..recorded }))
+    }
+
+    /// Current states of the limits the reservation's event counts toward.
+    async fn reservation_states(
+        &self,
+        reservation: &Reservation,
+        _doc: &StoredReservationDoc,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<Vec<LimitState>> {
+        let probe = NewEvent {
+            customer_id: reservation.customer_id.clone(),
+            event_type: reservation.event_type.clone(),
+            values: Some(reservation.values.clone()),
+            dimensions: Some(reservation.dimensions.clone()),
+            properties: None,
+            timestamp: None,
+            idempotency_key: None,
+        };
+        let event = Event::validate(String::new(), probe, None, now)?;
+        let (calendar, _) = self.calendar_of(&reservation.customer_id, now).await?;
+        let plan = self.plan(&event, calendar);
+        self.current_states(&reservation.customer_id, &plan, now)
+            .await
+    }
+
+    /// Drops the hold. Idempotent; releasing a committed reservation is a conflict.
+    pub async fn release_reservation(&self, id: &str) -> ServiceResult<Reservation> {
+        let (doc, _, _) = self.load_reservation(id).await?;
+        let counters: Vec<_> = doc.holds.iter().map(|h| h.counter.clone()).collect();
+        let mut reservation = doc.reservation;
+        let (status, _) = self
+            .store
+            .finish_reservation(&reservation.customer_id, id, &counters, "released", "")
+            .await?
+            .ok_or(ServiceError::NotFound(Resource::Reservation))?;
+        if status == "committed" {
+            return Err(ServiceError::Conflict(
+                "the reservation was committed; it cannot be released".into(),
+            ));
+        }
+        reservation.status = ReservationStatus::Released;
+        Ok(reservation)
+    }
+
+    /// Gives a held reservation `ttlSeconds` more from now (its holds still end with their windows).
+    pub async fn extend_reservation(
+        &self,
+        id: &str,
+        input: ExtendReservation,
+    ) -> ServiceResult<Reservation> {
+        let ttl = parse_ttl("ttlSeconds", Some(input.ttl_seconds))?;
+        let (mut doc, status, _) = self.load_reservation(id).await?;
+        let now = self.clock.now();
+        if ReservationStatus::at(&status, doc.reservation.expires_at, now)
+            != ReservationStatus::Held
+        {
+            return Err(ServiceError::Conflict(
+                "only a held reservation can be extended".into(),
+            ));
+        }
+        let expires_at = now + TimeDelta::seconds(ttl);
+        doc.reservation.expires_at = expires_at;
+        let expires_ms = expires_at.timestamp_millis();
+        let holds: Vec<_> = doc
+            .holds
+            .iter()
+            .map(|h| (h.counter.clone(), h.expires_at_ms(expires_ms)))
+            .collect();
+        let text = serde_json::to_string(&doc).expect("reservations serialize");
+        if !self
+            .store
+            .extend_reservation(&doc.reservation.customer_id, id, &holds, &text, expires_ms)
+            .await?
+        {
+            return Err(ServiceError::Conflict(
+                "only a held reservation can be extended".into(),
+            ));
+        }
+        Ok(doc.reservation)
+    }
+}
