@@ -272,7 +272,7 @@ impl Gateway {
             .store
             .read_counters(customer, &counters, now.timestamp_millis())
             .await?;
-        Ok(states(&plan, &readings))
+        Ok(states(plan, &readings))
     }
 
     /// Validates the whole batch first, then records every event in one round trip.
