@@ -7,18 +7,29 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 #[derive(Debug, Default)]
 pub struct Clock {
-    /// Correction added to the system clock, in microseconds.
+    /// Correction against the storage server's clock, in microseconds.
     offset_micros: AtomicI64,
+    /// A deliberate shift, in microseconds: lets tests move a gateway through time (expiry,
+    /// window roll-over) without sleeping. Zero in production.
+    shift_micros: AtomicI64,
 }
 
 impl Clock {
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + TimeDelta::microseconds(self.offset_micros.load(Ordering::Relaxed))
+        let micros =
+            self.offset_micros.load(Ordering::Relaxed) + self.shift_micros.load(Ordering::Relaxed);
+        Utc::now() + TimeDelta::microseconds(micros)
     }
 
     pub fn set_offset(&self, offset: TimeDelta) {
         self.offset_micros
             .store(offset.num_microseconds().unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Moves this clock by `by` on top of everything else.
+    pub fn shift(&self, by: TimeDelta) {
+        self.shift_micros
+            .fetch_add(by.num_microseconds().unwrap_or(0), Ordering::Relaxed);
     }
 }
 

@@ -15,7 +15,7 @@ use crate::domain::reservation::{
     CommitReservation, ExtendReservation, Hold, NewReservation, Reservation, ReservationStatus,
     StoredReservationDoc, parse_ttl,
 };
-use crate::domain::usage::{EventPlan, LimitState, ResolvedLimit, fits, retry_after};
+use crate::domain::usage::{CounterOp, EventPlan, LimitState, ResolvedLimit, fits, retry_after};
 use crate::storage::StoreError;
 use crate::storage::usage::{CounterReading, Mode, RecordOutcome, ReservationWrite};
 
@@ -345,8 +345,9 @@ impl Gateway {
             .iter()
             .enumerate()
             .filter(|(_, (limit, _, index))| {
-                plan.counters[*index].op.amount()
-                    > limit.limit.limit_value.get() * self.settings.max_hold_fraction
+                let op = plan.counters[*index].op;
+                matches!(op, CounterOp::Add(_))
+                    && op.amount() > limit.limit.limit_value.get() * self.settings.max_hold_fraction
             })
             .map(|(i, _)| i)
             .collect();

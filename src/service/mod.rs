@@ -73,6 +73,10 @@ impl Gateway {
         Ok(())
     }
 
+    pub fn clock(&self) -> &clock::Clock {
+        &self.clock
+    }
+
     pub fn describe_store(&self) -> String {
         self.store.describe()
     }

@@ -120,6 +120,45 @@ pub async fn with_deadline<T>(
     }
 }
 
+/// Consecutive outage errors after which the breaker opens.
+const FAILURES_TO_OPEN: u32 = 3;
+/// How long an open breaker fails calls before letting a probe through.
+const OPEN_FOR_MS: i64 = 250;
+
+/// A circuit breaker: after a few outage errors in a row, calls fail fast for a short while,
+/// then one goes through as a probe; success closes it again.
+#[derive(Default)]
+struct Breaker {
+    failures: std::sync::atomic::AtomicU32,
+    open_until_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Breaker {
+    fn admit(&self) -> StoreResult<()> {
+        use std::sync::atomic::Ordering;
+        if chrono::Utc::now().timestamp_millis() < self.open_until_ms.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(
+                "circuit open: storage failed repeatedly".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn observe<T>(&self, result: &StoreResult<T>) {
+        use std::sync::atomic::Ordering;
+        match result {
+            Ok(_) => self.failures.store(0, Ordering::Relaxed),
+            Err(StoreError::Unavailable(_)) => {
+                if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_TO_OPEN {
+                    let until = chrono::Utc::now().timestamp_millis() + OPEN_FOR_MS;
+                    self.open_until_ms.store(until, Ordering::Relaxed);
+                }
+            }
+            Err(StoreError::Internal(_)) => {}
+        }
+    }
+}
+
 pub struct RedisStore {
     conn: RedisConnection,
     keys: Keys,
@@ -127,6 +166,7 @@ pub struct RedisStore {
     /// Deadline of calls on the decision path (`QUOTAGATE_STORAGE_TIMEOUT_MS`).
     timeout: Duration,
     retention: Retention,
+    breaker: Breaker,
     config_apply: Script,
     usage: Script,
     reservation_finish: Script,
@@ -141,11 +181,25 @@ impl RedisStore {
             url: url.to_string(),
             timeout,
             retention: Retention::default(),
+            breaker: Breaker::default(),
             config_apply: Script::new(include_str!("../../lua/config_apply.lua")),
             usage: Script::new(include_str!("../../lua/usage.lua")),
             reservation_finish: Script::new(include_str!("../../lua/reservation_finish.lua")),
             reservation_extend: Script::new(include_str!("../../lua/reservation_extend.lua")),
         }
+    }
+
+    /// Runs a storage call under `deadline` and the circuit breaker: while Redis is known to
+    /// be down, calls fail at once instead of each waiting for the deadline.
+    async fn guarded<T>(
+        &self,
+        deadline: Duration,
+        call: impl std::future::Future<Output = Result<T, RedisError>>,
+    ) -> StoreResult<T> {
+        self.breaker.admit()?;
+        let result = with_deadline(deadline, call).await;
+        self.breaker.observe(&result);
+        result
     }
 
     pub fn keys(&self) -> &Keys {
@@ -183,7 +237,7 @@ impl RedisStore {
             for &index in &pending {
                 pipe.add_command(calls[index].clone());
             }
-            let answers: Vec<Value> = with_deadline(deadline, pipe.query_async(&mut conn)).await?;
+            let answers: Vec<Value> = self.guarded(deadline, pipe.query_async(&mut conn)).await?;
             let mut missing = Vec::new();
             for (&index, answer) in pending.iter().zip(answers) {
                 match answer {
@@ -202,7 +256,7 @@ impl RedisStore {
                     "scripts could not be loaded".into(),
                 ));
             }
-            let _: String = with_deadline(deadline, script.load_async(&mut conn)).await?;
+            let _: String = self.guarded(deadline, script.load_async(&mut conn)).await?;
             pending = missing;
         }
         Ok(results
@@ -261,7 +315,8 @@ impl ConfigStore for RedisStore {
             .arg(self.keys.config_docs(kind))
             .arg(id)
             .to_owned();
-        with_deadline(CONFIG_DEADLINE, cmd.query_async(&mut conn)).await
+        self.guarded(CONFIG_DEADLINE, cmd.query_async(&mut conn))
+            .await
     }
 
     async fn page(
@@ -275,30 +330,32 @@ impl ConfigStore for RedisStore {
             Some(after) => format!("({after}"),
             None => "-".to_string(),
         };
-        let ids: Vec<String> = with_deadline(
-            CONFIG_DEADLINE,
-            redis::cmd("ZRANGE")
-                .arg(self.keys.config_index(kind))
-                .arg(start)
-                .arg("+")
-                .arg("BYLEX")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit)
-                .query_async(&mut conn),
-        )
-        .await?;
+        let ids: Vec<String> = self
+            .guarded(
+                CONFIG_DEADLINE,
+                redis::cmd("ZRANGE")
+                    .arg(self.keys.config_index(kind))
+                    .arg(start)
+                    .arg("+")
+                    .arg("BYLEX")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut conn),
+            )
+            .await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let docs: Vec<Option<String>> = with_deadline(
-            CONFIG_DEADLINE,
-            redis::cmd("HMGET")
-                .arg(self.keys.config_docs(kind))
-                .arg(&ids)
-                .query_async(&mut conn),
-        )
-        .await?;
+        let docs: Vec<Option<String>> = self
+            .guarded(
+                CONFIG_DEADLINE,
+                redis::cmd("HMGET")
+                    .arg(self.keys.config_docs(kind))
+                    .arg(&ids)
+                    .query_async(&mut conn),
+            )
+            .await?;
         // An ID deleted between the two calls is simply skipped.
         Ok(ids
             .into_iter()
@@ -309,7 +366,7 @@ impl ConfigStore for RedisStore {
 
     async fn all(&self, kind: Kind) -> StoreResult<Vec<String>> {
         let mut conn = self.conn();
-        with_deadline(
+        self.guarded(
             CONFIG_DEADLINE,
             redis::cmd("HVALS")
                 .arg(self.keys.config_docs(kind))
@@ -341,8 +398,9 @@ impl ConfigStore for RedisStore {
                 .arg(doc);
         }
         let mut conn = self.conn();
-        let failed: usize =
-            with_deadline(CONFIG_DEADLINE, invocation.invoke_async(&mut conn)).await?;
+        let failed: usize = self
+            .guarded(CONFIG_DEADLINE, invocation.invoke_async(&mut conn))
+            .await?;
         Ok(match failed {
             0 => Ok(()),
             n => Err(GuardFailed { index: n - 1 }),
@@ -351,17 +409,18 @@ impl ConfigStore for RedisStore {
 
     async fn change_cursor(&self) -> StoreResult<String> {
         let mut conn = self.conn();
-        let reply: redis::streams::StreamRangeReply = with_deadline(
-            CONFIG_DEADLINE,
-            redis::cmd("XREVRANGE")
-                .arg(self.keys.config_changes())
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut conn),
-        )
-        .await?;
+        let reply: redis::streams::StreamRangeReply = self
+            .guarded(
+                CONFIG_DEADLINE,
+                redis::cmd("XREVRANGE")
+                    .arg(self.keys.config_changes())
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn),
+            )
+            .await?;
         Ok(reply
             .ids
             .first()
@@ -374,17 +433,18 @@ impl ConfigStore for RedisStore {
         max: usize,
     ) -> StoreResult<(Vec<ConfigChange>, String)> {
         let mut conn = self.conn();
-        let reply: redis::streams::StreamRangeReply = with_deadline(
-            CONFIG_DEADLINE,
-            redis::cmd("XRANGE")
-                .arg(self.keys.config_changes())
-                .arg(format!("({cursor}"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(max)
-                .query_async(&mut conn),
-        )
-        .await?;
+        let reply: redis::streams::StreamRangeReply = self
+            .guarded(
+                CONFIG_DEADLINE,
+                redis::cmd("XRANGE")
+                    .arg(self.keys.config_changes())
+                    .arg(format!("({cursor}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(max)
+                    .query_async(&mut conn),
+            )
+            .await?;
         let next = reply
             .ids
             .last()
@@ -395,17 +455,20 @@ impl ConfigStore for RedisStore {
 
     async fn ping(&self) -> StoreResult<()> {
         let mut conn = self.conn();
-        let _: String =
-            with_deadline(CONFIG_DEADLINE, redis::cmd("PING").query_async(&mut conn)).await?;
-        let _: String =
-            with_deadline(CONFIG_DEADLINE, self.config_apply.load_async(&mut conn)).await?;
+        let _: String = self
+            .guarded(CONFIG_DEADLINE, redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        let _: String = self
+            .guarded(CONFIG_DEADLINE, self.config_apply.load_async(&mut conn))
+            .await?;
         Ok(())
     }
 
     async fn server_time(&self) -> StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
         let mut conn = self.conn();
-        let (secs, micros): (i64, i64) =
-            with_deadline(CONFIG_DEADLINE, redis::cmd("TIME").query_async(&mut conn)).await?;
+        let (secs, micros): (i64, i64) = self
+            .guarded(CONFIG_DEADLINE, redis::cmd("TIME").query_async(&mut conn))
+            .await?;
         Ok(chrono::DateTime::from_timestamp(
             secs,
             (micros * 1000) as u32,
@@ -539,7 +602,9 @@ impl UsageStore for RedisStore {
         }
         if !owners.is_empty() {
             let mut conn = self.conn();
-            let () = with_deadline(self.timeout, owners.query_async(&mut conn)).await?;
+            let () = self
+                .guarded(self.timeout, owners.query_async(&mut conn))
+                .await?;
         }
         let answers = self
             .eval_many(&self.usage, &calls, self.deadline_for(calls.len()))
@@ -571,8 +636,9 @@ impl UsageStore for RedisStore {
         }
         let mut conn = self.conn();
         let (values, holds): (Vec<Option<String>>, Vec<Vec<String>>) = {
-            let mut answers: Vec<Value> =
-                with_deadline(self.timeout, pipe.query_async(&mut conn)).await?;
+            let mut answers: Vec<Value> = self
+                .guarded(self.timeout, pipe.query_async(&mut conn))
+                .await?;
             let rest = answers.split_off(1);
             let values = redis::from_redis_value(answers.pop().unwrap_or(Value::Nil))
                 .map_err(|e| StoreError::Internal(e.to_string()))?;
@@ -600,13 +666,14 @@ impl UsageStore for RedisStore {
         id: &str,
     ) -> StoreResult<Option<StoredReservation>> {
         let mut conn = self.conn();
-        let record: std::collections::HashMap<String, String> = with_deadline(
-            self.timeout.max(CONFIG_DEADLINE),
-            redis::cmd("HGETALL")
-                .arg(self.keys.reservation(customer, id))
-                .query_async(&mut conn),
-        )
-        .await?;
+        let record: std::collections::HashMap<String, String> = self
+            .guarded(
+                self.timeout.max(CONFIG_DEADLINE),
+                redis::cmd("HGETALL")
+                    .arg(self.keys.reservation(customer, id))
+                    .query_async(&mut conn),
+            )
+            .await?;
         Ok(record.get("doc").map(|doc| StoredReservation {
             doc: doc.clone(),
             status: record.get("status").cloned().unwrap_or_default(),
@@ -616,13 +683,14 @@ impl UsageStore for RedisStore {
 
     async fn reservation_owner(&self, id: &str) -> StoreResult<Option<CustomerId>> {
         let mut conn = self.conn();
-        let owner: Option<String> = with_deadline(
-            self.timeout.max(CONFIG_DEADLINE),
-            redis::cmd("GET")
-                .arg(self.keys.reservation_owner(id))
-                .query_async(&mut conn),
-        )
-        .await?;
+        let owner: Option<String> = self
+            .guarded(
+                self.timeout.max(CONFIG_DEADLINE),
+                redis::cmd("GET")
+                    .arg(self.keys.reservation_owner(id))
+                    .query_async(&mut conn),
+            )
+            .await?;
         Ok(owner.and_then(|raw| CustomerId::parse("owner", &raw).ok()))
     }
 
@@ -710,8 +778,9 @@ impl UsageStore for RedisStore {
             pipe.cmd("HGETALL")
                 .arg(self.keys.rollup(customer, meter_id, *bucket));
         }
-        let mut hashes: Vec<std::collections::HashMap<String, String>> =
-            with_deadline(CONFIG_DEADLINE, pipe.query_async(&mut conn)).await?;
+        let mut hashes: Vec<std::collections::HashMap<String, String>> = self
+            .guarded(CONFIG_DEADLINE, pipe.query_async(&mut conn))
+            .await?;
         let rest = hashes.split_off(1);
         let dimensions = hashes
             .pop()
@@ -737,7 +806,7 @@ impl UsageStore for RedisStore {
     ) -> StoreResult<Vec<String>> {
         let (low, high) = log_bounds(query);
         let mut conn = self.conn();
-        with_deadline(
+        self.guarded(
             CONFIG_DEADLINE,
             redis::cmd("ZRANGE")
                 .arg(self.keys.event_log(customer))

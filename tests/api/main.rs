@@ -5,9 +5,12 @@ mod common;
 
 mod auth;
 mod bad_input;
+mod concurrency;
 mod customers;
+mod enforcement;
 mod limits;
 mod metering;
 mod meters;
+mod outage;
 mod replicas;
 mod store_contract;

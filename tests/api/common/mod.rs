@@ -111,15 +111,18 @@ pub fn unique_prefix() -> String {
 }
 
 pub async fn redis_store(url: &str, prefix: &str) -> Arc<dyn Store> {
+    redis_store_with_timeout(url, prefix, Duration::from_millis(500)).await
+}
+
+pub async fn redis_store_with_timeout(
+    url: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> Arc<dyn Store> {
     let conn = RedisConnection::connect(url, Duration::from_secs(2))
         .await
         .unwrap();
-    Arc::new(RedisStore::new(
-        conn,
-        Keys::new(prefix),
-        url,
-        Duration::from_millis(500),
-    ))
+    Arc::new(RedisStore::new(conn, Keys::new(prefix), url, timeout))
 }
 
 pub fn settings() -> Settings {

@@ -1,0 +1,190 @@
+//! Exact admission under concurrency: N concurrent consumes against room for K admit exactly K,
+//! on the embedded store and across two gateway processes sharing one Redis.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::Request;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::common::{ADMIN_KEY, GatewayProcess, TestApp, shared_redis, unique_prefix};
+
+const REQUESTS: usize = 200;
+const ROOM: usize = 50;
+
+/// The three ways to spend: a sum meter (2 per call, limit 100), a count meter (limit 50), and
+/// reservations of 1 on a sum meter (limit 50).
+#[derive(Clone, Copy, Debug)]
+enum Spend {
+    SumConsume,
+    CountConsume,
+    Reserve,
+}
+
+impl Spend {
+    const ALL: [Spend; 3] = [Spend::SumConsume, Spend::CountConsume, Spend::Reserve];
+
+    fn meter(self) -> Value {
+        match self {
+            Spend::CountConsume => json!({"name": "calls", "aggregation": "count", "field": "*"}),
+            _ => json!({"name": "tokens", "aggregation": "sum", "field": "values.tokens"}),
+        }
+    }
+
+    fn limit_value(self) -> usize {
+        match self {
+            Spend::SumConsume => ROOM * 2,
+            _ => ROOM,
+        }
+    }
+
+    fn request(self, customer: &str) -> (&'static str, Value) {
+        match self {
+            Spend::SumConsume => (
+                "/v1/limits/consume",
+                json!({"customerId": customer, "eventType": "llm", "values": {"tokens": 2}}),
+            ),
+            Spend::CountConsume => (
+                "/v1/limits/consume",
+                json!({"customerId": customer, "eventType": "llm"}),
+            ),
+            Spend::Reserve => (
+                "/v1/reservations",
+                json!({"customerId": customer, "eventType": "llm", "values": {"tokens": 1}}),
+            ),
+        }
+    }
+}
+
+fn setup_bodies(spend: Spend, meter_id: &str, customer: &str) -> Value {
+    json!({"name": "room", "meterId": meter_id, "limitValue": spend.limit_value(), "period": "day", "customerId": customer})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_store_admits_exactly_the_room() {
+    let app = Arc::new(TestApp::memory().await);
+    for spend in Spend::ALL {
+        let customer = format!("race-{spend:?}");
+        let meter = app.meter(spend.meter()).await;
+        app.post("/v1/limits", setup_bodies(spend, &meter, &customer))
+            .await
+            .assert_status(201);
+        let mut tasks = Vec::new();
+        for _ in 0..REQUESTS {
+            let router = app.router.clone();
+            let (path, body) = spend.request(&customer);
+            tasks.push(tokio::spawn(async move {
+                let request = Request::post(path)
+                    .header("authorization", format!("Bearer {ADMIN_KEY}"))
+                    .header("content-type", "application/json")
+                    .body(Body::from(body.to_string()))
+                    .unwrap();
+                let response = router.oneshot(request).await.unwrap();
+                let bytes = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                serde_json::from_slice::<Value>(&bytes).unwrap()["allowed"] == true
+            }));
+        }
+        let mut admitted = 0;
+        for task in tasks {
+            admitted += usize::from(task.await.unwrap());
+        }
+        assert_eq!(admitted, ROOM, "{spend:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_redis_admit_exactly_the_room() {
+    let url = shared_redis().url();
+    let prefix = unique_prefix();
+    let envs = [
+        ("QUOTAGATE_REDIS_URL", url.as_str()),
+        ("QUOTAGATE_KEY_PREFIX", prefix.as_str()),
+        ("QUOTAGATE_ADMIN_KEY", ADMIN_KEY),
+        // This test is about atomicity, not outages: a loaded debug build on two cores must
+        // not miss the deadline and answer from the fail mode.
+        ("QUOTAGATE_STORAGE_TIMEOUT_MS", "5000"),
+    ];
+    let nodes = [GatewayProcess::start(&envs), GatewayProcess::start(&envs)];
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    for spend in Spend::ALL {
+        let customer = format!("race-{spend:?}");
+        let meter: Value = client
+            .post(nodes[0].url("/v1/meters"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&spend.meter())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let created = client
+            .post(nodes[0].url("/v1/limits"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&setup_bodies(
+                spend,
+                meter["id"].as_str().unwrap(),
+                &customer,
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        // Both nodes must know the limit before the race (config reaches replicas within ~1 s).
+        for node in &nodes {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            loop {
+                let answer: Value = client
+                    .post(node.url("/v1/limits/check"))
+                    .bearer_auth(ADMIN_KEY)
+                    .json(&json!({"customerId": customer}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if answer["limits"].as_array().is_some_and(|l| !l.is_empty()) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "node never learned the limit"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        let mut tasks = Vec::new();
+        for i in 0..REQUESTS {
+            let client = client.clone();
+            let url = nodes[i % 2].url(spend.request(&customer).0);
+            let body = spend.request(&customer).1;
+            tasks.push(tokio::spawn(async move {
+                let answer: Value = client
+                    .post(url)
+                    .bearer_auth(ADMIN_KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(answer["degraded"], false);
+                answer["allowed"] == true
+            }));
+        }
+        let mut admitted = 0;
+        for task in tasks {
+            admitted += usize::from(task.await.unwrap());
+        }
+        assert_eq!(admitted, ROOM, "{spend:?}");
+    }
+}

@@ -1,0 +1,550 @@
+//! Consume and reservations (API.md §5.2, §5.3) on both stores.
+
+use chrono::TimeDelta;
+use serde_json::{Value, json};
+
+use crate::both_stores;
+use crate::common::TestApp;
+
+both_stores!(
+    consume_admits_until_full_then_refuses,
+    consume_is_all_or_nothing_across_limits,
+    consume_count_max_latest_rules,
+    consume_honours_idempotency,
+    reservation_lifecycle,
+    reservations_count_as_reserved_everywhere,
+    reservations_expire_without_any_call,
+    holds_never_leak_into_the_next_window,
+    reservation_refusals_and_conflicts,
+    bad_decision_input,
+);
+
+async fn limit(app: &TestApp, body: Value) -> String {
+    app.post("/v1/limits", body).await.assert_status(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn tokens(customer: &str, n: f64) -> Value {
+    json!({"customerId": customer, "eventType": "llm", "values": {"tokens": n}})
+}
+
+fn state<'a>(answer: &'a Value, limit_id: &str) -> &'a Value {
+    answer["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == limit_id)
+        .expect("limit listed")
+}
+
+async fn used(app: &TestApp, customer: &str, limit_id: &str) -> (Value, Value) {
+    let answer = app
+        .post("/v1/limits/check", json!({"customerId": customer}))
+        .await;
+    let state = state(&answer.body, limit_id).clone();
+    (state["used"].clone(), state["reserved"].clone())
+}
+
+async fn consume_admits_until_full_then_refuses(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let hourly = limit(
+        &app,
+        json!({"name": "h", "meterId": meter, "limitValue": 10, "period": "hour"}),
+    )
+    .await;
+    for _ in 0..2 {
+        let answer = app.post("/v1/limits/consume", tokens("cons", 4.0)).await;
+        let body = answer.assert_status(200);
+        assert_eq!(body["allowed"], true);
+        assert!(body["eventId"].as_str().unwrap().starts_with("evt_"));
+        assert_eq!(body["degraded"], false);
+        assert!(answer.header("retry-after").is_none());
+    }
+    let refused = app.post("/v1/limits/consume", tokens("cons", 4.0)).await;
+    let body = refused.assert_status(200);
+    assert_eq!(body["allowed"], false);
+    assert!(body.get("eventId").is_none());
+    assert_eq!(state(body, &hourly)["used"], 8);
+    assert_eq!(state(body, &hourly)["remaining"], 2);
+    let reset = state(body, &hourly)["reset"].as_i64().unwrap();
+    let retry = body["retryAfter"].as_i64().unwrap();
+    let expected = reset - chrono::Utc::now().timestamp();
+    assert!(
+        (retry - expected).abs() <= 1,
+        "retryAfter {retry} vs {expected}"
+    );
+    assert_eq!(
+        refused.header("retry-after"),
+        Some(retry.to_string().as_str())
+    );
+    assert_eq!(refused.header("ratelimit-limit"), Some("10"));
+    assert_eq!(refused.header("ratelimit-remaining"), Some("2"));
+    assert!(refused.header("ratelimit-reset").is_some());
+    // Exactly filling the limit is allowed.
+    assert_eq!(
+        app.post("/v1/limits/consume", tokens("cons", 2.0))
+            .await
+            .body["allowed"],
+        true
+    );
+    assert_eq!(used(&app, "cons", &hourly).await.0, 10);
+    // A counter starts with its limit: a new all_time limit counts from now on.
+    let all_time = limit(
+        &app,
+        json!({"name": "a", "meterId": meter, "limitValue": 10, "period": "all_time"}),
+    )
+    .await;
+    assert_eq!(
+        app.post("/v1/limits/consume", tokens("forever", 10.0))
+            .await
+            .body["allowed"],
+        true
+    );
+    let refused = app.post("/v1/limits/consume", tokens("forever", 1.0)).await;
+    assert_eq!(refused.body["allowed"], false);
+    assert_eq!(
+        refused.body["retryAfter"],
+        Value::Null,
+        "an all_time refusal never resets"
+    );
+    assert!(refused.header("retry-after").is_none());
+    assert_eq!(state(&refused.body, &all_time)["reset"], Value::Null);
+}
+
+async fn consume_is_all_or_nothing_across_limits(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let calls = app
+        .meter(json!({"name": "calls", "aggregation": "count", "field": "*"}))
+        .await;
+    let roomy = limit(
+        &app,
+        json!({"name": "roomy", "meterId": meter, "limitValue": 1000, "period": "day"}),
+    )
+    .await;
+    let tight = limit(
+        &app,
+        json!({"name": "tight", "meterId": calls, "limitValue": 1, "period": "day"}),
+    )
+    .await;
+    assert_eq!(
+        app.post("/v1/limits/consume", tokens("aon", 5.0))
+            .await
+            .body["allowed"],
+        true
+    );
+    let refused = app.post("/v1/limits/consume", tokens("aon", 5.0)).await;
+    assert_eq!(refused.body["allowed"], false);
+    assert_eq!(
+        used(&app, "aon", &roomy).await.0,
+        5,
+        "the roomy limit did not count the refused event"
+    );
+    assert_eq!(used(&app, "aon", &tight).await.0, 1);
+    let events = app.get("/v1/events?customerId=aon").await;
+    assert_eq!(
+        events.body["data"].as_array().unwrap().len(),
+        1,
+        "a refused consume records nothing"
+    );
+}
+
+async fn consume_count_max_latest_rules(app: TestApp) {
+    let count = app
+        .meter(json!({"name": "c", "aggregation": "count", "field": "*"}))
+        .await;
+    let max = app
+        .meter(json!({"name": "m", "aggregation": "max", "field": "values.size"}))
+        .await;
+    let latest = app
+        .meter(json!({"name": "l", "aggregation": "latest", "field": "values.level"}))
+        .await;
+    limit(&app, json!({"name": "c", "meterId": count, "limitValue": 2, "period": "day", "customerId": "rules"})).await;
+    limit(&app, json!({"name": "m", "meterId": max, "limitValue": 100, "period": "day", "customerId": "rules"})).await;
+    limit(&app, json!({"name": "l", "meterId": latest, "limitValue": 10, "period": "day", "customerId": "rules"})).await;
+    let consume = |values: Value| {
+        let app = &app;
+        async move {
+            let answer = app
+                .post(
+                    "/v1/limits/consume",
+                    json!({"customerId": "rules", "eventType": "x", "values": values}),
+                )
+                .await;
+            answer.body["allowed"].as_bool().unwrap()
+        }
+    };
+    assert!(
+        !consume(json!({"size": 101})).await,
+        "max: max(used, v) ≤ limit"
+    );
+    assert!(!consume(json!({"level": 11})).await, "latest: v ≤ limit");
+    assert!(consume(json!({"size": 100, "level": 10})).await);
+    assert!(
+        consume(json!({"size": 5, "level": 1})).await,
+        "a smaller max still fits"
+    );
+    assert!(
+        !consume(json!({})).await,
+        "count: the third event exceeds 2"
+    );
+}
+
+async fn consume_honours_idempotency(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let id = limit(
+        &app,
+        json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}),
+    )
+    .await;
+    let mut body = tokens("idc", 10.0);
+    body["idempotencyKey"] = json!("once");
+    let first = app.post("/v1/limits/consume", body.clone()).await;
+    let again = app.post("/v1/limits/consume", body).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body["eventId"], first.body["eventId"]);
+    assert_eq!(again.body["allowed"], true);
+    assert_eq!(used(&app, "idc", &id).await.0, 10);
+}
+
+async fn reservation_lifecycle(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let id = limit(
+        &app,
+        json!({"name": "d", "meterId": meter, "limitValue": 1000, "period": "day"}),
+    )
+    .await;
+    let held = app
+        .post("/v1/reservations", json!({"customerId": "rsv", "eventType": "llm", "values": {"tokens": 300}, "dimensions": {"model": "x"}}))
+        .await;
+    let body = held.assert_status(200);
+    assert_eq!(body["allowed"], true);
+    let reservation = &body["reservation"];
+    let rsv = reservation["id"].as_str().unwrap().to_string();
+    assert!(rsv.starts_with("rsv_"));
+    assert_eq!(reservation["status"], "held");
+    assert_eq!(reservation["values"]["tokens"], 300);
+    assert_eq!(state(body, &id)["reserved"], 300);
+    assert_eq!(state(body, &id)["remaining"], 700);
+    assert_eq!(used(&app, "rsv", &id).await, (json!(0), json!(300)));
+    let fetched = app.get(&format!("/v1/reservations/{rsv}")).await;
+    assert_eq!(fetched.assert_status(200)["status"], "held");
+
+    let extended = app
+        .post(
+            &format!("/v1/reservations/{rsv}/extend"),
+            json!({"ttlSeconds": 3600}),
+        )
+        .await;
+    assert_eq!(extended.assert_status(200)["status"], "held");
+    assert!(
+        extended.body["expiresAt"].as_str().unwrap() > reservation["expiresAt"].as_str().unwrap()
+    );
+
+    let committed = app
+        .post(
+            &format!("/v1/reservations/{rsv}/commit"),
+            json!({"values": {"tokens": 120}}),
+        )
+        .await;
+    let body = committed.assert_status(200).clone();
+    assert_eq!(body["reservation"]["status"], "committed");
+    assert_eq!(body["reservation"]["values"]["tokens"], 120);
+    let event_id = body["eventId"].as_str().unwrap().to_string();
+    assert_eq!(state(&body, &id)["used"], 120);
+    assert_eq!(state(&body, &id)["reserved"], 0);
+    assert_eq!(used(&app, "rsv", &id).await, (json!(120), json!(0)));
+    // Commit is idempotent: same event, nothing counted twice.
+    let again = app
+        .post(
+            &format!("/v1/reservations/{rsv}/commit"),
+            json!({"values": {"tokens": 999}}),
+        )
+        .await;
+    assert_eq!(again.assert_status(200)["eventId"], event_id.as_str());
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(used(&app, "rsv", &id).await.0, 120);
+    app.post(&format!("/v1/reservations/{rsv}/release"), json!({}))
+        .await
+        .assert_error(409, "conflict");
+    let events = app.get("/v1/events?customerId=rsv").await;
+    let data = events.body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0]["dimensions"]["model"], "x");
+
+    // Release: drops the hold, idempotent; commit after release is a conflict.
+    let second = app
+        .post(
+            "/v1/reservations",
+            json!({"customerId": "rsv", "eventType": "llm", "values": {"tokens": 50}}),
+        )
+        .await;
+    let second = second.body["reservation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(used(&app, "rsv", &id).await.1, 50);
+    let released = app
+        .call(
+            axum::http::Method::POST,
+            &format!("/v1/reservations/{second}/release"),
+            None,
+        )
+        .await;
+    assert_eq!(released.assert_status(200)["status"], "released");
+    app.post(&format!("/v1/reservations/{second}/release"), json!({}))
+        .await
+        .assert_status(200);
+    assert_eq!(used(&app, "rsv", &id).await, (json!(120), json!(0)));
+    app.post(&format!("/v1/reservations/{second}/commit"), json!({}))
+        .await
+        .assert_error(409, "conflict");
+    app.post(
+        &format!("/v1/reservations/{second}/extend"),
+        json!({"ttlSeconds": 60}),
+    )
+    .await
+    .assert_error(409, "conflict");
+    app.get("/v1/reservations/rsv_00000000000000000000000000")
+        .await
+        .assert_error(404, "reservation_not_found");
+    app.get("/v1/reservations/nope")
+        .await
+        .assert_error(404, "reservation_not_found");
+}
+
+async fn reservations_count_as_reserved_everywhere(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let id = limit(
+        &app,
+        json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}),
+    )
+    .await;
+    let held = app
+        .post(
+            "/v1/reservations",
+            json!({"customerId": "everywhere", "eventType": "llm", "values": {"tokens": 70}}),
+        )
+        .await;
+    assert_eq!(held.body["allowed"], true);
+    // Other consumes and reservations see the hold.
+    assert_eq!(
+        app.post("/v1/limits/consume", tokens("everywhere", 40.0))
+            .await
+            .body["allowed"],
+        false
+    );
+    assert_eq!(
+        app.post("/v1/limits/consume", tokens("everywhere", 30.0))
+            .await
+            .body["allowed"],
+        true
+    );
+    let second = app
+        .post(
+            "/v1/reservations",
+            json!({"customerId": "everywhere", "eventType": "llm", "values": {"tokens": 1}}),
+        )
+        .await;
+    assert_eq!(second.body["allowed"], false);
+    assert!(second.body.get("reservation").is_none());
+    // A check refuses once used + reserved reaches the limit.
+    let check = app
+        .post("/v1/limits/check", json!({"customerId": "everywhere"}))
+        .await;
+    assert_eq!(check.body["allowed"], false);
+    assert_eq!(
+        state(&check.body, &id)["exceeded"],
+        false,
+        "exceeded counts used only"
+    );
+    // Recording still counts regardless.
+    let recorded = app
+        .post("/v1/events/record", tokens("everywhere", 5.0))
+        .await;
+    assert_eq!(state(&recorded.body, &id)["used"], 35);
+    assert_eq!(state(&recorded.body, &id)["reserved"], 70);
+}
+
+async fn reservations_expire_without_any_call(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let id = limit(
+        &app,
+        json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "month"}),
+    )
+    .await;
+    let held = app
+        .post("/v1/reservations", json!({"customerId": "exp", "eventType": "llm", "values": {"tokens": 90}, "ttlSeconds": 30}))
+        .await;
+    let rsv = held.body["reservation"]["id"].as_str().unwrap().to_string();
+    assert_eq!(used(&app, "exp", &id).await.1, 90);
+    app.gateway.clock().shift(TimeDelta::seconds(31));
+    assert_eq!(
+        used(&app, "exp", &id).await.1,
+        0,
+        "the hold expired by itself"
+    );
+    assert_eq!(
+        app.get(&format!("/v1/reservations/{rsv}")).await.body["status"],
+        "expired"
+    );
+    assert_eq!(
+        app.post("/v1/limits/consume", tokens("exp", 100.0))
+            .await
+            .body["allowed"],
+        true
+    );
+    app.post(
+        &format!("/v1/reservations/{rsv}/extend"),
+        json!({"ttlSeconds": 60}),
+    )
+    .await
+    .assert_error(409, "conflict");
+    // Committing an expired reservation still records.
+    let committed = app
+        .post(
+            &format!("/v1/reservations/{rsv}/commit"),
+            json!({"values": {"tokens": 7}}),
+        )
+        .await;
+    assert_eq!(
+        committed.assert_status(200)["reservation"]["status"],
+        "committed"
+    );
+    assert_eq!(used(&app, "exp", &id).await.0, 107);
+}
+
+async fn holds_never_leak_into_the_next_window(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let minute = limit(
+        &app,
+        json!({"name": "m", "meterId": meter, "limitValue": 100, "period": "minute"}),
+    )
+    .await;
+    let held = app
+        .post("/v1/reservations", json!({"customerId": "leak", "eventType": "llm", "values": {"tokens": 80}, "ttlSeconds": 3600}))
+        .await;
+    assert_eq!(held.body["allowed"], true);
+    let window_end = state(&held.body, &minute)["reset"].as_i64().unwrap();
+    // Move a second past the end of the hold's window (a second of margin over the clock's
+    // calibration against Redis): the next window starts with no hold.
+    let now = app.gateway.clock().now().timestamp_millis();
+    app.gateway
+        .clock()
+        .shift(TimeDelta::milliseconds(window_end * 1000 - now + 1000));
+    let (used_now, reserved_now) = used(&app, "leak", &minute).await;
+    assert_eq!((used_now, reserved_now), (json!(0), json!(0)));
+    assert_eq!(
+        app.post("/v1/limits/consume", tokens("leak", 100.0))
+            .await
+            .body["allowed"],
+        true
+    );
+}
+
+async fn reservation_refusals_and_conflicts(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let max = app
+        .meter(json!({"name": "peak", "aggregation": "max", "field": "values.tokens"}))
+        .await;
+    let id = limit(
+        &app,
+        json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}),
+    )
+    .await;
+    limit(
+        &app,
+        json!({"name": "p", "meterId": max, "limitValue": 50, "period": "day"}),
+    )
+    .await;
+    let too_big = app
+        .post(
+            "/v1/reservations",
+            json!({"customerId": "ref", "eventType": "llm", "values": {"tokens": 60}}),
+        )
+        .await;
+    assert_eq!(
+        too_big.body["allowed"], false,
+        "the max limit refuses a 60 peak"
+    );
+    assert!(too_big.body["retryAfter"].is_i64());
+    let fits = app
+        .post(
+            "/v1/reservations",
+            json!({"customerId": "ref", "eventType": "llm", "values": {"tokens": 40}}),
+        )
+        .await;
+    assert_eq!(fits.body["allowed"], true);
+    assert_eq!(
+        state(&fits.body, &id)["reserved"],
+        40,
+        "sum limits hold, max limits hold nothing"
+    );
+}
+
+async fn bad_decision_input(app: TestApp) {
+    app.post("/v1/limits/consume", json!({"customerId": "b"}))
+        .await
+        .assert_field_error("missing_required_field", "eventType");
+    app.post(
+        "/v1/limits/consume",
+        json!({"customerId": "b", "eventType": "x", "values": {"t": "1"}}),
+    )
+    .await
+    .assert_field_error("invalid_field_value", "values.t");
+    app.post(
+        "/v1/reservations",
+        json!({"customerId": "b", "eventType": "x"}),
+    )
+    .await
+    .assert_field_error("missing_required_field", "values");
+    app.post(
+        "/v1/reservations",
+        json!({"customerId": "b", "eventType": "x", "values": {"t": 1}, "ttlSeconds": 3601}),
+    )
+    .await
+    .assert_field_error("invalid_field_value", "ttlSeconds");
+    app.post(
+        "/v1/reservations",
+        json!({"customerId": "b", "eventType": "x", "values": {"t": 1}, "ttlSeconds": 0}),
+    )
+    .await
+    .assert_field_error("invalid_field_value", "ttlSeconds");
+    let held = app
+        .post(
+            "/v1/reservations",
+            json!({"customerId": "b2", "eventType": "x", "values": {"t": 1}}),
+        )
+        .await;
+    let rsv = held.body["reservation"]["id"].as_str().unwrap().to_string();
+    app.post(&format!("/v1/reservations/{rsv}/extend"), json!({}))
+        .await
+        .assert_field_error("missing_required_field", "ttlSeconds");
+    app.post(
+        &format!("/v1/reservations/{rsv}/extend"),
+        json!({"ttlSeconds": "x"}),
+    )
+    .await
+    .assert_field_error("invalid_field_value", "ttlSeconds");
+    app.post(
+        &format!("/v1/reservations/{rsv}/commit"),
+        json!({"values": {"t": -1e16}}),
+    )
+    .await
+    .assert_field_error("invalid_field_value", "values.t");
+    app.post(
+        &format!("/v1/reservations/{rsv}/commit"),
+        json!({"extra": 1}),
+    )
+    .await
+    .assert_field_error("invalid_field_value", "extra");
+    assert_eq!(
+        app.get(&format!("/v1/reservations/{rsv}")).await.body["status"],
+        "held",
+        "bad commits change nothing"
+    );
+    app.get("/v1/customers/b")
+        .await
+        .assert_error(404, "customer_not_found");
+}

@@ -1,0 +1,185 @@
+//! Storage outages against a real redis-server that the test hangs, kills and restarts.
+
+use std::time::{Duration, Instant};
+
+use axum::http::Method;
+use serde_json::{Value, json};
+
+use crate::common::{RedisServer, TestApp, redis_store_with_timeout, settings, unique_prefix};
+
+async fn timed(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (crate::common::TestResponse, Duration) {
+    let started = Instant::now();
+    let response = app.call(method, path, body).await;
+    (response, started.elapsed())
+}
+
+fn redis_pid(port: u16) -> String {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "info", "server"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn signal(pid: &str, signal: &str) {
+    assert!(
+        std::process::Command::new("kill")
+            .args([signal, pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_degrade_by_fail_mode_and_recover() {
+    // Append-only persistence keeps the data across the restart below; the script cache is
+    // never persisted, so the restarted server answers NOSCRIPT.
+    let dir = std::env::temp_dir().join(format!("qg-outage-{}", unique_prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_arg = format!("--dir {}", dir.display());
+    let extra = ["--appendonly yes", "--appendfsync always", dir_arg.as_str()];
+    let port = crate::common::free_port();
+    let mut server = RedisServer::start_on(port, &extra);
+    let store =
+        redis_store_with_timeout(&server.url(), &unique_prefix(), Duration::from_millis(50)).await;
+    let app = TestApp::on(store, settings()).await;
+
+    let meter = app.tokens_meter().await;
+    for (customer, mode) in [("c-open", "open"), ("c-closed", "closed")] {
+        app.post("/v1/limits", json!({"name": mode, "meterId": meter, "limitValue": 100, "period": "day", "customerId": customer, "failMode": mode}))
+            .await
+            .assert_status(201);
+    }
+    let record = |key: &str| json!({"customerId": "c-open", "eventType": "llm", "values": {"tokens": 1}, "idempotencyKey": key});
+    app.post("/v1/events/record", record("k1"))
+        .await
+        .assert_status(200);
+
+    // 1. Redis hangs (SIGSTOP): every call meets its deadline instead of waiting.
+    let pid = redis_pid(port);
+    signal(&pid, "-STOP");
+    for _ in 0..5 {
+        let (open, took) = timed(
+            &app,
+            Method::POST,
+            "/v1/limits/check",
+            Some(json!({"customerId": "c-open"})),
+        )
+        .await;
+        assert!(took < Duration::from_millis(500), "check took {took:?}");
+        assert_eq!(open.assert_status(200)["degraded"], true);
+        assert_eq!(open.body["allowed"], true);
+        assert_eq!(open.body["limits"][0]["used"], Value::Null);
+        assert_eq!(open.body["limits"][0]["remaining"], Value::Null);
+    }
+    let (closed, took) = timed(
+        &app,
+        Method::POST,
+        "/v1/limits/consume",
+        Some(json!({"customerId": "c-closed", "eventType": "llm", "values": {"tokens": 1}})),
+    )
+    .await;
+    assert!(took < Duration::from_millis(500), "consume took {took:?}");
+    assert_eq!(
+        (
+            closed.body["allowed"].clone(),
+            closed.body["degraded"].clone()
+        ),
+        (json!(false), json!(true))
+    );
+    let (written, took) = timed(&app, Method::POST, "/v1/events/record", Some(record("k2"))).await;
+    assert!(took < Duration::from_millis(500), "record took {took:?}");
+    written.assert_error(503, "storage_unavailable");
+    assert!(written.header("retry-after").is_some());
+    signal(&pid, "-CONT");
+
+    // 2. Redis dies.
+    server.kill();
+    let started = Instant::now();
+    for _ in 0..20 {
+        let (answer, took) = timed(
+            &app,
+            Method::POST,
+            "/v1/limits/check",
+            Some(json!({"customerId": "c-closed"})),
+        )
+        .await;
+        assert!(took < Duration::from_millis(500), "check took {took:?}");
+        assert_eq!(
+            (
+                answer.body["allowed"].clone(),
+                answer.body["degraded"].clone()
+            ),
+            (json!(false), json!(true))
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let reserve = app
+        .post(
+            "/v1/reservations",
+            json!({"customerId": "c-open", "eventType": "llm", "values": {"tokens": 1}}),
+        )
+        .await;
+    assert_eq!(
+        (
+            reserve.body["allowed"].clone(),
+            reserve.body["degraded"].clone()
+        ),
+        (json!(true), json!(true))
+    );
+    app.post("/v1/events/record", record("k2"))
+        .await
+        .assert_error(503, "storage_unavailable");
+    app.post("/v1/events/batch", json!({"events": [record("k3")]}))
+        .await
+        .assert_error(503, "storage_unavailable");
+    let (ready, took) = timed(&app, Method::GET, "/readyz", None).await;
+    ready.assert_error(503, "storage_unavailable");
+    assert!(took < Duration::from_secs(2));
+
+    // 3. Redis returns (data kept, scripts lost): the gateway recovers by itself.
+    let _server = RedisServer::start_on(port, &extra);
+    let recovery = Instant::now();
+    loop {
+        if app.get("/readyz").await.status == 200 {
+            break;
+        }
+        assert!(
+            recovery.elapsed() < Duration::from_secs(3),
+            "not ready again after {:?}",
+            recovery.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The client retries the failed record with the same key: counted once.
+    loop {
+        let retry = app.post("/v1/events/record", record("k2")).await;
+        if retry.status == 200 {
+            assert_eq!(retry.body["duplicate"], false);
+            break;
+        }
+        assert!(recovery.elapsed() < Duration::from_secs(3), "{retry:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.post("/v1/events/record", record("k2")).await.body["duplicate"],
+        true
+    );
+    let check = app
+        .post("/v1/limits/check", json!({"customerId": "c-open"}))
+        .await;
+    assert_eq!(check.assert_status(200)["degraded"], false);
+    assert_eq!(check.body["limits"][0]["used"], 2, "k1 and k2, each once");
+    let _ = std::fs::remove_dir_all(&dir);
+}
