@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::event::NewEvent;
 use super::field::{Dimensions, FieldError, Quantity};
 use super::ids::CustomerId;
 use super::time::serde_rfc3339;
@@ -22,6 +23,21 @@ pub struct NewReservation {
     pub values: BTreeMap<String, Quantity>,
     pub dimensions: Option<Dimensions>,
     pub ttl_seconds: Option<i64>,
+}
+
+impl NewReservation {
+    /// The event this reservation estimates.
+    pub fn event_input(&self) -> NewEvent {
+        NewEvent {
+            customer_id: self.customer_id.clone(),
+            event_type: self.event_type.clone(),
+            values: Some(self.values.clone()),
+            dimensions: self.dimensions.clone(),
+            properties: None,
+            timestamp: None,
+            idempotency_key: None,
+        }
+    }
 }
 
 /// `POST /v1/reservations/{id}/commit` body.
@@ -83,6 +99,25 @@ pub struct Reservation {
     pub expires_at: DateTime<Utc>,
     #[serde(with = "serde_rfc3339")]
     pub created_at: DateTime<Utc>,
+}
+
+impl Reservation {
+    /// The event that settles this reservation, with the actual `values`.
+    pub fn event_input(
+        &self,
+        values: BTreeMap<String, Quantity>,
+        idempotency_key: Option<String>,
+    ) -> NewEvent {
+        NewEvent {
+            customer_id: self.customer_id.clone(),
+            event_type: self.event_type.clone(),
+            values: Some(values),
+            dimensions: Some(self.dimensions.clone()),
+            properties: None,
+            timestamp: None,
+            idempotency_key,
+        }
+    }
 }
 
 /// A hold on one counter; it never outlives the counter's window.

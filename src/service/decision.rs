@@ -15,7 +15,9 @@ use crate::domain::reservation::{
     CommitReservation, ExtendReservation, Hold, NewReservation, Reservation, ReservationStatus,
     StoredReservationDoc, parse_ttl,
 };
-use crate::domain::usage::{CounterOp, EventPlan, LimitState, ResolvedLimit, fits, retry_after};
+use crate::domain::usage::{
+    CounterOp, CustomerCalendar, EventPlan, LimitState, ResolvedLimit, fits, retry_after,
+};
 use crate::storage::StoreError;
 use crate::storage::usage::{CounterReading, Mode, RecordOutcome, ReservationWrite};
 
@@ -116,6 +118,12 @@ fn is_outage(error: &ServiceError) -> bool {
     matches!(error, ServiceError::Storage(StoreError::Unavailable(_)))
 }
 
+/// What a decision's write did: counted now, or replayed an earlier request (its ID).
+enum Written {
+    Fresh(Vec<CounterReading>),
+    Replay(String),
+}
+
 /// The tightest limit on each of the plan's counters (limits sharing a counter share usage).
 fn caps(plan: &EventPlan) -> Vec<Option<f64>> {
     let mut caps = vec![None; plan.counters.len()];
@@ -153,6 +161,17 @@ fn plan_windows(plan: &EventPlan) -> Vec<(ResolvedLimit, Option<crate::domain::p
 }
 
 impl Gateway {
+    /// The calendar of a customer storage cannot tell us about (it is down): the defaults.
+    fn default_calendar(&self, now: DateTime<Utc>) -> CustomerCalendar {
+        CustomerCalendar {
+            timezone: self.settings.default_timezone,
+            anchor: crate::domain::period::BillingAnchor::from_instant(
+                now,
+                self.settings.default_timezone,
+            ),
+        }
+    }
+
     /// Read-only: every governing limit the request concerns, with its usage now.
     pub async fn check(&self, request: CheckRequest) -> ServiceResult<Decision> {
         if let Some(dimensions) = &request.dimensions {
@@ -172,15 +191,7 @@ impl Gateway {
         let calendar = match self.calendar_of(&request.customer_id, now).await {
             Ok((calendar, _)) => calendar,
             Err(error) if is_outage(&error) => {
-                let fallback = crate::domain::customer::Customer::with_defaults(
-                    request.customer_id.clone(),
-                    self.settings.default_timezone,
-                    now,
-                );
-                let calendar = crate::domain::usage::CustomerCalendar {
-                    timezone: fallback.timezone,
-                    anchor: fallback.billing_anchor(),
-                };
+                let calendar = self.default_calendar(now);
                 let windows: Vec<_> = limits
                     .iter()
                     .map(|l| (l.clone(), calendar.window(l.limit.period, now)))
@@ -224,6 +235,63 @@ impl Gateway {
         }
     }
 
+    /// The shared path of consume and reserve: plans the event, writes it in the mode
+    /// `mode_for` builds from the plan (or refuses with the limits it names), and answers
+    /// refusals and outages itself.
+    async fn decide(
+        &self,
+        event: &Event,
+        now: DateTime<Utc>,
+        mode_for: impl FnOnce(&EventPlan) -> Result<Mode, Vec<usize>>,
+    ) -> ServiceResult<Result<(EventPlan, Written), Decision>> {
+        let customer_id = event.customer_id.clone();
+        let (calendar, unknown) = match self.calendar_of(&customer_id, now).await {
+            Ok(found) => found,
+            Err(error) if is_outage(&error) => {
+                let plan = self.plan(event, self.default_calendar(now));
+                return Ok(Err(Decision::degraded(customer_id, &plan_windows(&plan))));
+            }
+            Err(error) => return Err(error),
+        };
+        let plan = self.plan(event, calendar);
+        let degraded = |error: &ServiceError| {
+            tracing::warn!(%error, "decision degraded");
+            Decision::degraded(customer_id.clone(), &plan_windows(&plan))
+        };
+        let mode = match mode_for(&plan) {
+            Ok(mode) => mode,
+            Err(too_big) => {
+                let current = match self.current_states(&customer_id, &plan, now).await {
+                    Ok(states) => states,
+                    Err(error) if is_outage(&error) => return Ok(Err(degraded(&error))),
+                    Err(error) => return Err(error),
+                };
+                let mut refusal = Decision::refused(customer_id.clone(), current, &too_big, now);
+                // Waiting never makes it fit.
+                refusal.retry_after = None;
+                return Ok(Err(refusal));
+            }
+        };
+        let written = match self.write_one(event, &plan, &mode, now).await {
+            Ok(RecordOutcome::Written { after, .. }) => Written::Fresh(after),
+            Ok(RecordOutcome::Duplicate { event_id }) => Written::Replay(event_id),
+            Ok(RecordOutcome::Refused { counters }) => {
+                let refusing = refusing_limits(&plan, &counters);
+                return Ok(Err(Decision::refused(
+                    customer_id.clone(),
+                    states(&plan, &counters),
+                    &refusing,
+                    now,
+                )));
+            }
+            Err(error) if is_outage(&error) => return Ok(Err(degraded(&error))),
+            Err(error) => return Err(error),
+        };
+        self.create_implicitly(unknown.into_iter().collect())
+            .await?;
+        Ok(Ok((plan, written)))
+    }
+
     /// Checks and records in one atomic step: all limits the event counts toward fit, or
     /// nothing is recorded.
     pub async fn consume(
@@ -239,63 +307,27 @@ impl Gateway {
             now,
         )?;
         let customer_id = event.customer_id.clone();
-        let (calendar, unknown) = match self.calendar_of(&customer_id, now).await {
-            Ok(found) => found,
-            Err(error) if is_outage(&error) => return Ok(self.degraded_for(&event, now)),
-            Err(error) => return Err(error),
-        };
-        let plan = self.plan(&event, calendar);
-        let mode = Mode::Consume { caps: caps(&plan) };
-        let outcome = match self.write_one(&event, &plan, &mode, now).await {
-            Ok(outcome) => outcome,
-            Err(error) if is_outage(&error) => {
-                tracing::warn!(%error, "consume degraded");
-                return Ok(Decision::degraded(customer_id, &plan_windows(&plan)));
-            }
-            Err(error) => return Err(error),
-        };
-        let decision = match outcome {
-            RecordOutcome::Written { after, .. } => Decision {
-                event_id: Some(event.id.clone()),
-                ..Decision::new(customer_id, true, states(&plan, &after))
+        Ok(
+            match self
+                .decide(&event, now, |plan| Ok(Mode::Consume { caps: caps(plan) }))
+                .await?
+            {
+                Err(decision) => decision,
+                Ok((plan, Written::Fresh(after))) => Decision {
+                    event_id: Some(event.id.clone()),
+                    ..Decision::new(customer_id, true, states(&plan, &after))
+                },
+                Ok((plan, Written::Replay(event_id))) => Decision {
+                    event_id: Some(event_id),
+                    duplicate: true,
+                    ..Decision::new(
+                        customer_id.clone(),
+                        true,
+                        self.current_states(&customer_id, &plan, now).await?,
+                    )
+                },
             },
-            RecordOutcome::Refused { counters } => {
-                let refusing = refusing_limits(&plan, &counters);
-                return Ok(Decision::refused(
-                    customer_id,
-                    states(&plan, &counters),
-                    &refusing,
-                    now,
-                ));
-            }
-            RecordOutcome::Duplicate { event_id } => Decision {
-                event_id: Some(event_id),
-                duplicate: true,
-                ..Decision::new(
-                    customer_id.clone(),
-                    true,
-                    self.current_states(&customer_id, &plan, now).await?,
-                )
-            },
-        };
-        self.create_implicitly(unknown.into_iter().collect())
-            .await?;
-        Ok(decision)
-    }
-
-    /// The degraded answer for an event whose customer could not even be looked up.
-    fn degraded_for(&self, event: &Event, now: DateTime<Utc>) -> Decision {
-        let fallback = crate::domain::customer::Customer::with_defaults(
-            event.customer_id.clone(),
-            self.settings.default_timezone,
-            now,
-        );
-        let calendar = crate::domain::usage::CustomerCalendar {
-            timezone: fallback.timezone,
-            anchor: fallback.billing_anchor(),
-        };
-        let plan = self.plan(event, calendar);
-        Decision::degraded(event.customer_id.clone(), &plan_windows(&plan))
+        )
     }
 
     /// Holds an estimate against every limit it would count toward, if it fits.
@@ -306,28 +338,13 @@ impl Gateway {
     ) -> ServiceResult<Decision> {
         let ttl = parse_ttl("ttlSeconds", input.ttl_seconds)?;
         let now = self.clock.now();
-        let new_event = NewEvent {
-            customer_id: input.customer_id,
-            event_type: input.event_type,
-            values: Some(input.values),
-            dimensions: input.dimensions,
-            properties: None,
-            timestamp: None,
-            idempotency_key: None,
-        };
         let event = Event::validate(
             IdKind::Event.new_id(ulid::Ulid::new()),
-            new_event,
+            input.event_input(),
             idempotency_header,
             now,
         )?;
         let customer_id = event.customer_id.clone();
-        let (calendar, unknown) = match self.calendar_of(&customer_id, now).await {
-            Ok(found) => found,
-            Err(error) if is_outage(&error) => return Ok(self.degraded_for(&event, now)),
-            Err(error) => return Err(error),
-        };
-        let plan = self.plan(&event, calendar);
         let expires_at = now + TimeDelta::seconds(ttl);
         let reservation = Reservation {
             id: IdKind::Reservation.new_id(ulid::Ulid::new()),
@@ -339,94 +356,66 @@ impl Gateway {
             expires_at,
             created_at: now,
         };
-        // A single hold may not take more than the configured share of any limit.
-        let too_big: Vec<usize> = plan
-            .limits
-            .iter()
-            .enumerate()
-            .filter(|(_, (limit, _, index))| {
-                let op = plan.counters[*index].op;
-                matches!(op, CounterOp::Add(_))
-                    && op.amount() > limit.limit.limit_value.get() * self.settings.max_hold_fraction
-            })
-            .map(|(i, _)| i)
-            .collect();
-        if !too_big.is_empty() {
-            let current = match self.current_states(&customer_id, &plan, now).await {
-                Ok(states) => states,
-                Err(error) if is_outage(&error) => {
-                    return Ok(Decision::degraded(customer_id, &plan_windows(&plan)));
-                }
-                Err(error) => return Err(error),
-            };
-            let mut refusal = Decision::refused(customer_id, current, &too_big, now);
-            refusal.retry_after = None;
-            return Ok(refusal);
-        }
-        let holds: Vec<Hold> = plan
-            .counters
-            .iter()
-            .enumerate()
-            .map(|(index, counter)| Hold {
-                counter: counter.counter.clone(),
-                window_end_ms: plan
-                    .limits
-                    .iter()
-                    .find(|(_, _, i)| *i == index)
-                    .and_then(|(_, w, _)| *w)
-                    .map(|w| w.end.timestamp_millis()),
-            })
-            .collect();
-        let doc = StoredReservationDoc {
-            reservation: reservation.clone(),
-            holds,
-        };
-        let mode = Mode::Reserve {
-            caps: caps(&plan),
-            reservation: ReservationWrite {
-                id: reservation.id.clone(),
-                doc: serde_json::to_string(&doc).expect("reservations serialize"),
-                expires_at_ms: expires_at.timestamp_millis(),
-            },
-        };
-        let outcome = match self.write_one(&event, &plan, &mode, now).await {
-            Ok(outcome) => outcome,
-            Err(error) if is_outage(&error) => {
-                tracing::warn!(%error, "reserve degraded");
-                return Ok(Decision::degraded(customer_id, &plan_windows(&plan)));
+        let max_share = self.settings.max_hold_fraction;
+        let mode_for = |plan: &EventPlan| {
+            // A single hold may not take more than the configured share of any limit.
+            let too_big: Vec<usize> = plan
+                .limits
+                .iter()
+                .enumerate()
+                .filter(|(_, (limit, _, index))| {
+                    let op = plan.counters[*index].op;
+                    matches!(op, CounterOp::Add(_))
+                        && op.amount() > limit.limit.limit_value.get() * max_share
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if !too_big.is_empty() {
+                return Err(too_big);
             }
-            Err(error) => return Err(error),
+            let holds = plan
+                .counters
+                .iter()
+                .enumerate()
+                .map(|(index, counter)| Hold {
+                    counter: counter.counter.clone(),
+                    window_end_ms: plan
+                        .limits
+                        .iter()
+                        .find(|(_, _, i)| *i == index)
+                        .and_then(|(_, w, _)| *w)
+                        .map(|w| w.end.timestamp_millis()),
+                })
+                .collect();
+            let doc = StoredReservationDoc {
+                reservation: reservation.clone(),
+                holds,
+            };
+            Ok(Mode::Reserve {
+                caps: caps(plan),
+                reservation: ReservationWrite {
+                    id: reservation.id.clone(),
+                    doc: serde_json::to_string(&doc).expect("reservations serialize"),
+                    expires_at_ms: expires_at.timestamp_millis(),
+                },
+            })
         };
-        let decision = match outcome {
-            RecordOutcome::Written { after, .. } => Decision {
+        Ok(match self.decide(&event, now, mode_for).await? {
+            Err(decision) => decision,
+            Ok((plan, Written::Fresh(after))) => Decision {
                 reservation: Some(reservation),
                 ..Decision::new(customer_id, true, states(&plan, &after))
             },
-            RecordOutcome::Refused { counters } => {
-                let refusing = refusing_limits(&plan, &counters);
-                return Ok(Decision::refused(
-                    customer_id,
-                    states(&plan, &counters),
-                    &refusing,
-                    now,
-                ));
-            }
-            RecordOutcome::Duplicate { event_id } => {
-                let replayed = self.get_reservation(&event_id).await?;
-                Decision {
-                    reservation: Some(replayed),
-                    duplicate: true,
-                    ..Decision::new(
-                        customer_id.clone(),
-                        true,
-                        self.current_states(&customer_id, &plan, now).await?,
-                    )
-                }
-            }
-        };
-        self.create_implicitly(unknown.into_iter().collect())
-            .await?;
-        Ok(decision)
+            Ok((plan, Written::Replay(reservation_id))) => Decision {
+                reservation: Some(self.get_reservation(&reservation_id).await?),
+                duplicate: true,
+                ..Decision::new(
+                    customer_id.clone(),
+                    true,
+                    self.current_states(&customer_id, &plan, now).await?,
+                )
+            },
+        })
     }
 
     async fn load_reservation(
@@ -476,16 +465,8 @@ impl Gateway {
             ));
         }
         let values = input.values.unwrap_or_else(|| reservation.values.clone());
-        let new_event = NewEvent {
-            customer_id: reservation.customer_id.clone(),
-            event_type: reservation.event_type.clone(),
-            values: Some(values.clone()),
-            dimensions: Some(reservation.dimensions.clone()),
-            properties: None,
-            timestamp: None,
-            // The commit's own idempotency key: a retried commit never records twice.
-            idempotency_key: Some(format!("commit:{id}")),
-        };
+        // The commit's own idempotency key: a retried commit never records twice.
+        let new_event = reservation.event_input(values.clone(), Some(format!("commit:{id}")));
         let event = Event::validate(
             event_id.unwrap_or_else(|| IdKind::Event.new_id(ulid::Ulid::new())),
             new_event,
@@ -506,7 +487,7 @@ impl Gateway {
             .ok_or(ServiceError::NotFound(Resource::Reservation))?;
         reservation.status = ReservationStatus::Committed;
         reservation.values = values;
-        let limits = self.reservation_states(&reservation, &doc, now).await?;
+        let limits = self.reservation_states(&reservation, now).await?;
         Ok((reservation, Recorded { limits, ..recorded }))
     }
 
@@ -514,19 +495,14 @@ impl Gateway {
     async fn reservation_states(
         &self,
         reservation: &Reservation,
-        _doc: &StoredReservationDoc,
         now: DateTime<Utc>,
     ) -> ServiceResult<Vec<LimitState>> {
-        let probe = NewEvent {
-            customer_id: reservation.customer_id.clone(),
-            event_type: reservation.event_type.clone(),
-            values: Some(reservation.values.clone()),
-            dimensions: Some(reservation.dimensions.clone()),
-            properties: None,
-            timestamp: None,
-            idempotency_key: None,
-        };
-        let event = Event::validate(String::new(), probe, None, now)?;
+        let event = Event::validate(
+            String::new(),
+            reservation.event_input(reservation.values.clone(), None),
+            None,
+            now,
+        )?;
         let (calendar, _) = self.calendar_of(&reservation.customer_id, now).await?;
         let plan = self.plan(&event, calendar);
         self.current_states(&reservation.customer_id, &plan, now)

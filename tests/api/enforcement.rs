@@ -553,13 +553,35 @@ async fn bad_decision_input(app: TestApp) {
 async fn a_single_hold_is_capped_to_a_share_of_the_limit() {
     let mut half = crate::common::settings();
     half.max_hold_fraction = 0.5;
-    let app = TestApp::on(std::sync::Arc::new(quotagate::storage::memory::MemoryStore::new()), half).await;
+    let app = TestApp::on(
+        std::sync::Arc::new(quotagate::storage::memory::MemoryStore::new()),
+        half,
+    )
+    .await;
     let meter = app.tokens_meter().await;
-    let id = limit(&app, json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"})).await;
-    let big = app.post("/v1/reservations", json!({"customerId": "share", "eventType": "llm", "values": {"tokens": 51}})).await;
+    let id = limit(
+        &app,
+        json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}),
+    )
+    .await;
+    let big = app
+        .post(
+            "/v1/reservations",
+            json!({"customerId": "share", "eventType": "llm", "values": {"tokens": 51}}),
+        )
+        .await;
     assert_eq!(big.assert_status(200)["allowed"], false);
-    assert_eq!(big.body["retryAfter"], Value::Null, "waiting never makes the hold fit");
-    let fits = app.post("/v1/reservations", json!({"customerId": "share", "eventType": "llm", "values": {"tokens": 50}})).await;
+    assert_eq!(
+        big.body["retryAfter"],
+        Value::Null,
+        "waiting never makes the hold fit"
+    );
+    let fits = app
+        .post(
+            "/v1/reservations",
+            json!({"customerId": "share", "eventType": "llm", "values": {"tokens": 50}}),
+        )
+        .await;
     assert_eq!(fits.body["allowed"], true);
     assert_eq!(used(&app, "share", &id).await.1, 50);
 }
