@@ -131,23 +131,10 @@ impl Gateway {
     /// Deletes the customer with its own limits, in one atomic step.
     pub async fn delete_customer(&self, id: &str) -> ServiceResult<String> {
         let id = parse_path_customer(id)?;
-        let mut ops = vec![ConfigOp::Delete {
-            kind: Kind::Customer,
-            id: id.to_string(),
-            guard: Guard::Present,
-        }];
-        for limit in self.all_limits().await? {
-            if limit.customer_id.as_ref() == Some(&id) {
-                ops.push(ConfigOp::Delete {
-                    kind: Kind::Limit,
-                    id: limit.id,
-                    guard: Guard::Always,
-                });
-            }
-        }
-        self.commit(&ops)
-            .await?
-            .map_err(|_| ServiceError::NotFound(Resource::Customer))?;
+        self.delete_with_limits(Kind::Customer, id.as_str(), Resource::Customer, |limit| {
+            limit.customer_id.as_ref() == Some(&id)
+        })
+        .await?;
         Ok(id.to_string())
     }
 
@@ -198,13 +185,28 @@ impl Gateway {
         if !IdKind::Meter.is_plausible(id) {
             return Err(ServiceError::NotFound(Resource::Meter));
         }
+        self.delete_with_limits(Kind::Meter, id, Resource::Meter, |limit| {
+            limit.meter_id == id
+        })
+        .await
+    }
+
+    /// Deletes a document together with the limits that belong to it, in one atomic step.
+    /// Returns how many limits went.
+    async fn delete_with_limits(
+        &self,
+        kind: Kind,
+        id: &str,
+        resource: Resource,
+        belongs: impl Fn(&Limit) -> bool,
+    ) -> ServiceResult<usize> {
         let mut ops = vec![ConfigOp::Delete {
-            kind: Kind::Meter,
+            kind,
             id: id.to_string(),
             guard: Guard::Present,
         }];
         for limit in self.all_limits().await? {
-            if limit.meter_id == id {
+            if belongs(&limit) {
                 ops.push(ConfigOp::Delete {
                     kind: Kind::Limit,
                     id: limit.id,
@@ -214,7 +216,7 @@ impl Gateway {
         }
         self.commit(&ops)
             .await?
-            .map_err(|_| ServiceError::NotFound(Resource::Meter))?;
+            .map_err(|_| ServiceError::NotFound(resource))?;
         Ok(ops.len() - 1)
     }
 
