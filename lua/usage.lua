@@ -17,17 +17,29 @@
 -- ARGV[7]   event log TTL in ms
 -- ARGV[8]   reservation record: JSON document ('' unless reserving)
 -- ARGV[9]   reservation record TTL in ms
--- ARGV[10..] ops, 7 values each: kind, field, value, at_ms, expire_at_ms (0: none),
+-- ARGV[10]  number of ops n
+-- ARGV[11..] ops, 7 values each: kind, field, value, at_ms, expire_at_ms (0: none),
 --           cap ('' for none), hold_expires_at_ms (reserve: when this op's hold ends)
+-- then      number of alert rules m, and 5 values per rule: index of the op (counter) it
+--           watches, limit value, thresholds ("80,100,x": percents, x = exceeded), fired-set
+--           expiry (unix ms), message template (JSON: id base and the static payload data)
+-- KEYS after the op keys: the customer's alert outbox (list), then one fired-set per rule.
+-- Alerts (record and consume only): when a counter moves from below a threshold to at least
+-- it, and the rule's fired-set had not seen that threshold in this window, a message is
+-- appended to the outbox, so the crossing survives whatever happens to the node after.
 --   kinds: add | max | latest (string keys; latest holds "value@at_ms")
 --          hadd | hmax | hlatest | hsetnx (hash fields; hlatest keeps at_ms in "<field>@")
 -- Returns {1, first_id} for a duplicate;
 --         {2, used1, reserved1, used2, reserved2, ...} when a cap does not hold (nothing written);
---         {0, before1, after1, reserved1, ...} otherwise; values are strings, '' when absent.
+--         {0, alerts, before1, after1, reserved1, ...} otherwise (alerts: messages queued);
+--         values are strings, '' when absent.
 
 local mode, now = ARGV[1], tonumber(ARGV[2])
-local first_op = 10
-local op_count = (#ARGV - first_op + 1) / 7
+local first_op = 11
+local op_count = tonumber(ARGV[10])
+local first_rule = first_op + op_count * 7
+local rule_count = tonumber(ARGV[first_rule] or '0')
+local outbox_key = KEYS[4 + 2 * op_count]
 
 local function op_args(i)
   local b = first_op + (i - 1) * 7
@@ -92,7 +104,7 @@ if tonumber(ARGV[3]) > 0 then
   redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
 end
 
-local out = {0}
+local out = {0, '0'}
 
 if mode == 'reserve' then
   for i = 1, op_count do
@@ -173,6 +185,38 @@ for i = 1, op_count do
   out[#out + 1] = after
   out[#out + 1] = tostring(reserved[i] or 0)
 end
+
+-- Threshold crossings, once per (limit, window, threshold).
+local alerts = 0
+for r = 1, rule_count do
+  local b = first_rule + 1 + (r - 1) * 5
+  local op_index, limit, thresholds, fired_expire, template =
+    tonumber(ARGV[b]), tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local before = tonumber((string.gsub(out[3 + (op_index - 1) * 3], '@.*', ''))) or 0
+  local after = tonumber((string.gsub(out[4 + (op_index - 1) * 3], '@.*', ''))) or 0
+  local fired_key = KEYS[4 + 2 * op_count + r]
+  for threshold in string.gmatch(thresholds, '[^,]+') do
+    local percent = threshold == 'x' and 100 or tonumber(threshold)
+    local level = limit * percent / 100
+    if before < level and after >= level and redis.call('SADD', fired_key, threshold) == 1 then
+      if fired_expire ~= '0' then
+        redis.call('PEXPIREAT', fired_key, fired_expire)
+      end
+      local message = cjson.decode(template)
+      message.id = 'msg_' .. message.idBase .. threshold
+      message.idBase = nil
+      message.type = threshold == 'x' and 'limit.exceeded' or 'limit.threshold_reached'
+      message.createdAtMs = now
+      message.data.threshold = percent
+      message.data.currentUsage = after
+      message.data.percentage = after / limit * 100
+      message.data.remaining = math.max(0, limit - after)
+      redis.call('RPUSH', outbox_key, cjson.encode(message))
+      alerts = alerts + 1
+    end
+  end
+end
+out[2] = tostring(alerts)
 
 if ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[2], 0, ARGV[5])

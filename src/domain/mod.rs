@@ -1,6 +1,7 @@
 //! Pure domain: validated values, config entities, periods. No I/O, no clock reads:
 //! `now` is always a parameter.
 
+pub mod alert;
 pub mod apikey;
 pub mod customer;
 pub mod event;

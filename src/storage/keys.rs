@@ -90,6 +90,23 @@ impl Keys {
         format!("{}:{{r:{id}}}:owner", self.prefix)
     }
 
+    /// The customer's alert outbox: messages queued by the counting script until they are
+    /// handed to the webhook queue.
+    pub fn outbox(&self, customer: &CustomerId) -> String {
+        format!("{}:outbox", self.customer(customer))
+    }
+
+    /// Thresholds of one limit that already fired in one window.
+    pub fn fired(
+        &self,
+        customer: &CustomerId,
+        limit_id: &str,
+        window_start: Option<i64>,
+    ) -> String {
+        let window = window_start.map_or_else(|| "all".to_string(), |s| s.to_string());
+        format!("{}:fired:{limit_id}:{window}", self.customer(customer))
+    }
+
     /// An idempotency record; the caller's key is hashed so any key fits.
     pub fn idempotency(&self, customer: &CustomerId, key: &str) -> String {
         use sha2::{Digest, Sha256};
@@ -148,6 +165,11 @@ mod tests {
             "qg:{c:cust_1}:rsv:rsv_1"
         );
         assert_eq!(keys.reservation_owner("rsv_1"), "qg:{r:rsv_1}:owner");
+        assert_eq!(keys.outbox(&customer), "qg:{c:cust_1}:outbox");
+        assert_eq!(
+            keys.fired(&customer, "lmt_1", Some(60)),
+            "qg:{c:cust_1}:fired:lmt_1:60"
+        );
         let idem = keys.idempotency(&customer, "retry-1");
         assert!(
             idem.starts_with("qg:{c:cust_1}:idem:")

@@ -12,6 +12,7 @@ use super::usage::{
     decode_rollup, event_ops, parse_counter,
 };
 use super::{ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreResult};
+use crate::domain::alert::EXCEEDED;
 use crate::domain::ids::CustomerId;
 use crate::domain::usage::CounterId;
 
@@ -236,6 +237,7 @@ struct Entry {
 }
 
 enum Value {
+    List(VecDeque<String>),
     Text(String),
     Hash(HashMap<String, String>),
     Log(std::collections::BTreeSet<String>),
@@ -484,6 +486,7 @@ impl MemoryUsage {
             return RecordOutcome::Written {
                 before: readings,
                 after,
+                alerts: 0,
             };
         }
         let mut after = Vec::with_capacity(event.counters);
@@ -518,9 +521,92 @@ impl MemoryUsage {
                 }
             }
         }
+        let alerts = self.detect_crossings(event, &readings, &after);
         RecordOutcome::Written {
             before: readings,
             after,
+            alerts,
+        }
+    }
+
+    /// Queues a message for each threshold a counter crossed, once per window (see
+    /// `lua/usage.lua`).
+    fn detect_crossings(
+        &mut self,
+        event: &EventOps,
+        before: &[CounterReading],
+        after: &[CounterReading],
+    ) -> usize {
+        let now = event.now_ms;
+        let mut queued = 0;
+        for alert in &event.alerts {
+            let (Some(was), Some(is)) = (before.get(alert.op_index), after.get(alert.op_index))
+            else {
+                continue;
+            };
+            for threshold in alert.rule.thresholds.split(',') {
+                let percent = if threshold == EXCEEDED {
+                    100.0
+                } else {
+                    threshold.parse().unwrap_or(100.0)
+                };
+                let level = alert.rule.limit_value * percent / 100.0;
+                if !(was.used < level && is.used >= level) {
+                    continue;
+                }
+                let fired = self.hash(&alert.fired_key, now);
+                if fired.insert(threshold.to_string(), String::new()).is_some() {
+                    continue;
+                }
+                if let (Some(until), Some(entry)) = (
+                    alert.rule.fired_until_ms,
+                    self.entries.get_mut(&alert.fired_key),
+                ) {
+                    entry.expire_at_ms = Some(until);
+                }
+                let Ok(mut message) =
+                    serde_json::from_str::<serde_json::Value>(&alert.rule.template)
+                else {
+                    continue;
+                };
+                let base = message["idBase"].as_str().unwrap_or_default().to_string();
+                let limit = alert.rule.limit_value;
+                message["id"] = format!("msg_{base}{threshold}").into();
+                message.as_object_mut().map(|m| m.remove("idBase"));
+                message["type"] = if threshold == EXCEEDED {
+                    "limit.exceeded"
+                } else {
+                    "limit.threshold_reached"
+                }
+                .into();
+                message["createdAtMs"] = now.into();
+                message["data"]["threshold"] = percent.into();
+                message["data"]["currentUsage"] = is.used.into();
+                message["data"]["percentage"] = (is.used / limit * 100.0).into();
+                message["data"]["remaining"] = (limit - is.used).max(0.0).into();
+                self.push(&event.outbox_key, message.to_string(), now);
+                queued += 1;
+            }
+        }
+        queued
+    }
+
+    fn push(&mut self, key: &str, item: String, now: i64) {
+        if !matches!(self.live(key, now).map(|e| &e.value), Some(Value::List(_))) {
+            self.entries.insert(
+                key.to_string(),
+                Entry {
+                    value: Value::List(VecDeque::new()),
+                    expire_at_ms: None,
+                },
+            );
+        }
+        if let Some(Entry {
+            value: Value::List(list),
+            ..
+        }) = self.entries.get_mut(key)
+        {
+            list.push_back(item);
         }
     }
 }

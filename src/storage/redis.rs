@@ -493,60 +493,56 @@ fn evalsha(script: &Script, keys: &[&str], args: &[&str]) -> Cmd {
     cmd
 }
 
+/// One `EVALSHA` of `lua/usage.lua` for one event (see the script's header for the layout).
 fn usage_call(script: &Script, event: &EventOps) -> Cmd {
-    let mut keys: Vec<&str> = Vec::with_capacity(3 + 2 * event.ops.len());
-    keys.push(event.dedupe_key.as_deref().unwrap_or(&event.log_key));
-    keys.push(&event.log_key);
-    keys.push(event.reservation_key.as_deref().unwrap_or(&event.log_key));
-    let numbers: Vec<[String; 4]> = event
-        .ops
-        .iter()
-        .map(|op| {
-            [
-                op.at_ms.to_string(),
-                op.expire_at_ms.to_string(),
-                op.cap.map(|c| format!("{c}")).unwrap_or_default(),
-                op.hold_expires_ms.to_string(),
-            ]
-        })
-        .collect();
+    let placeholder = &event.log_key;
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash())
+        .arg(3 + 2 * event.ops.len() + 1 + event.alerts.len())
+        .arg(event.dedupe_key.as_deref().unwrap_or(placeholder))
+        .arg(&event.log_key)
+        .arg(event.reservation_key.as_deref().unwrap_or(placeholder));
     for op in &event.ops {
-        keys.push(&op.key);
-        keys.push(op.holds_key.as_deref().unwrap_or(&op.key));
+        cmd.arg(&op.key)
+            .arg(op.holds_key.as_deref().unwrap_or(&op.key));
+    }
+    cmd.arg(&event.outbox_key);
+    for alert in &event.alerts {
+        cmd.arg(&alert.fired_key);
     }
     let dedupe_ttl = if event.dedupe_key.is_some() {
-        event.dedupe_ttl_ms.to_string()
+        event.dedupe_ttl_ms
     } else {
-        "0".to_string()
+        0
     };
-    let (now, log_ttl, reservation_ttl) = (
-        event.now_ms.to_string(),
-        event.log_ttl_ms.to_string(),
-        event.reservation_ttl_ms.to_string(),
-    );
-    let mut args: Vec<&str> = vec![
-        event.mode,
-        &now,
-        &dedupe_ttl,
-        &event.event_id,
-        &event.log_member,
-        &event.log_trim_below,
-        &log_ttl,
-        &event.reservation_doc,
-        &reservation_ttl,
-    ];
-    for (op, [at, expire, cap, hold]) in event.ops.iter().zip(&numbers) {
-        args.extend([
-            op.kind.code(),
-            op.field.as_str(),
-            op.value.as_str(),
-            at.as_str(),
-            expire.as_str(),
-            cap.as_str(),
-            hold.as_str(),
-        ]);
+    cmd.arg(event.mode)
+        .arg(event.now_ms)
+        .arg(dedupe_ttl)
+        .arg(&event.event_id)
+        .arg(&event.log_member)
+        .arg(&event.log_trim_below)
+        .arg(event.log_ttl_ms)
+        .arg(&event.reservation_doc)
+        .arg(event.reservation_ttl_ms)
+        .arg(event.ops.len());
+    for op in &event.ops {
+        cmd.arg(op.kind.code())
+            .arg(&op.field)
+            .arg(&op.value)
+            .arg(op.at_ms)
+            .arg(op.expire_at_ms)
+            .arg(op.cap.map(|c| format!("{c}")).unwrap_or_default())
+            .arg(op.hold_expires_ms);
     }
-    evalsha(script, &keys, &args)
+    cmd.arg(event.alerts.len());
+    for alert in &event.alerts {
+        cmd.arg(alert.op_index + 1)
+            .arg(format!("{}", alert.rule.limit_value))
+            .arg(&alert.rule.thresholds)
+            .arg(alert.rule.fired_until_ms.unwrap_or(0))
+            .arg(&alert.rule.template);
+    }
+    cmd
 }
 
 fn text(value: &Value) -> Option<String> {

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 
 use super::StoreResult;
 use super::keys::Keys;
+use crate::domain::alert::{self, AlertRule};
 use crate::domain::event::Event;
 use crate::domain::field::Dimensions;
 use crate::domain::ids::CustomerId;
@@ -122,6 +123,20 @@ pub struct EventOps {
     /// The first `counters` ops are the plan's limit counters, in plan order.
     pub ops: Vec<KeyOp>,
     pub counters: usize,
+    /// The customer's alert outbox.
+    pub outbox_key: String,
+    /// Alert rules (record and consume only), each watching one of the first `counters` ops.
+    pub alerts: Vec<AlertOp>,
+}
+
+/// One limit's crossing detection, in storage terms.
+#[derive(Debug, Clone)]
+pub struct AlertOp {
+    /// Index (0-based) of the counter op it watches.
+    pub op_index: usize,
+    pub rule: AlertRule,
+    /// Which thresholds already fired in this window.
+    pub fired_key: String,
 }
 
 /// A counter as a decision sees it.
@@ -134,10 +149,12 @@ pub struct CounterReading {
 /// What one write did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordOutcome {
-    /// Written. The plan's counters before and after (reserved after a reserve).
+    /// Written. The plan's counters before and after (reserved after a reserve), and how many
+    /// alert messages the write queued in the customer's outbox.
     Written {
         before: Vec<CounterReading>,
         after: Vec<CounterReading>,
+        alerts: usize,
     },
     /// A cap did not hold: nothing was written. The plan's counters as they are.
     Refused { counters: Vec<CounterReading> },
@@ -297,6 +314,23 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
         }),
         ops,
         counters: plan.counters.len(),
+        outbox_key: keys.outbox(customer),
+        alerts: match reservation {
+            Some(_) => Vec::new(),
+            None => plan
+                .limits
+                .iter()
+                .map(|(limit, window, index)| AlertOp {
+                    op_index: *index,
+                    rule: alert::rule(limit, customer, *window),
+                    fired_key: keys.fired(
+                        customer,
+                        &limit.limit.id,
+                        window.map(|w| w.start.timestamp()),
+                    ),
+                })
+                .collect(),
+        },
     }
 }
 
@@ -318,8 +352,15 @@ pub fn decode_answer(tag: i64, values: &[String], counters: usize) -> Option<Rec
                 .collect(),
         }),
         0 => {
-            let triples: Vec<&[String]> = values.chunks(3).take(counters).collect();
+            let alerts = values.first().and_then(|a| a.parse().ok()).unwrap_or(0);
+            let triples: Vec<&[String]> = values
+                .get(1..)
+                .unwrap_or_default()
+                .chunks(3)
+                .take(counters)
+                .collect();
             Some(RecordOutcome::Written {
+                alerts,
                 before: triples
                     .iter()
                     .map(|t| CounterReading {
