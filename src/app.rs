@@ -44,6 +44,12 @@ pub fn settings(config: &Config) -> Settings {
         default_timezone: config.default_timezone,
         admin_key_hash: config.admin_key.as_deref().map(hash_key),
         max_hold_fraction: config.max_hold_fraction,
+        webhook_destinations: if config.webhook_deny_private {
+            crate::domain::webhook::Destinations::PublicOnly
+        } else {
+            crate::domain::webhook::Destinations::Any
+        },
+        alert_sweep: Duration::from_secs(config.alert_sweep_seconds.max(1)),
     }
 }
 

@@ -56,6 +56,14 @@ pub struct Config {
     #[arg(long, env = "QUOTAGATE_MAX_HOLD_FRACTION", default_value_t = 1.0, value_parser = parse_fraction)]
     pub max_hold_fraction: f64,
 
+    /// Refuse webhook URLs on loopback and private addresses.
+    #[arg(long, env = "QUOTAGATE_WEBHOOK_DENY_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_deny_private: bool,
+
+    /// How often each node sweeps every customer's alert outbox (messages a dead node left).
+    #[arg(long, env = "QUOTAGATE_ALERT_SWEEP_SECONDS", default_value_t = 10)]
+    pub alert_sweep_seconds: u64,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "QUOTAGATE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -13,3 +13,4 @@ pub mod period;
 pub mod reservation;
 pub mod time;
 pub mod usage;
+pub mod webhook;

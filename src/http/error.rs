@@ -45,6 +45,8 @@ impl ApiError {
             Resource::Limit => ("limit_not_found", "limit"),
             Resource::ApiKey => ("not_found", "API key"),
             Resource::Reservation => ("reservation_not_found", "reservation"),
+            Resource::Webhook => ("webhook_not_found", "webhook"),
+            Resource::Delivery => ("not_found", "delivery"),
         };
         ApiError::new(StatusCode::NOT_FOUND, code, format!("{what} not found"))
     }

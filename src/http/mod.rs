@@ -12,6 +12,7 @@ pub mod health;
 pub mod limits;
 pub mod meters;
 pub mod request_id;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -61,6 +62,19 @@ pub fn build_router(gateway: AppState, max_body_bytes: usize) -> Router {
         .route(
             "/v1/limits/{id}",
             get(limits::get).put(limits::update).delete(limits::delete),
+        )
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get)
+                .put(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/v1/webhooks/{id}/test", post(webhooks::test))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            post(webhooks::redeliver),
         )
         .route("/v1/api-keys", post(api_keys::create).get(api_keys::list))
         .route("/v1/api-keys/{id}", axum::routing::delete(api_keys::delete))

@@ -19,6 +19,7 @@ use crate::domain::ids::CustomerId;
 use crate::domain::limit::Limit;
 use crate::domain::meter::Meter;
 use crate::domain::usage::{ResolvedLimit, governing};
+use crate::domain::webhook::Webhook;
 use crate::storage::{ConfigChange, ConfigOp, ConfigStore, Kind};
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -89,6 +90,7 @@ pub struct CacheState {
     pub limits: HashMap<String, Arc<Limit>>,
     /// Keyed by the SHA-256 of the key, which is what a request presents (hashed).
     pub api_keys: HashMap<[u8; 32], Arc<ApiKey>>,
+    pub webhooks: HashMap<String, Arc<Webhook>>,
     api_key_hashes: HashMap<String, [u8; 32]>,
 }
 
@@ -108,6 +110,7 @@ impl CacheState {
             Kind::Customer => upsert(&mut self.customers, kind, id, doc),
             Kind::Meter => upsert(&mut self.meters, kind, id, doc),
             Kind::Limit => upsert(&mut self.limits, kind, id, doc),
+            Kind::Webhook => upsert(&mut self.webhooks, kind, id, doc),
             Kind::ApiKey => {
                 if let Some(hash) = self.api_key_hashes.remove(id) {
                     self.api_keys.remove(&hash);

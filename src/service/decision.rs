@@ -273,7 +273,12 @@ impl Gateway {
             }
         };
         let written = match self.write_one(event, &plan, &mode, now).await {
-            Ok(RecordOutcome::Written { after, .. }) => Written::Fresh(after),
+            Ok(RecordOutcome::Written { after, alerts, .. }) => {
+                if alerts > 0 {
+                    self.note_alerts(&customer_id);
+                }
+                Written::Fresh(after)
+            }
             Ok(RecordOutcome::Duplicate { event_id }) => Written::Replay(event_id),
             Ok(RecordOutcome::Refused { counters }) => {
                 let refusing = refusing_limits(&plan, &counters);

@@ -8,6 +8,8 @@ pub enum Resource {
     Limit,
     ApiKey,
     Reservation,
+    Webhook,
+    Delivery,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,7 @@ pub mod decision;
 pub mod error;
 pub mod page;
 pub mod usage;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -25,6 +26,9 @@ pub struct Settings {
     pub admin_key_hash: Option<[u8; 32]>,
     /// The largest share of a limit one reservation may hold (1.0: the whole limit).
     pub max_hold_fraction: f64,
+    pub webhook_destinations: crate::domain::webhook::Destinations,
+    /// How often each node sweeps all outboxes for alerts a dead node left behind.
+    pub alert_sweep: std::time::Duration,
 }
 
 /// Everything a request handler needs: storage, the config cache, the clock and settings.
@@ -33,6 +37,8 @@ pub struct Gateway {
     pub(crate) cache: cache::ConfigCache,
     pub(crate) clock: clock::Clock,
     pub(crate) settings: Settings,
+    pub(crate) outboxes: webhooks::Outboxes,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Gateway {
@@ -44,6 +50,14 @@ impl Gateway {
             cache: cache::ConfigCache::default(),
             clock: clock::Clock::default(),
             settings,
+            outboxes: webhooks::Outboxes::default(),
+            http: reqwest::Client::builder()
+                .timeout(webhooks::DELIVERY_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| {
+                    ServiceError::Storage(crate::storage::StoreError::Internal(e.to_string()))
+                })?,
         });
         gateway.cache.reload(gateway.store.as_ref()).await?;
         Ok(gateway)
@@ -52,6 +66,11 @@ impl Gateway {
     pub fn spawn_background(self: &Arc<Self>) {
         tokio::spawn(cache::follow_changes(Arc::clone(self)));
         tokio::spawn(calibrate_clock(Arc::clone(self)));
+        tokio::spawn(webhooks::run_alert_pump(
+            Arc::clone(self),
+            self.settings.alert_sweep,
+        ));
+        tokio::spawn(webhooks::run_delivery_worker(Arc::clone(self)));
     }
 
     /// Measures this node's clock against the storage server's once.

@@ -239,11 +239,16 @@ impl Gateway {
         let (calendar, unknown) = self.calendar_of(&event.customer_id, now).await?;
         let plan = self.plan(&event, calendar);
         let recorded = match self.write_one(&event, &plan, &Mode::Record, now).await? {
-            RecordOutcome::Written { after, .. } => Recorded {
-                event_id: event.id.clone(),
-                duplicate: false,
-                limits: states(&plan, &after),
-            },
+            RecordOutcome::Written { after, alerts, .. } => {
+                if alerts > 0 {
+                    self.note_alerts(&event.customer_id);
+                }
+                Recorded {
+                    event_id: event.id.clone(),
+                    duplicate: false,
+                    limits: states(&plan, &after),
+                }
+            }
             RecordOutcome::Duplicate { event_id } => Recorded {
                 event_id,
                 duplicate: true,
@@ -320,6 +325,11 @@ impl Gateway {
             .iter()
             .filter(|o| matches!(o, RecordOutcome::Duplicate { .. }))
             .count();
+        for (event, outcome) in events.iter().zip(&outcomes) {
+            if matches!(outcome, RecordOutcome::Written { alerts, .. } if *alerts > 0) {
+                self.note_alerts(&event.customer_id);
+            }
+        }
         self.create_implicitly(unknown).await?;
         Ok((outcomes.len() - duplicates, duplicates))
     }

@@ -39,6 +39,31 @@ impl Keys {
         format!("{}:{{cfg}}:changes", self.prefix)
     }
 
+    /// The delivery schedule: `<messageId> <endpointId>` scored by the next attempt (unix ms).
+    pub fn webhook_due(&self) -> String {
+        format!("{}:{{wh}}:due", self.prefix)
+    }
+
+    /// Attempts made per delivery: `<messageId> <endpointId>` → `attempts:first_attempt_ms`.
+    pub fn webhook_tries(&self) -> String {
+        format!("{}:{{wh}}:tries", self.prefix)
+    }
+
+    /// Consecutive failures per endpoint.
+    pub fn webhook_failures(&self) -> String {
+        format!("{}:{{wh}}:failures", self.prefix)
+    }
+
+    /// A queued message, kept for delivery and redelivery.
+    pub fn webhook_message(&self, message_id: &str) -> String {
+        format!("{}:{{wh}}:msg:{message_id}", self.prefix)
+    }
+
+    /// An endpoint's attempt log (sorted set ordered by attempt ID).
+    pub fn webhook_attempts(&self, endpoint_id: &str) -> String {
+        format!("{}:{{wh}}:attempts:{endpoint_id}", self.prefix)
+    }
+
     fn customer(&self, customer: &CustomerId) -> String {
         format!("{}:{{c:{}}}", self.prefix, customer)
     }
@@ -166,6 +191,9 @@ mod tests {
         );
         assert_eq!(keys.reservation_owner("rsv_1"), "qg:{r:rsv_1}:owner");
         assert_eq!(keys.outbox(&customer), "qg:{c:cust_1}:outbox");
+        assert_eq!(keys.webhook_due(), "qg:{wh}:due");
+        assert_eq!(keys.webhook_message("msg_1"), "qg:{wh}:msg:msg_1");
+        assert_eq!(keys.webhook_attempts("wh_1"), "qg:{wh}:attempts:wh_1");
         assert_eq!(
             keys.fired(&customer, "lmt_1", Some(60)),
             "qg:{c:cust_1}:fired:lmt_1:60"

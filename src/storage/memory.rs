@@ -5,6 +5,10 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use super::alerts::{
+    ATTEMPT_LOG_LEN, AlertStore, AttemptEnd, Claim, MESSAGE_TTL_MS, delivery_member,
+    split_delivery_member,
+};
 use super::keys::Keys;
 use super::usage::{
     CounterReading, EventLogQuery, EventOps, EventWrite, KeyOp, Mode, OpKind,
@@ -13,6 +17,7 @@ use super::usage::{
 };
 use super::{ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreResult};
 use crate::domain::alert::EXCEEDED;
+use crate::domain::field::Quantity;
 use crate::domain::ids::CustomerId;
 use crate::domain::usage::CounterId;
 
@@ -22,6 +27,7 @@ const CHANGE_LOG_LEN: usize = 10_000;
 pub struct MemoryStore {
     state: Mutex<State>,
     usage: Mutex<MemoryUsage>,
+    alerts: Mutex<MemoryAlerts>,
     keys: Keys,
     retention: Retention,
 }
@@ -31,6 +37,7 @@ impl Default for MemoryStore {
         MemoryStore {
             state: Mutex::default(),
             usage: Mutex::default(),
+            alerts: Mutex::default(),
             keys: Keys::new("mem"),
             retention: Retention::default(),
         }
@@ -580,10 +587,12 @@ impl MemoryUsage {
                 }
                 .into();
                 message["createdAtMs"] = now.into();
-                message["data"]["threshold"] = percent.into();
-                message["data"]["currentUsage"] = is.used.into();
-                message["data"]["percentage"] = (is.used / limit * 100.0).into();
-                message["data"]["remaining"] = (limit - is.used).max(0.0).into();
+                let number =
+                    |v: f64| serde_json::to_value(Quantity::from_f64(v)).unwrap_or_default();
+                message["data"]["threshold"] = number(percent);
+                message["data"]["currentUsage"] = number(is.used);
+                message["data"]["percentage"] = number(is.used / limit * 100.0);
+                message["data"]["remaining"] = number((limit - is.used).max(0.0));
                 self.push(&event.outbox_key, message.to_string(), now);
                 queued += 1;
             }
@@ -853,4 +862,226 @@ pub fn log_bounds(query: &EventLogQuery) -> (String, String) {
         high = before.clone();
     }
     (low, high)
+}
+
+// --- alerts --------------------------------------------------------------------------------
+
+/// The embedded store's delivery schedule (see `lua/alert_*.lua` for the reference semantics).
+#[derive(Default)]
+pub struct MemoryAlerts {
+    due: HashMap<String, i64>,
+    tries: HashMap<String, String>,
+    failures: HashMap<String, u32>,
+    messages: HashMap<String, (String, i64)>,
+    attempts: HashMap<String, BTreeMap<String, ()>>,
+}
+
+impl MemoryStore {
+    fn alerts(&self) -> std::sync::MutexGuard<'_, MemoryAlerts> {
+        self.alerts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl AlertStore for MemoryStore {
+    async fn outbox(&self, customer: &CustomerId) -> StoreResult<Vec<String>> {
+        let mut usage = self.usage();
+        Ok(
+            match usage
+                .live(&self.keys.outbox(customer), now_ms())
+                .map(|e| &e.value)
+            {
+                Some(Value::List(list)) => list.iter().cloned().collect(),
+                _ => Vec::new(),
+            },
+        )
+    }
+
+    async fn outbox_lengths(&self, customers: &[CustomerId]) -> StoreResult<Vec<usize>> {
+        let mut usage = self.usage();
+        let now = now_ms();
+        Ok(customers
+            .iter()
+            .map(|customer| {
+                match usage
+                    .live(&self.keys.outbox(customer), now)
+                    .map(|e| &e.value)
+                {
+                    Some(Value::List(list)) => list.len(),
+                    _ => 0,
+                }
+            })
+            .collect())
+    }
+
+    async fn hand_over(
+        &self,
+        customer: &CustomerId,
+        message_id: &str,
+        message: &str,
+        endpoints: &[String],
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        {
+            let mut alerts = self.alerts();
+            let fresh = alerts
+                .messages
+                .get(message_id)
+                .is_none_or(|(_, until)| *until <= now_ms);
+            if fresh {
+                alerts.messages.insert(
+                    message_id.to_string(),
+                    (message.to_string(), now_ms + MESSAGE_TTL_MS),
+                );
+                for endpoint in endpoints {
+                    alerts
+                        .due
+                        .entry(delivery_member(message_id, endpoint))
+                        .or_insert(now_ms);
+                }
+            }
+        }
+        let mut usage = self.usage();
+        if let Some(Entry {
+            value: Value::List(list),
+            ..
+        }) = usage.entries.get_mut(&self.keys.outbox(customer))
+            && let Some(index) = list.iter().position(|m| m == message)
+        {
+            list.remove(index);
+        }
+        Ok(())
+    }
+
+    async fn claim_due(&self, now_ms: i64, lease_ms: i64, max: usize) -> StoreResult<Vec<Claim>> {
+        let mut alerts = self.alerts();
+        let mut due: Vec<(i64, String)> = alerts
+            .due
+            .iter()
+            .filter(|(_, at)| **at <= now_ms)
+            .map(|(m, at)| (*at, m.clone()))
+            .collect();
+        due.sort();
+        due.truncate(max);
+        let mut claims = Vec::with_capacity(due.len());
+        for (_, member) in due {
+            alerts.due.insert(member.clone(), now_ms + lease_ms);
+            let Some((message_id, endpoint_id)) = split_delivery_member(&member) else {
+                continue;
+            };
+            let (attempts, first_attempt_ms) =
+                match alerts.tries.get(&member).and_then(|t| t.split_once(':')) {
+                    Some((n, first)) => (n.parse().unwrap_or(0), first.parse().unwrap_or(now_ms)),
+                    None => (0, now_ms),
+                };
+            claims.push(Claim {
+                message_id: message_id.to_string(),
+                endpoint_id: endpoint_id.to_string(),
+                message: alerts
+                    .messages
+                    .get(message_id)
+                    .map(|(m, _)| m.clone())
+                    .unwrap_or_default(),
+                attempts,
+                first_attempt_ms,
+            });
+        }
+        Ok(claims)
+    }
+
+    async fn finish_attempt(
+        &self,
+        claim: &Claim,
+        attempt_id: &str,
+        attempt: &str,
+        end: &AttemptEnd,
+        _now_ms: i64,
+    ) -> StoreResult<u32> {
+        let mut alerts = self.alerts();
+        let log = alerts
+            .attempts
+            .entry(claim.endpoint_id.clone())
+            .or_default();
+        log.insert(format!("{attempt_id}:{attempt}"), ());
+        while log.len() > ATTEMPT_LOG_LEN {
+            log.pop_first();
+        }
+        let member = delivery_member(&claim.message_id, &claim.endpoint_id);
+        match end {
+            AttemptEnd::Succeeded => {
+                alerts.due.remove(&member);
+                alerts.tries.remove(&member);
+                alerts.failures.remove(&claim.endpoint_id);
+                return Ok(0);
+            }
+            AttemptEnd::RetryAt(at) => {
+                alerts.due.insert(member.clone(), *at);
+                alerts.tries.insert(
+                    member,
+                    format!("{}:{}", claim.attempts + 1, claim.first_attempt_ms),
+                );
+            }
+            AttemptEnd::GaveUp => {
+                alerts.due.remove(&member);
+                alerts.tries.remove(&member);
+            }
+        }
+        let failures = alerts
+            .failures
+            .entry(claim.endpoint_id.clone())
+            .or_default();
+        *failures += 1;
+        Ok(*failures)
+    }
+
+    async fn attempts(
+        &self,
+        endpoint_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let alerts = self.alerts();
+        let Some(log) = alerts.attempts.get(endpoint_id) else {
+            return Ok(Vec::new());
+        };
+        let upper = match before {
+            Some(before) => std::ops::Bound::Excluded(before.to_string()),
+            None => std::ops::Bound::Unbounded,
+        };
+        Ok(log
+            .range((std::ops::Bound::Unbounded, upper))
+            .rev()
+            .take(limit)
+            .map(|(m, _)| m.clone())
+            .collect())
+    }
+
+    async fn message(&self, message_id: &str) -> StoreResult<Option<String>> {
+        let alerts = self.alerts();
+        Ok(alerts
+            .messages
+            .get(message_id)
+            .filter(|(_, until)| *until > now_ms())
+            .map(|(m, _)| m.clone()))
+    }
+
+    async fn redeliver(
+        &self,
+        message_id: &str,
+        message: &str,
+        endpoint_id: &str,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        let mut alerts = self.alerts();
+        let member = delivery_member(message_id, endpoint_id);
+        alerts.messages.insert(
+            message_id.to_string(),
+            (message.to_string(), now_ms + MESSAGE_TTL_MS),
+        );
+        alerts.tries.remove(&member);
+        alerts.due.insert(member, now_ms);
+        Ok(())
+    }
 }

@@ -2,6 +2,7 @@
 //! in-memory store (one node) and Redis (single server or cluster). One contract test suite
 //! runs against both.
 
+pub mod alerts;
 pub mod keys;
 pub mod memory;
 pub mod redis;
@@ -17,10 +18,17 @@ pub enum Kind {
     Meter,
     Limit,
     ApiKey,
+    Webhook,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Customer, Kind::Meter, Kind::Limit, Kind::ApiKey];
+    pub const ALL: [Kind; 5] = [
+        Kind::Customer,
+        Kind::Meter,
+        Kind::Limit,
+        Kind::ApiKey,
+        Kind::Webhook,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -28,6 +36,7 @@ impl Kind {
             Kind::Meter => "meters",
             Kind::Limit => "limits",
             Kind::ApiKey => "apikeys",
+            Kind::Webhook => "webhooks",
         }
     }
 
@@ -150,6 +159,6 @@ pub trait ConfigStore: Send + Sync + 'static {
 }
 
 /// Everything the service needs from storage.
-pub trait Store: ConfigStore + usage::UsageStore {}
+pub trait Store: ConfigStore + usage::UsageStore + alerts::AlertStore {}
 
-impl<T: ConfigStore + usage::UsageStore> Store for T {}
+impl<T: ConfigStore + usage::UsageStore + alerts::AlertStore> Store for T {}

@@ -10,6 +10,10 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 
+use super::alerts::{
+    ATTEMPT_LOG_LEN, AlertStore, AttemptEnd, Claim, MESSAGE_TTL_MS, delivery_member,
+    split_delivery_member,
+};
 use super::keys::Keys;
 use super::memory::log_bounds;
 use super::usage::{
@@ -171,6 +175,9 @@ pub struct RedisStore {
     usage: Script,
     reservation_finish: Script,
     reservation_extend: Script,
+    alert_hand_over: Script,
+    alert_claim: Script,
+    alert_finish: Script,
 }
 
 impl RedisStore {
@@ -186,6 +193,9 @@ impl RedisStore {
             usage: Script::new(include_str!("../../lua/usage.lua")),
             reservation_finish: Script::new(include_str!("../../lua/reservation_finish.lua")),
             reservation_extend: Script::new(include_str!("../../lua/reservation_extend.lua")),
+            alert_hand_over: Script::new(include_str!("../../lua/alert_hand_over.lua")),
+            alert_claim: Script::new(include_str!("../../lua/alert_claim.lua")),
+            alert_finish: Script::new(include_str!("../../lua/alert_finish.lua")),
         }
     }
 
@@ -836,6 +846,235 @@ fn redact(url: &str) -> String {
             format!("{}://***{}", &url[..scheme_end], &url[at..])
         }
         _ => url.to_string(),
+    }
+}
+
+fn decode_claims(items: Vec<String>, messages: Vec<Option<String>>, now_ms: i64) -> Vec<Claim> {
+    items
+        .chunks(2)
+        .zip(messages)
+        .filter_map(|(pair, message)| {
+            let (message_id, endpoint_id) = split_delivery_member(&pair[0])?;
+            let (attempts, first_attempt_ms) = match pair.get(1).and_then(|t| t.split_once(':')) {
+                Some((n, first)) => (n.parse().unwrap_or(0), first.parse().unwrap_or(now_ms)),
+                None => (0, now_ms),
+            };
+            Some(Claim {
+                message_id: message_id.to_string(),
+                endpoint_id: endpoint_id.to_string(),
+                message: message.unwrap_or_default(),
+                attempts,
+                first_attempt_ms,
+            })
+        })
+        .collect()
+}
+
+#[async_trait]
+impl AlertStore for RedisStore {
+    async fn outbox(&self, customer: &CustomerId) -> StoreResult<Vec<String>> {
+        let mut conn = self.conn();
+        self.guarded(
+            CONFIG_DEADLINE,
+            redis::cmd("LRANGE")
+                .arg(self.keys.outbox(customer))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn outbox_lengths(&self, customers: &[CustomerId]) -> StoreResult<Vec<usize>> {
+        let mut lengths = Vec::with_capacity(customers.len());
+        for chunk in customers.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for customer in chunk {
+                pipe.cmd("LLEN").arg(self.keys.outbox(customer));
+            }
+            let mut conn = self.conn();
+            let part: Vec<usize> = self
+                .guarded(CONFIG_DEADLINE, pipe.query_async(&mut conn))
+                .await?;
+            lengths.extend(part);
+        }
+        Ok(lengths)
+    }
+
+    async fn hand_over(
+        &self,
+        customer: &CustomerId,
+        message_id: &str,
+        message: &str,
+        endpoints: &[String],
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        let message_key = self.keys.webhook_message(message_id);
+        let due = self.keys.webhook_due();
+        let ttl = MESSAGE_TTL_MS.to_string();
+        let now = now_ms.to_string();
+        let mut args: Vec<&str> = vec![message_id, &ttl, &now, message];
+        args.extend(endpoints.iter().map(String::as_str));
+        let call = evalsha(&self.alert_hand_over, &[&message_key, &due], &args);
+        self.eval_many(&self.alert_hand_over, &[call], CONFIG_DEADLINE)
+            .await?;
+        let mut conn = self.conn();
+        let _: i64 = self
+            .guarded(
+                CONFIG_DEADLINE,
+                redis::cmd("LREM")
+                    .arg(self.keys.outbox(customer))
+                    .arg(1)
+                    .arg(message)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_due(&self, now_ms: i64, lease_ms: i64, max: usize) -> StoreResult<Vec<Claim>> {
+        let (due, tries) = (self.keys.webhook_due(), self.keys.webhook_tries());
+        let args = [now_ms.to_string(), lease_ms.to_string(), max.to_string()];
+        let call = evalsha(
+            &self.alert_claim,
+            &[&due, &tries],
+            &[&args[0], &args[1], &args[2]],
+        );
+        let answer = self
+            .eval_many(&self.alert_claim, &[call], CONFIG_DEADLINE)
+            .await?
+            .pop();
+        let items: Vec<String> = match answer {
+            Some(Value::Array(items)) => {
+                items.iter().map(|v| text(v).unwrap_or_default()).collect()
+            }
+            _ => Vec::new(),
+        };
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let message_keys: Vec<String> = items
+            .chunks(2)
+            .filter_map(|pair| {
+                split_delivery_member(&pair[0]).map(|(m, _)| self.keys.webhook_message(m))
+            })
+            .collect();
+        let mut conn = self.conn();
+        let messages: Vec<Option<String>> = self
+            .guarded(
+                CONFIG_DEADLINE,
+                redis::cmd("MGET").arg(&message_keys).query_async(&mut conn),
+            )
+            .await?;
+        Ok(decode_claims(items, messages, now_ms))
+    }
+
+    async fn finish_attempt(
+        &self,
+        claim: &Claim,
+        attempt_id: &str,
+        attempt: &str,
+        end: &AttemptEnd,
+        _now_ms: i64,
+    ) -> StoreResult<u32> {
+        let keys = [
+            self.keys.webhook_due(),
+            self.keys.webhook_tries(),
+            self.keys.webhook_failures(),
+            self.keys.webhook_attempts(&claim.endpoint_id),
+        ];
+        let (kind, retry_at) = match end {
+            AttemptEnd::Succeeded => ("succeeded", 0),
+            AttemptEnd::RetryAt(at) => ("retry", *at),
+            AttemptEnd::GaveUp => ("gave_up", 0),
+        };
+        let args = [
+            delivery_member(&claim.message_id, &claim.endpoint_id),
+            claim.endpoint_id.clone(),
+            format!("{attempt_id}:{attempt}"),
+            kind.to_string(),
+            retry_at.to_string(),
+            format!("{}:{}", claim.attempts + 1, claim.first_attempt_ms),
+            ATTEMPT_LOG_LEN.to_string(),
+        ];
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let call = evalsha(&self.alert_finish, &key_refs, &arg_refs);
+        match self
+            .eval_many(&self.alert_finish, &[call], CONFIG_DEADLINE)
+            .await?
+            .pop()
+        {
+            Some(Value::Int(failures)) => Ok(failures.max(0) as u32),
+            _ => Err(StoreError::Internal(
+                "unexpected alert finish answer".into(),
+            )),
+        }
+    }
+
+    async fn attempts(
+        &self,
+        endpoint_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let high = before.map_or_else(|| "+".to_string(), |b| format!("({b}"));
+        let mut conn = self.conn();
+        self.guarded(
+            CONFIG_DEADLINE,
+            redis::cmd("ZRANGE")
+                .arg(self.keys.webhook_attempts(endpoint_id))
+                .arg(high)
+                .arg("-")
+                .arg("BYLEX")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn message(&self, message_id: &str) -> StoreResult<Option<String>> {
+        let mut conn = self.conn();
+        self.guarded(
+            CONFIG_DEADLINE,
+            redis::cmd("GET")
+                .arg(self.keys.webhook_message(message_id))
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn redeliver(
+        &self,
+        message_id: &str,
+        message: &str,
+        endpoint_id: &str,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        let member = delivery_member(message_id, endpoint_id);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(self.keys.webhook_message(message_id))
+            .arg(message)
+            .arg("PX")
+            .arg(MESSAGE_TTL_MS)
+            .ignore()
+            .cmd("HDEL")
+            .arg(self.keys.webhook_tries())
+            .arg(&member)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.keys.webhook_due())
+            .arg(now_ms)
+            .arg(&member)
+            .ignore();
+        let mut conn = self.conn();
+        self.guarded(CONFIG_DEADLINE, pipe.query_async::<()>(&mut conn))
+            .await
     }
 }
 

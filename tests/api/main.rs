@@ -14,3 +14,4 @@ mod meters;
 mod outage;
 mod replicas;
 mod store_contract;
+mod webhooks;

@@ -130,6 +130,8 @@ pub fn settings() -> Settings {
         default_timezone: chrono_tz::UTC,
         admin_key_hash: Some(hash_key(ADMIN_KEY)),
         max_hold_fraction: 1.0,
+        webhook_destinations: quotagate::domain::webhook::Destinations::Any,
+        alert_sweep: Duration::from_secs(1),
     }
 }
 
@@ -350,6 +352,12 @@ impl GatewayProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -1,0 +1,517 @@
+//! Webhook endpoints, and the delivery of alert messages to them.
+//!
+//! The counting script queues each crossing in the customer's outbox. Every node then hands
+//! outboxes over to the shared delivery schedule (at once for what it wrote itself, and by a
+//! periodic sweep for what a dead node left behind), and runs a worker that leases due
+//! deliveries, posts them signed, and schedules retries. Nothing of this runs on the request
+//! path.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rand::RngCore;
+
+use super::Gateway;
+use super::config::to_doc;
+use super::error::{Resource, ServiceError, ServiceResult, corrupt};
+use super::page::{Page, PageRequest, encode_cursor};
+use crate::domain::alert::QueuedMessage;
+use crate::domain::ids::{CustomerId, IdKind};
+use crate::domain::time::rfc3339;
+use crate::domain::webhook::{
+    DISABLE_AFTER_FAILURES, DeliveryAttempt, DeliveryStatus, NewWebhook, Webhook, WebhookPatch,
+    new_secret, next_attempt_ms, sign,
+};
+use crate::storage::alerts::{AttemptEnd, Claim};
+use crate::storage::{ConfigOp, Guard, Kind};
+
+/// How often the pump hands over the outboxes this node wrote to.
+const PUMP_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the worker looks for due deliveries.
+const WORKER_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a worker holds a delivery before another may take it (longer than the timeout).
+const LEASE: TimeDelta = TimeDelta::seconds(30);
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+const CLAIMS_PER_ROUND: usize = 32;
+
+/// Customers whose outbox this node wrote to and has not handed over yet.
+#[derive(Default)]
+pub struct Outboxes {
+    pending: std::sync::Mutex<HashSet<CustomerId>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Outboxes {
+    pub fn note(&self, customer: &CustomerId) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(customer.clone());
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Vec<CustomerId> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect()
+    }
+}
+
+/// The outcome of posting one message.
+struct Posted {
+    response_status: Option<u16>,
+    error: Option<String>,
+    duration: Duration,
+}
+
+impl Posted {
+    fn succeeded(&self) -> bool {
+        self.response_status
+            .is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+impl Gateway {
+    // --- endpoints ---------------------------------------------------------------------------
+
+    pub async fn create_webhook(&self, input: NewWebhook) -> ServiceResult<Webhook> {
+        let mut random = [0u8; 24];
+        rand::rng().fill_bytes(&mut random);
+        let webhook = Webhook::create(
+            self.new_id(IdKind::Webhook),
+            input,
+            new_secret(random),
+            self.settings.webhook_destinations,
+            self.clock.now(),
+        )?;
+        let op = ConfigOp::Put {
+            kind: Kind::Webhook,
+            id: webhook.id.clone(),
+            doc: to_doc(&webhook),
+            guard: Guard::Absent,
+        };
+        self.commit(&[op])
+            .await?
+            .map_err(|_| ServiceError::Conflict("webhook ID collision".into()))?;
+        Ok(webhook)
+    }
+
+    pub async fn get_webhook(&self, id: &str) -> ServiceResult<Webhook> {
+        if !IdKind::Webhook.is_plausible(id) {
+            return Err(ServiceError::NotFound(Resource::Webhook));
+        }
+        let doc = self
+            .store
+            .get(Kind::Webhook, id)
+            .await?
+            .ok_or(ServiceError::NotFound(Resource::Webhook))?;
+        serde_json::from_str(&doc).map_err(|e| corrupt("webhooks", e))
+    }
+
+    pub async fn list_webhooks(&self, request: &PageRequest) -> ServiceResult<Page<Webhook>> {
+        super::page::list(
+            self.store.as_ref(),
+            Kind::Webhook,
+            request,
+            |_: &Webhook| true,
+        )
+        .await
+    }
+
+    pub async fn update_webhook(&self, id: &str, patch: WebhookPatch) -> ServiceResult<Webhook> {
+        let mut webhook = self.get_webhook(id).await?;
+        webhook.apply(patch, self.settings.webhook_destinations, self.clock.now())?;
+        self.put_webhook(&webhook).await?;
+        Ok(webhook)
+    }
+
+    async fn put_webhook(&self, webhook: &Webhook) -> ServiceResult<()> {
+        let op = ConfigOp::Put {
+            kind: Kind::Webhook,
+            id: webhook.id.clone(),
+            doc: to_doc(webhook),
+            guard: Guard::Present,
+        };
+        self.commit(&[op])
+            .await?
+            .map_err(|_| ServiceError::NotFound(Resource::Webhook))
+    }
+
+    pub async fn delete_webhook(&self, id: &str) -> ServiceResult<()> {
+        if !IdKind::Webhook.is_plausible(id) {
+            return Err(ServiceError::NotFound(Resource::Webhook));
+        }
+        let op = ConfigOp::Delete {
+            kind: Kind::Webhook,
+            id: id.to_string(),
+            guard: Guard::Present,
+        };
+        self.commit(&[op])
+            .await?
+            .map_err(|_| ServiceError::NotFound(Resource::Webhook))
+    }
+
+    /// Sends a signed `ping` now and answers how it went (also logged as a delivery).
+    pub async fn test_webhook(&self, id: &str) -> ServiceResult<DeliveryAttempt> {
+        let webhook = self.get_webhook(id).await?;
+        let now = self.clock.now();
+        let message = QueuedMessage {
+            id: IdKind::Message.new_id(ulid::Ulid::new()),
+            kind: "ping".into(),
+            created_at_ms: now.timestamp_millis(),
+            data: serde_json::json!({"webhookId": webhook.id}),
+        };
+        let text = serde_json::to_string(&message).expect("messages serialize");
+        let claim = Claim {
+            message_id: message.id.clone(),
+            endpoint_id: webhook.id.clone(),
+            message: text,
+            attempts: 0,
+            first_attempt_ms: now.timestamp_millis(),
+        };
+        let posted = self.post(&webhook, &message).await;
+        let end = if posted.succeeded() {
+            AttemptEnd::Succeeded
+        } else {
+            AttemptEnd::GaveUp
+        };
+        self.log_attempt(&claim, &message, &posted, &end).await
+    }
+
+    /// Attempts of one endpoint, newest first.
+    pub async fn list_deliveries(
+        &self,
+        id: &str,
+        request: &PageRequest,
+    ) -> ServiceResult<Page<DeliveryAttempt>> {
+        self.get_webhook(id).await?;
+        let members = self
+            .store
+            .attempts(id, request.after.as_deref(), request.limit + 1)
+            .await?;
+        let mut items: Vec<(String, DeliveryAttempt)> = Vec::with_capacity(members.len());
+        for member in members {
+            let Some((attempt_id, json)) = member.split_once(':') else {
+                continue;
+            };
+            let attempt: DeliveryAttempt =
+                serde_json::from_str(json).map_err(|e| corrupt("deliveries", e))?;
+            items.push((attempt_id.to_string(), attempt));
+        }
+        let has_more = items.len() > request.limit;
+        items.truncate(request.limit);
+        let next_cursor = if has_more {
+            items.last().map(|(id, _)| encode_cursor(id))
+        } else {
+            None
+        };
+        Ok(Page {
+            data: items.into_iter().map(|(_, a)| a).collect(),
+            next_cursor,
+            has_more,
+        })
+    }
+
+    /// Schedules the message of an earlier attempt again for this endpoint, now.
+    pub async fn redeliver(&self, id: &str, delivery_id: &str) -> ServiceResult<String> {
+        self.get_webhook(id).await?;
+        let not_found = || ServiceError::NotFound(Resource::Delivery);
+        let upper = format!("{delivery_id};");
+        let member = self
+            .store
+            .attempts(id, Some(&upper), 1)
+            .await?
+            .pop()
+            .ok_or_else(not_found)?;
+        let (attempt_id, json) = member.split_once(':').ok_or_else(not_found)?;
+        if attempt_id != delivery_id {
+            return Err(not_found());
+        }
+        let attempt: DeliveryAttempt =
+            serde_json::from_str(json).map_err(|e| corrupt("deliveries", e))?;
+        let message = self
+            .store
+            .message(&attempt.message_id)
+            .await?
+            .ok_or_else(|| ServiceError::Conflict("the message is no longer kept".into()))?;
+        self.store
+            .redeliver(
+                &attempt.message_id,
+                &message,
+                id,
+                self.clock.now().timestamp_millis(),
+            )
+            .await?;
+        Ok(attempt.message_id)
+    }
+
+    // --- outboxes ----------------------------------------------------------------------------
+
+    /// Called after a write queued alert messages for `customer`.
+    pub(super) fn note_alerts(&self, customer: &CustomerId) {
+        self.outboxes.note(customer);
+    }
+
+    /// Hands a customer's outbox over to the delivery schedule.
+    pub async fn hand_over_outbox(&self, customer: &CustomerId) -> ServiceResult<usize> {
+        let messages = self.store.outbox(customer).await?;
+        let now = self.clock.now().timestamp_millis();
+        for text in &messages {
+            let message: QueuedMessage = match serde_json::from_str(text) {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::error!(%error, "dropping undecodable alert message");
+                    self.store.hand_over(customer, "", text, &[], now).await?;
+                    continue;
+                }
+            };
+            let endpoints: Vec<String> = {
+                let cache = self.cache.read();
+                let mut ids: Vec<String> = cache
+                    .webhooks
+                    .values()
+                    .filter(|w| w.wants(&message.kind))
+                    .map(|w| w.id.clone())
+                    .collect();
+                ids.sort();
+                ids
+            };
+            self.store
+                .hand_over(customer, &message.id, text, &endpoints, now)
+                .await?;
+        }
+        Ok(messages.len())
+    }
+
+    /// Hands over every customer's outbox that has messages: what a node that died after
+    /// counting left behind.
+    pub async fn sweep_outboxes(&self) -> ServiceResult<usize> {
+        let customers: Vec<CustomerId> = self
+            .cache
+            .read()
+            .customers
+            .values()
+            .map(|c| c.id.clone())
+            .collect();
+        let lengths = self.store.outbox_lengths(&customers).await?;
+        let mut moved = 0;
+        for (customer, length) in customers.iter().zip(lengths) {
+            if length > 0 {
+                moved += self.hand_over_outbox(customer).await?;
+            }
+        }
+        Ok(moved)
+    }
+
+    // --- delivery ----------------------------------------------------------------------------
+
+    async fn post(&self, webhook: &Webhook, message: &QueuedMessage) -> Posted {
+        let body = message.payload().to_string();
+        let timestamp = self.clock.now().timestamp();
+        let started = Instant::now();
+        let Some(signature) = sign(&webhook.secret, &message.id, timestamp, &body) else {
+            return Posted {
+                response_status: None,
+                error: Some("endpoint secret is unusable".into()),
+                duration: started.elapsed(),
+            };
+        };
+        let result = self
+            .http
+            .post(&webhook.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &message.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        let duration = started.elapsed();
+        match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let error = (!response.status().is_success())
+                    .then(|| format!("endpoint answered {status}"));
+                Posted {
+                    response_status: Some(status),
+                    error,
+                    duration,
+                }
+            }
+            Err(error) => {
+                let text = if error.is_timeout() {
+                    "timed out".to_string()
+                } else {
+                    error.without_url().to_string()
+                };
+                Posted {
+                    response_status: None,
+                    error: Some(text),
+                    duration,
+                }
+            }
+        }
+    }
+
+    async fn log_attempt(
+        &self,
+        claim: &Claim,
+        message: &QueuedMessage,
+        posted: &Posted,
+        end: &AttemptEnd,
+    ) -> ServiceResult<DeliveryAttempt> {
+        let now = self.clock.now();
+        let attempt = DeliveryAttempt {
+            id: format!("dlv_{}", ulid::Ulid::new()),
+            message_id: message.id.clone(),
+            event_type: message.kind.clone(),
+            attempt: claim.attempts + 1,
+            status: match end {
+                AttemptEnd::Succeeded => DeliveryStatus::Succeeded,
+                AttemptEnd::RetryAt(_) => DeliveryStatus::Pending,
+                AttemptEnd::GaveUp => DeliveryStatus::Failed,
+            },
+            response_status: posted.response_status,
+            error: posted.error.clone(),
+            duration_ms: posted.duration.as_millis() as u64,
+            created_at: now,
+            next_attempt_at: match end {
+                AttemptEnd::RetryAt(at) => DateTime::<Utc>::from_timestamp_millis(*at).map(rfc3339),
+                _ => None,
+            },
+        };
+        let text = serde_json::to_string(&attempt).expect("attempts serialize");
+        let failures = self
+            .store
+            .finish_attempt(claim, &attempt.id, &text, end, now.timestamp_millis())
+            .await?;
+        if failures >= DISABLE_AFTER_FAILURES {
+            self.disable_webhook(&claim.endpoint_id).await?;
+        }
+        Ok(attempt)
+    }
+
+    async fn disable_webhook(&self, id: &str) -> ServiceResult<()> {
+        let mut webhook = match self.get_webhook(id).await {
+            Ok(webhook) => webhook,
+            Err(ServiceError::NotFound(_)) => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        if webhook.enabled {
+            tracing::warn!(
+                webhook = id,
+                "disabling a webhook endpoint after {DISABLE_AFTER_FAILURES} failed deliveries in a row"
+            );
+            webhook.enabled = false;
+            webhook.updated_at = self.clock.now();
+            self.put_webhook(&webhook).await?;
+        }
+        Ok(())
+    }
+
+    /// Delivers one leased delivery and moves it on.
+    async fn deliver(&self, claim: Claim) -> ServiceResult<()> {
+        let message: QueuedMessage = match serde_json::from_str(&claim.message) {
+            Ok(message) => message,
+            Err(_) => {
+                // The message expired (kept 48 h): nothing left to send.
+                let gone = QueuedMessage {
+                    id: claim.message_id.clone(),
+                    kind: String::new(),
+                    created_at_ms: 0,
+                    data: serde_json::Value::Null,
+                };
+                let posted = Posted {
+                    response_status: None,
+                    error: Some("message no longer kept".into()),
+                    duration: Duration::ZERO,
+                };
+                self.log_attempt(&claim, &gone, &posted, &AttemptEnd::GaveUp)
+                    .await?;
+                return Ok(());
+            }
+        };
+        let webhook = self.cache.read().webhooks.get(&claim.endpoint_id).cloned();
+        let Some(webhook) = webhook.filter(|w| w.enabled) else {
+            let posted = Posted {
+                response_status: None,
+                error: Some("endpoint disabled or deleted".into()),
+                duration: Duration::ZERO,
+            };
+            self.log_attempt(&claim, &message, &posted, &AttemptEnd::GaveUp)
+                .await?;
+            return Ok(());
+        };
+        let posted = self.post(&webhook, &message).await;
+        let end = if posted.succeeded() {
+            AttemptEnd::Succeeded
+        } else {
+            let now = self.clock.now().timestamp_millis();
+            match next_attempt_ms(claim.attempts + 1, claim.first_attempt_ms, now) {
+                Some(at) => AttemptEnd::RetryAt(at),
+                None => AttemptEnd::GaveUp,
+            }
+        };
+        self.log_attempt(&claim, &message, &posted, &end).await?;
+        Ok(())
+    }
+
+    /// One round of the worker: lease what is due and deliver it concurrently.
+    pub async fn deliver_due(self: &Arc<Self>) -> ServiceResult<usize> {
+        let now = self.clock.now().timestamp_millis();
+        let claims = self
+            .store
+            .claim_due(now, LEASE.num_milliseconds(), CLAIMS_PER_ROUND)
+            .await?;
+        let count = claims.len();
+        let mut tasks = tokio::task::JoinSet::new();
+        for claim in claims {
+            let gateway = Arc::clone(self);
+            tasks.spawn(async move {
+                if let Err(error) = gateway.deliver(claim).await {
+                    tracing::warn!(%error, "webhook delivery could not be recorded; the lease will expire and it is retried");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(count)
+    }
+}
+
+/// Hands over outboxes: promptly for what this node wrote, and a full sweep every `sweep`.
+pub async fn run_alert_pump(gateway: Arc<Gateway>, sweep: Duration) {
+    let mut last_sweep = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = gateway.outboxes.wake.notified() => {}
+            _ = tokio::time::sleep(PUMP_INTERVAL) => {}
+        }
+        for customer in gateway.outboxes.take() {
+            if let Err(error) = gateway.hand_over_outbox(&customer).await {
+                tracing::warn!(%error, "alert hand-over failed; the sweep will retry");
+            }
+        }
+        if last_sweep.elapsed() >= sweep {
+            last_sweep = tokio::time::Instant::now();
+            if let Err(error) = gateway.sweep_outboxes().await {
+                tracing::debug!(%error, "alert sweep skipped");
+            }
+        }
+    }
+}
+
+/// Delivers due messages for as long as the process runs.
+pub async fn run_delivery_worker(gateway: Arc<Gateway>) {
+    loop {
+        match gateway.deliver_due().await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "webhook worker round skipped"),
+        }
+        tokio::time::sleep(WORKER_INTERVAL).await;
+    }
+}
