@@ -238,24 +238,23 @@ impl RedisStore {
         calls: &[Cmd],
         deadline: Duration,
     ) -> StoreResult<Vec<Value>> {
-        let mut conn = self.conn();
         let mut results: Vec<Option<Value>> = vec![None; calls.len()];
         let mut pending: Vec<usize> = (0..calls.len()).collect();
         for attempt in 0..2 {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for &index in &pending {
-                pipe.add_command(calls[index].clone());
-            }
-            let answers: Vec<Value> = self.guarded(deadline, pipe.query_async(&mut conn)).await?;
+            let answers = self
+                .concurrently(deadline, pending.iter().map(|&i| calls[i].clone()))
+                .await?;
             let mut missing = Vec::new();
             for (&index, answer) in pending.iter().zip(answers) {
                 match answer {
-                    Value::ServerError(error) if error.code() == "NOSCRIPT" => missing.push(index),
-                    Value::ServerError(error) => {
-                        return Err(StoreError::Internal(format!("script error: {error:?}")));
+                    Ok(value) => results[index] = Some(value),
+                    Err(error)
+                        if error.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        missing.push(index)
                     }
-                    value => results[index] = Some(value),
+                    Err(error) => return Err(store_error(error)),
                 }
             }
             if missing.is_empty() {
@@ -266,6 +265,7 @@ impl RedisStore {
                     "scripts could not be loaded".into(),
                 ));
             }
+            let mut conn = self.conn();
             let _: String = self.guarded(deadline, script.load_async(&mut conn)).await?;
             pending = missing;
         }
@@ -273,6 +273,24 @@ impl RedisStore {
             .into_iter()
             .map(|v| v.unwrap_or(Value::Nil))
             .collect())
+    }
+
+    /// Sends independent commands at once. The multiplexed connection writes them together
+    /// (one round trip on one server); on a cluster each goes to its own shard, which a
+    /// pipeline could not do across slots.
+    async fn concurrently(
+        &self,
+        deadline: Duration,
+        commands: impl Iterator<Item = Cmd>,
+    ) -> StoreResult<Vec<Result<Value, RedisError>>> {
+        let calls = commands.map(|cmd| {
+            let mut conn = self.conn();
+            async move { cmd.query_async::<Value>(&mut conn).await }
+        });
+        self.guarded(deadline, async {
+            Ok(futures_util::future::join_all(calls).await)
+        })
+        .await
     }
 
     fn conn(&self) -> RedisConnection {
@@ -592,25 +610,23 @@ impl UsageStore for RedisStore {
             .map(|event| usage_call(&self.usage, event))
             .collect();
         // The owner pointer goes first: a reservation must be findable by its ID alone.
-        let mut owners = redis::pipe();
-        for (write, event) in writes.iter().zip(&events) {
-            if let (Mode::Reserve { reservation, .. }, true) =
-                (write.mode, event.reservation_key.is_some())
-            {
-                owners
-                    .cmd("SET")
-                    .arg(self.keys.reservation_owner(&reservation.id))
-                    .arg(write.event.customer_id.as_str())
-                    .arg("PX")
-                    .arg(event.reservation_ttl_ms)
-                    .ignore();
-            }
-        }
-        if !owners.is_empty() {
-            let mut conn = self.conn();
-            let () = self
-                .guarded(self.timeout, owners.query_async(&mut conn))
-                .await?;
+        let owners: Vec<Cmd> = writes
+            .iter()
+            .zip(&events)
+            .filter_map(|(write, event)| match write.mode {
+                Mode::Reserve { reservation, .. } => Some(
+                    redis::cmd("SET")
+                        .arg(self.keys.reservation_owner(&reservation.id))
+                        .arg(write.event.customer_id.as_str())
+                        .arg("PX")
+                        .arg(event.reservation_ttl_ms)
+                        .to_owned(),
+                ),
+                _ => None,
+            })
+            .collect();
+        for answer in self.concurrently(self.timeout, owners.into_iter()).await? {
+            answer.map_err(store_error)?;
         }
         let answers = self
             .eval_many(&self.usage, &calls, self.deadline_for(calls.len()))
@@ -888,15 +904,16 @@ impl AlertStore for RedisStore {
     async fn outbox_lengths(&self, customers: &[CustomerId]) -> StoreResult<Vec<usize>> {
         let mut lengths = Vec::with_capacity(customers.len());
         for chunk in customers.chunks(1000) {
-            let mut pipe = redis::pipe();
-            for customer in chunk {
-                pipe.cmd("LLEN").arg(self.keys.outbox(customer));
+            let commands = chunk.iter().map(|customer| {
+                redis::cmd("LLEN")
+                    .arg(self.keys.outbox(customer))
+                    .to_owned()
+            });
+            for answer in self.concurrently(CONFIG_DEADLINE, commands).await? {
+                let length: usize = redis::from_redis_value(answer.map_err(store_error)?)
+                    .map_err(|e| StoreError::Internal(e.to_string()))?;
+                lengths.push(length);
             }
-            let mut conn = self.conn();
-            let part: Vec<usize> = self
-                .guarded(CONFIG_DEADLINE, pipe.query_async(&mut conn))
-                .await?;
-            lengths.extend(part);
         }
         Ok(lengths)
     }

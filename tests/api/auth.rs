@@ -4,10 +4,10 @@ use axum::http::Method;
 use quotagate::storage::memory::MemoryStore;
 use serde_json::json;
 
-use crate::both_stores;
 use crate::common::{TestApp, settings};
+use crate::every_store;
 
-both_stores!(
+every_store!(
     keys_and_scopes,
     revoked_keys_stop_working,
     bad_api_key_input

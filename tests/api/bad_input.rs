@@ -117,4 +117,4 @@ async fn sweep(app: TestApp) {
     assert_eq!(app.get("/v1/meters").await.body["data"], json!([]));
 }
 
-crate::both_stores!(sweep);
+crate::every_store!(sweep);

@@ -8,7 +8,9 @@ use axum::http::Request;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::common::{ADMIN_KEY, GatewayProcess, TestApp, shared_redis, unique_prefix};
+use crate::common::{
+    ADMIN_KEY, GatewayProcess, TestApp, shared_cluster, shared_redis, unique_prefix,
+};
 
 const REQUESTS: usize = 200;
 const ROOM: usize = 50;
@@ -98,10 +100,28 @@ async fn embedded_store_admits_exactly_the_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_one_redis_admit_exactly_the_room() {
-    let url = shared_redis().url();
+    race_across_replicas(&shared_redis().url(), &["race"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_a_cluster_admit_exactly_the_room() {
+    // Customers whose keys fall on different shards, each raced in turn.
+    let customers: Vec<String> = (0..6).map(|i| format!("shard-{i}")).collect();
+    let names: Vec<&str> = customers.iter().map(String::as_str).collect();
+    let prefix = race_across_replicas(&shared_cluster().url(), &names).await;
+    let per_node = shared_cluster().keys_per_node(&prefix);
+    assert!(
+        per_node.iter().all(|n| *n > 0),
+        "every shard holds this test's keys: {per_node:?}"
+    );
+}
+
+/// For each spend kind and customer, 200 concurrent requests spread over two gateway
+/// processes admit exactly the room. Returns the key prefix used.
+async fn race_across_replicas(url: &str, customers: &[&str]) -> String {
     let prefix = unique_prefix();
     let envs = [
-        ("QUOTAGATE_REDIS_URL", url.as_str()),
+        ("QUOTAGATE_REDIS_URL", url),
         ("QUOTAGATE_KEY_PREFIX", prefix.as_str()),
         ("QUOTAGATE_ADMIN_KEY", ADMIN_KEY),
         // This test is about atomicity, not outages: a loaded debug build on two cores must
@@ -113,8 +133,11 @@ async fn two_replicas_on_one_redis_admit_exactly_the_room() {
         .pool_max_idle_per_host(64)
         .build()
         .unwrap();
-    for spend in Spend::ALL {
-        let customer = format!("race-{spend:?}");
+    for (spend, base) in Spend::ALL
+        .into_iter()
+        .flat_map(|s| customers.iter().map(move |c| (s, *c)))
+    {
+        let customer = format!("{base}-{spend:?}");
         let meter: Value = client
             .post(nodes[0].url("/v1/meters"))
             .bearer_auth(ADMIN_KEY)
@@ -187,4 +210,5 @@ async fn two_replicas_on_one_redis_admit_exactly_the_room() {
         }
         assert_eq!(admitted, ROOM, "{spend:?}");
     }
+    prefix
 }

@@ -1,9 +1,9 @@
 use serde_json::json;
 
-use crate::both_stores;
 use crate::common::TestApp;
+use crate::every_store;
 
-both_stores!(
+every_store!(
     create_get_and_conflict,
     defaults_and_aliases,
     put_updates_partially_and_creates,

@@ -3,10 +3,10 @@
 use chrono::TimeDelta;
 use serde_json::{Value, json};
 
-use crate::both_stores;
 use crate::common::TestApp;
+use crate::every_store;
 
-both_stores!(
+every_store!(
     consume_admits_until_full_then_refuses,
     consume_is_all_or_nothing_across_limits,
     consume_count_max_latest_rules,

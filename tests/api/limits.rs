@@ -1,9 +1,9 @@
 use serde_json::{Value, json};
 
-use crate::both_stores;
 use crate::common::TestApp;
+use crate::every_store;
 
-both_stores!(
+every_store!(
     create_default_and_customer_limits,
     list_filters_by_customer_and_meter,
     update_keeps_fixed_fields,

@@ -4,10 +4,10 @@ use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::{Value, json};
 
-use crate::both_stores;
 use crate::common::TestApp;
+use crate::every_store;
 
-both_stores!(
+every_store!(
     aggregations_sum_count_max_latest,
     dimension_filters_on_meters_and_limits,
     customer_limit_overrides_default,

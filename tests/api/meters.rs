@@ -1,9 +1,9 @@
 use serde_json::json;
 
-use crate::both_stores;
 use crate::common::TestApp;
+use crate::every_store;
 
-both_stores!(
+every_store!(
     create_get_list,
     update_only_name_and_description,
     delete_cascades_to_limits,

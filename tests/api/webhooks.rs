@@ -8,8 +8,8 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::TimeDelta;
 use serde_json::{Value, json};
 
-use crate::both_stores;
 use crate::common::{ADMIN_KEY, GatewayProcess, TestApp, shared_redis, unique_prefix};
+use crate::every_store;
 
 /// What the receiver saw: one entry per request.
 #[derive(Debug, Clone)]
@@ -142,7 +142,7 @@ async fn webhook(app: &TestApp, url: &str) -> (String, String) {
     )
 }
 
-both_stores!(
+every_store!(
     endpoints_api,
     thresholds_fire_once_per_window_signed,
     failed_deliveries_retry_with_the_same_id,

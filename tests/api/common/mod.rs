@@ -106,6 +106,118 @@ pub fn shared_redis() -> &'static RedisServer {
     SERVER.get_or_init(RedisServer::start)
 }
 
+/// A 3-master Redis Cluster owned by the test process, on free loopback ports.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    dir: std::path::PathBuf,
+}
+
+/// A free port whose cluster bus port (port + 10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!("qg-cluster-{}", unique_prefix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = free_cluster_port();
+            let config = format!("--cluster-config-file {}/nodes-{port}.conf", dir.display());
+            let dir_arg = format!("--dir {}", dir.display());
+            nodes.push(RedisServer::start_on(
+                port,
+                &["--cluster-enabled yes", &config, &dir_arg],
+            ));
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let output = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = RedisCluster { nodes, dir };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &self.nodes {
+            loop {
+                let output = Command::new("redis-cli")
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .unwrap();
+                let info = String::from_utf8_lossy(&output.stdout);
+                if info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_assigned:16384")
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster never became ok: {info}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// How many keys under `prefix` each master holds.
+    pub fn keys_per_node(&self, prefix: &str) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let output = Command::new("redis-cli")
+                    .args([
+                        "-p",
+                        &node.port.to_string(),
+                        "--scan",
+                        "--pattern",
+                        &format!("{prefix}:*"),
+                    ])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&output.stdout).lines().count()
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One cluster for the whole test binary.
+pub fn shared_cluster() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(RedisCluster::start)
+}
+
 pub fn unique_prefix() -> String {
     format!("t{}", ulid::Ulid::new())
 }
@@ -195,6 +307,11 @@ impl TestResponse {
 impl TestApp {
     pub async fn memory() -> TestApp {
         Self::on(Arc::new(MemoryStore::new()), settings()).await
+    }
+
+    pub async fn cluster() -> TestApp {
+        let store = redis_store(&shared_cluster().url(), &unique_prefix()).await;
+        Self::on(store, settings()).await
     }
 
     pub async fn redis() -> TestApp {
@@ -376,9 +493,9 @@ impl Drop for GatewayProcess {
     }
 }
 
-/// Runs one scenario function against the embedded store and against Redis.
+/// Runs one scenario function against the embedded store, one Redis and a Redis Cluster.
 #[macro_export]
-macro_rules! both_stores {
+macro_rules! every_store {
     ($($name:ident),* $(,)?) => {
         mod memory {
             $(
@@ -393,6 +510,14 @@ macro_rules! both_stores {
                 #[tokio::test]
                 async fn $name() {
                     super::$name($crate::common::TestApp::redis().await).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::TestApp::cluster().await).await
                 }
             )*
         }
