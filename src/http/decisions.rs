@@ -55,7 +55,14 @@ impl Serialize for NumberText {
 }
 
 /// The answer of a decision. `with_customer` for check, which names the customer.
-fn respond(decision: Decision, with_customer: bool) -> Response {
+fn respond(kind: &'static str, decision: Decision, with_customer: bool) -> Response {
+    let outcome = match (decision.degraded, decision.allowed) {
+        (true, _) => "degraded",
+        (false, true) => "allowed",
+        (false, false) => "refused",
+    };
+    metrics::counter!(crate::telemetry::DECISIONS, "kind" => kind, "outcome" => outcome)
+        .increment(1);
     let refused = !decision.allowed && !decision.degraded;
     let body = DecisionBody {
         allowed: decision.allowed,
@@ -89,7 +96,7 @@ pub async fn check(
     State(gateway): State<AppState>,
     JsonBody(request): JsonBody<CheckRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(respond(gateway.check(request).await?, true))
+    Ok(respond("check", gateway.check(request).await?, true))
 }
 
 pub async fn consume(
@@ -99,6 +106,7 @@ pub async fn consume(
     JsonBody(input): JsonBody<NewEvent>,
 ) -> Result<Response, ApiError> {
     Ok(respond(
+        "consume",
         gateway.consume(input, idempotency_key(&headers)?).await?,
         false,
     ))
@@ -111,6 +119,7 @@ pub async fn reserve(
     JsonBody(input): JsonBody<NewReservation>,
 ) -> Result<Response, ApiError> {
     Ok(respond(
+        "reserve",
         gateway.reserve(input, idempotency_key(&headers)?).await?,
         false,
     ))

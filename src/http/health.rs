@@ -15,3 +15,15 @@ pub async fn readyz(State(gateway): State<AppState>) -> Result<Json<Value>, ApiE
     gateway.ready().await?;
     Ok(Json(json!({"status": "ready"})))
 }
+
+/// Prometheus text exposition.
+pub async fn metrics(State(gateway): State<AppState>) -> impl axum::response::IntoResponse {
+    metrics::gauge!(crate::telemetry::CONFIG_CACHE_AGE).set(gateway.config_age().as_secs_f64());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::telemetry::prometheus().render(),
+    )
+}

@@ -29,6 +29,8 @@ pub type AppState = Arc<Gateway>;
 /// Every route of the API. Serving is separate ([`crate::serve`]), so tests can drive the
 /// router in process.
 pub fn build_router(gateway: AppState, max_body_bytes: usize) -> Router {
+    // Install the recorder before the first request records anything.
+    crate::telemetry::prometheus();
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -78,6 +80,7 @@ pub fn build_router(gateway: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/v1/api-keys", post(api_keys::create).get(api_keys::list))
         .route("/v1/api-keys/{id}", axum::routing::delete(api_keys::delete))
+        .route("/metrics", get(health::metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(request_id::envelope))

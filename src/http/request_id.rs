@@ -9,6 +9,7 @@ use axum::response::Response;
 use serde_json::json;
 
 use super::error::ApiError;
+use crate::telemetry::{HTTP_DURATION, HTTP_REQUESTS};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -27,6 +28,12 @@ fn new_request_id() -> String {
 }
 
 pub async fn envelope(mut request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let method = request.method().as_str().to_string();
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
@@ -58,5 +65,10 @@ pub async fn envelope(mut request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
     response
 }

@@ -36,6 +36,8 @@ pub struct ConfigCache {
     /// Bumped on every limit or meter change; an index built from an older generation is
     /// never stored.
     limit_generation: AtomicU64,
+    /// When the cache last caught up with storage.
+    synced_at: RwLock<Option<std::time::Instant>>,
 }
 
 /// What the hot path needs to plan an event: meters, and limits by customer.
@@ -208,6 +210,7 @@ impl ConfigCache {
         *self.write() = fresh;
         self.invalidate_limits();
         *self.cursor.write().unwrap_or_else(|p| p.into_inner()) = cursor;
+        self.mark_synced();
         Ok(())
     }
 
@@ -246,6 +249,19 @@ impl ConfigCache {
         }
     }
 
+    fn mark_synced(&self) {
+        *self.synced_at.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now());
+    }
+
+    /// How long since the cache last caught up with storage.
+    pub fn age(&self) -> std::time::Duration {
+        self.synced_at
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .map_or(std::time::Duration::ZERO, |at| at.elapsed())
+    }
+
     /// Reads the change log once; returns how many changes were applied.
     pub async fn poll(&self, store: &dyn ConfigStore) -> ServiceResult<usize> {
         let cursor = self
@@ -256,6 +272,7 @@ impl ConfigCache {
         let (changes, next) = store.changes_after(&cursor, CHANGES_PER_POLL).await?;
         self.apply_changes(&changes);
         *self.cursor.write().unwrap_or_else(|p| p.into_inner()) = next;
+        self.mark_synced();
         Ok(changes.len())
     }
 }

@@ -96,6 +96,11 @@ impl Gateway {
         &self.clock
     }
 
+    /// How long since this node's config cache last caught up with storage.
+    pub fn config_age(&self) -> std::time::Duration {
+        self.cache.age()
+    }
+
     pub fn describe_store(&self) -> String {
         self.store.describe()
     }

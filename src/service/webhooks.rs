@@ -384,6 +384,12 @@ impl Gateway {
                 _ => None,
             },
         };
+        let status = match attempt.status {
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Pending => "retrying",
+            DeliveryStatus::Failed => "failed",
+        };
+        metrics::counter!(crate::telemetry::WEBHOOK_DELIVERIES, "status" => status).increment(1);
         let text = serde_json::to_string(&attempt).expect("attempts serialize");
         let failures = self
             .store

@@ -207,7 +207,17 @@ impl RedisStore {
         call: impl std::future::Future<Output = Result<T, RedisError>>,
     ) -> StoreResult<T> {
         self.breaker.admit()?;
+        let started = std::time::Instant::now();
         let result = with_deadline(deadline, call).await;
+        metrics::histogram!(crate::telemetry::STORAGE_DURATION)
+            .record(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            let kind = match error {
+                StoreError::Unavailable(_) => "unavailable",
+                StoreError::Internal(_) => "internal",
+            };
+            metrics::counter!(crate::telemetry::STORAGE_ERRORS, "kind" => kind).increment(1);
+        }
         self.breaker.observe(&result);
         result
     }

@@ -11,6 +11,7 @@ mod enforcement;
 mod limits;
 mod metering;
 mod meters;
+mod operations;
 mod outage;
 mod replicas;
 mod store_contract;

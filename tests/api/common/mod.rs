@@ -328,6 +328,15 @@ impl TestApp {
         }
     }
 
+    /// A GET answered with text (no key), e.g. `/metrics`.
+    pub async fn get_text(&self, path: &str) -> (StatusCode, HeaderMap, String) {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
     pub async fn send(&self, request: Request<Body>) -> TestResponse {
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
