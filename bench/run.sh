@@ -1,0 +1,386 @@
+#!/usr/bin/env bash
+# Reproducible benchmark of one quotagate node on its own private redis-server.
+#
+#   bench/run.sh [seconds-per-run]          (default 10)
+#
+# Installs what is missing (wrk, redis-server, redis-tools) with apt-get, builds the release
+# binary, starts a redis-server on a free loopback port (never the one on 6379) and one gateway
+# in front of it, creates a meter with 3 default limits (1e12 each, so consumes are admitted),
+# pre-warms 10 000 customers, checks with curl that one consume is admitted and counted, then
+# measures with wrk (record, check, consume, batch × 1, 16, 64 connections; the consume answers
+# are classified by the wrk script: admitted, refused, degraded) and, on the same redis-server,
+# redis-benchmark replaying verbatim the record script call, the check read and the consume
+# script call that the gateway sent for one request (captured with MONITOR). Prints a markdown
+# report to stdout and writes it to bench/results-latest.md. Everything it starts is stopped on
+# exit. A binary without POST /v1/limits/consume (404) is benchmarked without the consume rows.
+#
+# BENCH_SKIP_BUILD=1 uses the existing target/release/quotagate without running cargo;
+# BENCH_BIN=/path/to/quotagate benchmarks that binary instead (no build either);
+# BENCH_KEEP=1 keeps the raw outputs (wrk, redis-benchmark, MONITOR capture) in /tmp.
+set -euo pipefail
+
+SECS=${1:-10}
+if ! [[ $SECS =~ ^[1-9][0-9]*$ ]]; then
+    echo "usage: $0 [seconds-per-run]   (a positive whole number, default 10)" >&2
+    exit 2
+fi
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BENCH=$ROOT/bench
+BIN=${BENCH_BIN:-$ROOT/target/release/quotagate}
+ADMIN_KEY=bench-key
+CUSTOMERS=10000
+BATCH_EVENTS=100
+CONNS=(1 16 64)
+WARMUP=1            # seconds of discarded wrk load before each endpoint
+RB_CLIENTS=50       # redis-benchmark connections
+RB_MAX_SECS=45      # cap on a redis-benchmark run: the captured call's minute counter expires
+                    # 60 to 120 s after the capture, and the replay must not outlive it
+WRK_TIMEOUT=10s
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------- tools
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+{ command -v redis-cli && command -v redis-benchmark; } >/dev/null 2>&1 || missing+=(redis-tools)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if ((${#missing[@]})); then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
+    log "installing ${missing[*]} with apt-get"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ "${BENCH_SKIP_BUILD:-0}" != 1 ] && [ -z "${BENCH_BIN:-}" ]; then
+    log "cargo build --release"
+    cargo build --release >&2 ||
+        die "cargo build --release failed (BENCH_SKIP_BUILD=1 benchmarks the existing binary)"
+fi
+[ -x "$BIN" ] || die "$BIN not found (build failed?)"
+
+# ------------------------------------------------------------------ process handling
+RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/quotagate-bench.XXXXXX")
+RESULTS=$RUN_DIR/results
+mkdir -p "$RESULTS"
+PIDS=()      # long-lived children, stopped in reverse order on exit
+CHILD=""     # the foreground job being waited for (wrk, redis-benchmark, MONITOR)
+
+running() { # pid: alive and not a zombie
+    local state
+    state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
+stop_pid() {
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    for _ in $(seq 100); do
+        running "$pid" || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+exec 3>&1 4>&2   # the script's own stdout/stderr, for cleanup when a trap fires inside a redirection
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    set +e
+    exec 1>&3 2>&4
+    if [ -n "$CHILD" ]; then stop_pid "$CHILD"; fi
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
+    if ((rc == 130 || rc == 143)); then
+        log "interrupted; everything it started is stopped"
+        rm -rf "$RUN_DIR"
+    elif ((rc != 0)); then
+        log "failed (exit $rc); logs kept in $RUN_DIR"
+        for f in "$RUN_DIR/gateway.log" "$RUN_DIR/redis.log"; do
+            if [ -s "$f" ]; then
+                log "--- last lines of $f"
+                tail -n 20 "$f" >&2
+            fi
+        done
+    elif [ "${BENCH_KEEP:-0}" = 1 ]; then
+        log "raw results kept in $RUN_DIR"
+    else
+        rm -rf "$RUN_DIR"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Runs a command as a background child and waits for it, so that a signal interrupts the wait
+# at once (bash defers traps while a foreground child runs).
+run_child() {
+    "$@" &
+    CHILD=$!
+    local rc=0
+    wait "$CHILD" || rc=$?
+    CHILD=""
+    return "$rc"
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_until() { # description timeout-seconds pid command...: polls every 0.1 s
+    local what=$1 timeout=$2 pid=$3
+    shift 3
+    local deadline=$((SECONDS + timeout))
+    until "$@" >/dev/null 2>&1; do
+        running "$pid" || die "$what exited"
+        ((SECONDS < deadline)) || die "$what not ready after ${timeout}s"
+        sleep 0.1
+    done
+}
+
+# --------------------------------------------------------------------------- redis
+REDIS_PORT=$(free_port)
+[ "$REDIS_PORT" != 6379 ] || die "refusing port 6379"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$RUN_DIR" --logfile "$RUN_DIR/redis.log" --daemonize no &
+PIDS+=($!)
+REDIS_PID=$!
+rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+redis_up() { [ "$(rcli PING 2>/dev/null)" = PONG ]; }
+wait_until "redis-server on port $REDIS_PORT" 15 "$REDIS_PID" redis_up
+BASELINE_MEMORY=$(rcli INFO memory | tr -d '\r' | sed -n 's/^used_memory://p')
+log "redis-server $REDIS_PID on 127.0.0.1:$REDIS_PORT"
+
+# ------------------------------------------------------------------------- gateway
+GW_PORT=$(free_port)
+BASE=http://127.0.0.1:$GW_PORT
+while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^QUOTAGATE_' || true)
+QUOTAGATE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
+    QUOTAGATE_ADMIN_KEY=$ADMIN_KEY \
+    QUOTAGATE_LISTEN=127.0.0.1:$GW_PORT \
+    QUOTAGATE_LOG=warn \
+    "$BIN" >"$RUN_DIR/gateway.log" 2>&1 &
+PIDS+=($!)
+GW_PID=$!
+gateway_up() { curl -fsS --max-time 1 "$BASE/healthz"; }
+wait_until "gateway $BIN on $BASE" 30 "$GW_PID" gateway_up
+log "gateway $GW_PID on $BASE"
+
+# --------------------------------------------------------------------------- setup
+python3 "$BENCH/helper.py" setup "$BASE" "$ADMIN_KEY" "$CUSTOMERS"
+
+{
+    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "command=bench/run.sh $SECS"
+    echo "seconds=$SECS"
+    echo "warmup=$WARMUP"
+    echo "customers=$CUSTOMERS"
+    echo "conns=${CONNS[*]}"
+    echo "rb_clients=$RB_CLIENTS"
+    echo "nproc=$(nproc)"
+    cpu=$(grep -m1 -E '^(model name|Model)' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
+    echo "cpu=${cpu:-unknown}"
+    echo "mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+    echo "kernel=$(uname -sr)"
+    echo "redis=$(redis-server --version)"
+    echo "redis_short=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')"
+    echo "rustc=$(rustc --version 2>/dev/null || echo unknown)"
+    echo "wrk=$( (wrk --version 2>&1 || true) | head -n1 | sed 's/ Copyright.*//')"
+    dirty=$(git status --porcelain -- src lua Cargo.toml Cargo.lock 2>/dev/null | wc -l)
+    echo "git=tree at $(git rev-parse --short HEAD 2>/dev/null || echo '?')$( ((dirty)) && echo " + $dirty uncommitted file(s) in src/ lua/ Cargo.*"); binary ${BIN#"$ROOT"/} built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M:%S UTC')$([ "${BENCH_SKIP_BUILD:-0}" = 1 ] || [ -n "${BENCH_BIN:-}" ] && echo ' (not rebuilt by this run)')"
+    echo "load_before=$(cut -d' ' -f1-3 /proc/loadavg)"
+} >"$RESULTS/env.txt"
+
+# ------------------------------------------------------------- consume sanity check (curl)
+# One consume for c0 must answer 200 with allowed true, degraded false, and count on each of the
+# 3 limits (used one more than in the check just before, or 1 in a window that just began).
+# consume runs before batch: a batch run at 64 connections leaves about a second of queued work
+# in Redis, which pushes the next decisions past their 50 ms deadline (degraded answers).
+MODES=(record check consume batch)
+python3 "$BENCH/helper.py" check-state "$BASE" "$ADMIN_KEY" c0 >"$RUN_DIR/consume-before.json"
+status=$(curl -sS --max-time 5 -o "$RUN_DIR/consume-answer.json" -w '%{http_code}' \
+    -H "Authorization: Bearer $ADMIN_KEY" -H 'Content-Type: application/json' \
+    -d '{"customerId":"c0","eventType":"llm","values":{"tokens":1}}' \
+    "$BASE/v1/limits/consume") || die "curl POST /v1/limits/consume failed"
+if [ "$status" = 404 ]; then
+    log "warning: $BIN answers 404 to POST /v1/limits/consume; no consume rows in this run"
+    echo "consume_skipped=this binary answers 404 to POST /v1/limits/consume" >>"$RESULTS/env.txt"
+    MODES=(record check batch)
+else
+    sanity=$(python3 "$BENCH/helper.py" consume-sanity "$BASE" "$ADMIN_KEY" c0 "$status" \
+        "$RUN_DIR/consume-answer.json" "$RUN_DIR/consume-before.json") ||
+        die "consume sanity check failed"
+    log "consume sanity check: $sanity"
+    echo "consume_sanity=$sanity" >>"$RESULTS/env.txt"
+fi
+
+# ----------------------------------------------------------------------------- wrk
+# Degraded decisions (storage over its deadline: answered from failMode, nothing counted) are
+# logged as warnings; their count per run goes to degraded.txt. A lower bound: a degraded
+# calendar lookup answers without a warning.
+degraded_logged() { grep -c -E '(check|decision) degraded' "$RUN_DIR/gateway.log" || true; }
+wrk_run() { # mode connections seconds output-file [label for degraded.txt]
+    local mode=$1 conns=$2 secs=$3 out=$4 label=${5:-$2}
+    local threads=$((conns < 2 ? conns : 2)) before
+    before=$(degraded_logged)
+    run_child wrk -t "$threads" -c "$conns" -d "${secs}s" --timeout "$WRK_TIMEOUT" --latency \
+        -s "$BENCH/quotagate.lua" "$BASE" -- "$mode" "$CUSTOMERS" "$BATCH_EVENTS" "$ADMIN_KEY" \
+        >"$out" 2>&1 || die "wrk $mode -c $conns failed: $(tail -n 5 "$out")"
+    running "$GW_PID" || die "the gateway died during wrk $mode -c $conns"
+    echo "$mode $label $(($(degraded_logged) - before))" >>"$RESULTS/degraded.txt"
+}
+
+for mode in "${MODES[@]}"; do
+    log "wrk $mode: ${WARMUP}s warm-up"
+    wrk_run "$mode" 16 "$WARMUP" "$RUN_DIR/warmup-$mode.txt" warm-up
+    for conns in "${CONNS[@]}"; do
+        out=$RESULTS/wrk-$mode-$conns.txt
+        wrk_run "$mode" "$conns" "$SECS" "$out"
+        line=$(grep '^BENCH_RESULT' "$out") || die "no BENCH_RESULT in $out: $(tail -n 5 "$out")"
+        log "wrk $mode -c $conns: ${line#BENCH_RESULT }"
+        if [ "$mode" = consume ] && ! [[ $line =~ answers_refused=0\ answers_degraded=0\ answers_other=0 ]]; then
+            log "warning: not every consume answer was admitted (see the report)"
+        fi
+    done
+done
+
+# ---------------------------------------------------------------- memory (db 0 only)
+python3 "$BENCH/helper.py" memory "$REDIS_PORT" "$BASELINE_MEMORY" "$RESULTS/memory.json"
+log "memory: $(tr -d '\n ' <"$RESULTS/memory.json" | cut -c1-200)..."
+
+# ------------------------------------------- capture what the gateway sends for one request
+# One MONITOR window per request kind, for one pre-warmed customer. The replay is verbatim: one
+# customer, no __rand_int__. redis-benchmark draws a separate number for every __rand_int__ of
+# a command, and the record script compares its keys (an op's key with its holds key, repeated
+# for ops without holds), so keys from mixed customers would break it.
+# The consume replay uses another customer (its own keys), so that each replay's counters count
+# only its own calls.
+REPLAY_CUSTOMER=c7777
+CONSUME_REPLAY_CUSTOMER=c7778
+capture() { # kind customer path body -> NUL-separated command in $RUN_DIR/<kind>.args
+    local kind=$1 customer=$2 path=$3 body=$4
+    # redis-cli itself, not the rcli function: a backgrounded function is a subshell, and
+    # stopping it would leave redis-cli attached as a monitor, which slows Redis down a lot.
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" MONITOR >"$RUN_DIR/monitor-$kind.txt" 2>&1 &
+    CHILD=$!
+    sleep 0.5
+    curl -fsS --max-time 5 -H "Authorization: Bearer $ADMIN_KEY" -H 'Content-Type: application/json' \
+        -d "$body" "$BASE$path" >/dev/null
+    sleep 0.5
+    stop_pid "$CHILD"
+    CHILD=""
+    if rcli CLIENT LIST | grep -q 'cmd=monitor'; then die "a MONITOR client is still attached"; fi
+    BENCH_CAPTURE_DESC=$RESULTS/capture-$kind.json python3 "$BENCH/helper.py" capture \
+        "$RUN_DIR/monitor-$kind.txt" "$customer" "$kind" >"$RUN_DIR/$kind.args"
+}
+
+# Fresh capture right before the replay: the call carries absolute expiry times (the minute
+# counter's lies 60 to 120 s ahead), which the replay must not outlive (RB_MAX_SECS).
+event_body() { printf '{"customerId":"%s","eventType":"llm","values":{"tokens":1}}' "$1"; }
+capture record "$REPLAY_CUSTOMER" /v1/events/record "$(event_body "$REPLAY_CUSTOMER")"
+capture check "$REPLAY_CUSTOMER" /v1/limits/check "{\"customerId\":\"$REPLAY_CUSTOMER\"}"
+mapfile -d '' -t RB_RECORD <"$RUN_DIR/record.args"
+mapfile -d '' -t RB_CHECK <"$RUN_DIR/check.args"
+SHA=${RB_RECORD[1]}
+
+# The gateway loads its script from the exact file bytes (include_str!), so find the file with
+# that SHA-1 and load it byte for byte (`SCRIPT LOAD "$(cat f)"` would drop the final newline
+# and give another SHA).
+load_script() { # sha: makes sure redis-server has it; sets SCRIPT_LABEL (not a $(...): it may die)
+    local sha=$1 file loaded
+    file=$(python3 "$BENCH/helper.py" scripts "$sha" "$ROOT/lua")
+    if [ -n "$file" ]; then
+        loaded=$(rcli -x SCRIPT LOAD <"$file" | tr -d '\r')
+        [ "$loaded" = "$sha" ] || die "SCRIPT LOAD of $file gave $loaded, the gateway uses $sha"
+        SCRIPT_LABEL=${file#"$ROOT"/}
+    else
+        SCRIPT_LABEL=$(cd "$ROOT" && python3 "$BENCH/helper.py" scripts-at-head "$sha")
+        [ "$(rcli SCRIPT EXISTS "$sha" | tr -d '\r')" = 1 ] || die "script $sha is not loaded"
+        if [ -z "$SCRIPT_LABEL" ]; then
+            SCRIPT_LABEL="script ${sha:0:12}… (no lua/ file here or at HEAD has this SHA)"
+        fi
+    fi
+}
+load_script "$SHA"
+SCRIPT_NAME=$SCRIPT_LABEL
+log "record call: EVALSHA of $SCRIPT_NAME, ${RB_RECORD[2]} keys, $((${#RB_RECORD[@]} - 3 - RB_RECORD[2])) ARGV"
+
+# --------------------------------------------------------------------- redis-benchmark
+# db 1, so the replay's writes stay out of the gateway's data (db 0).
+rb() { # n output-file command...
+    local n=$1 out=$2
+    shift 2
+    run_child redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$RB_CLIENTS" -n "$n" \
+        --dbnum 1 --csv "$@" >"$out" 2>"$out.err" || die "redis-benchmark failed: $(tail -n 5 "$out.err")"
+    grep -q '^"' "$out" || die "redis-benchmark printed no CSV row: $(cat "$out" "$out.err" | tail -n 5)"
+    if grep -q '^Error' "$out" "$out.err"; then die "redis-benchmark: $(grep -h '^Error' "$out" "$out.err" | head -n 3)"; fi
+}
+rb_rps() { python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import helper; print(int(helper.rb_result(sys.argv[2])["rps"]))' "$BENCH" "$1"; }
+rb_n_for() { # calibration-csv -> request count for min(SECS, RB_MAX_SECS) seconds
+    local rps secs=$((SECS < RB_MAX_SECS ? SECS : RB_MAX_SECS))
+    rps=$(rb_rps "$1")
+    echo $((rps * secs > 10000 ? rps * secs : 10000))
+}
+rb_replay() { # kind label command...
+    local kind=$1 label=$2
+    shift 2
+    log "redis-benchmark $label: calibrating"
+    rb 20000 "$RUN_DIR/rb-$kind-cal.csv" "$@"
+    local n
+    n=$(rb_n_for "$RUN_DIR/rb-$kind-cal.csv")
+    log "redis-benchmark $label: $n calls"
+    rb "$n" "$RESULTS/rb-$kind.csv" "$@"
+    echo "rb_${kind}_n=$n" >>"$RESULTS/env.txt"
+    RB_CALLS=$((20000 + n))
+}
+# Check the replayed script really did the work: a counter it adds 1 to must equal the number
+# of calls (the minute counter may have rolled over, so any one of the counters will do). For
+# consume this also shows that every replayed call was admitted (a refusal writes nothing).
+verify_replay() { # kind command...
+    local kind=$1 verified="" key value i nkeys
+    shift
+    nkeys=$3 # "$@" is EVALSHA sha numkeys key... arg...: the keys are $4 .. $((3 + nkeys))
+    for ((i = 4; i <= 3 + nkeys; i++)); do
+        key=${!i}
+        [[ $key == *:u:* && $key != *:holds ]] || continue
+        value=$(rcli -n 1 GET "$key" | tr -d '\r')
+        if [ "${value%%.*}" = "$RB_CALLS" ]; then verified=$key; fi
+    done
+    [ -n "$verified" ] || die "$kind replay: no replayed counter in db 1 equals the $RB_CALLS calls made"
+    log "$kind replay verified: $verified = $RB_CALLS after $RB_CALLS calls"
+    echo "rb_${kind}_verified=$verified = $RB_CALLS after $RB_CALLS calls" >>"$RESULTS/env.txt"
+}
+rb_replay record "record script" "${RB_RECORD[@]}"
+verify_replay record "${RB_RECORD[@]}"
+rb_replay check "${RB_CHECK[0]}" "${RB_CHECK[@]}"
+
+if [[ " ${MODES[*]} " == *" consume "* ]]; then
+    # Its own fresh capture, right before its replay (the minute counter's expiry, as above).
+    capture consume "$CONSUME_REPLAY_CUSTOMER" /v1/limits/consume "$(event_body "$CONSUME_REPLAY_CUSTOMER")"
+    mapfile -d '' -t RB_CONSUME <"$RUN_DIR/consume.args"
+    if [ "${RB_CONSUME[1]}" = "$SHA" ]; then
+        CONSUME_SCRIPT_NAME=$SCRIPT_NAME
+    else
+        load_script "${RB_CONSUME[1]}"
+        CONSUME_SCRIPT_NAME=$SCRIPT_LABEL
+    fi
+    log "consume call: EVALSHA of $CONSUME_SCRIPT_NAME, ${RB_CONSUME[2]} keys, $((${#RB_CONSUME[@]} - 3 - RB_CONSUME[2])) ARGV"
+    echo "consume_script_name=$CONSUME_SCRIPT_NAME" >>"$RESULTS/env.txt"
+    rb_replay consume "raw consume script" "${RB_CONSUME[@]}"
+    verify_replay consume "${RB_CONSUME[@]}"
+fi
+
+{
+    echo "script_name=$SCRIPT_NAME"
+    echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg)"
+} >>"$RESULTS/env.txt"
+
+# -------------------------------------------------------------------------- report
+python3 "$BENCH/helper.py" report "$RESULTS" "$BENCH/results-latest.md"
+log "report written to bench/results-latest.md"
