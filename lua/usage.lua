@@ -17,8 +17,9 @@
 -- ARGV[7]   event log TTL in ms
 -- ARGV[8]   reservation record: JSON document ('' unless reserving)
 -- ARGV[9]   reservation record TTL in ms
--- ARGV[10]  number of ops n
--- ARGV[11..] ops, 7 values each: kind, field, value, at_ms, expire_at_ms (0: none),
+-- ARGV[10]  how many events the log keeps at most (the oldest go first)
+-- ARGV[11]  number of ops n
+-- ARGV[12..] ops, 7 values each: kind, field, value, at_ms, expire_at_ms (0: none),
 --           cap ('' for none), hold_expires_at_ms (reserve: when this op's hold ends)
 -- then      number of alert rules m, and 5 values per rule: index of the op (counter) it
 --           watches, limit value, thresholds ("80,100,x": percents, x = exceeded), fired-set
@@ -35,8 +36,8 @@
 --         values are strings, '' when absent.
 
 local mode, now = ARGV[1], tonumber(ARGV[2])
-local first_op = 11
-local op_count = tonumber(ARGV[10])
+local first_op = 12
+local op_count = tonumber(ARGV[11])
 local first_rule = first_op + op_count * 7
 local rule_count = tonumber(ARGV[first_rule] or '0')
 local outbox_key = KEYS[4 + 2 * op_count]
@@ -221,6 +222,7 @@ out[2] = tostring(alerts)
 if ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[2], 0, ARGV[5])
   redis.call('ZREMRANGEBYLEX', KEYS[2], '-', ARGV[6])
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[10]) + 1))
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
 

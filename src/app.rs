@@ -17,18 +17,22 @@ const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
     let Some(url) = &config.redis_url else {
-        return Ok(Arc::new(MemoryStore::new()));
+        return Ok(Arc::new(
+            MemoryStore::new().with_retention(config.retention()),
+        ));
     };
     let started = tokio::time::Instant::now();
     loop {
         match RedisConnection::connect(url, Duration::from_secs(2)).await {
             Ok(conn) => {
-                return Ok(Arc::new(RedisStore::new(
+                let store = RedisStore::new(
                     conn,
                     Keys::new(&config.key_prefix),
                     url,
                     config.storage_timeout(),
-                )));
+                )
+                .with_retention(config.retention());
+                return Ok(Arc::new(store));
             }
             Err(error) if started.elapsed() < CONNECT_PATIENCE => {
                 tracing::warn!(%error, "cannot reach Redis yet; retrying");
@@ -50,6 +54,7 @@ pub fn settings(config: &Config) -> Settings {
             crate::domain::webhook::Destinations::Any
         },
         alert_sweep: Duration::from_secs(config.alert_sweep_seconds.max(1)),
+        rollup_retention: config.retention().rollups,
     }
 }
 

@@ -64,12 +64,34 @@ pub struct Config {
     #[arg(long, env = "QUOTAGATE_ALERT_SWEEP_SECONDS", default_value_t = 10)]
     pub alert_sweep_seconds: u64,
 
+    /// How long each customer's event log keeps events, in days.
+    #[arg(long, env = "QUOTAGATE_EVENT_RETENTION_DAYS", default_value_t = 30)]
+    pub event_retention_days: u64,
+
+    /// The most events each customer's log keeps (the oldest go first).
+    #[arg(long, env = "QUOTAGATE_EVENTS_PER_CUSTOMER", default_value_t = 1000)]
+    pub events_per_customer: usize,
+
+    /// How long hourly roll-ups (meter queries with dates) are kept, in days.
+    #[arg(long, env = "QUOTAGATE_ROLLUP_RETENTION_DAYS", default_value_t = 400)]
+    pub rollup_retention_days: u64,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "QUOTAGATE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 }
 
 impl Config {
+    pub fn retention(&self) -> crate::storage::usage::Retention {
+        let days = |n: u64| Duration::from_secs(n.max(1) * 24 * 3600);
+        crate::storage::usage::Retention {
+            events: days(self.event_retention_days),
+            events_per_customer: self.events_per_customer.max(1),
+            rollups: days(self.rollup_retention_days),
+            ..Default::default()
+        }
+    }
+
     pub fn storage_timeout(&self) -> Duration {
         Duration::from_millis(self.storage_timeout_ms.max(1))
     }

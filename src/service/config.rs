@@ -12,6 +12,15 @@ use crate::domain::limit::{Limit, LimitPatch, NewLimit};
 use crate::domain::meter::{Meter, MeterPatch, NewMeter};
 use crate::storage::{ConfigOp, Guard, Kind};
 
+/// A new ULID, strictly increasing within this process, so that IDs made in the same
+/// millisecond still sort in the order they were made (event logs list newest first by ID).
+pub fn next_ulid() -> ulid::Ulid {
+    static GENERATOR: std::sync::Mutex<ulid::Generator> =
+        std::sync::Mutex::new(ulid::Generator::new());
+    let mut generator = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+    generator.generate().unwrap_or_else(|_| ulid::Ulid::new())
+}
+
 /// Which limits `GET /v1/limits` lists.
 #[derive(Debug, Clone, Default)]
 pub struct LimitQuery {
@@ -52,7 +61,7 @@ impl Gateway {
     }
 
     pub(super) fn new_id(&self, kind: IdKind) -> String {
-        kind.new_id(ulid::Ulid::new())
+        kind.new_id(next_ulid())
     }
 
     // --- customers -------------------------------------------------------------------------

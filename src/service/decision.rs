@@ -305,12 +305,7 @@ impl Gateway {
         idempotency_header: Option<&str>,
     ) -> ServiceResult<Decision> {
         let now = self.clock.now();
-        let event = Event::validate(
-            IdKind::Event.new_id(ulid::Ulid::new()),
-            input,
-            idempotency_header,
-            now,
-        )?;
+        let event = Event::validate(self.new_id(IdKind::Event), input, idempotency_header, now)?;
         let customer_id = event.customer_id.clone();
         Ok(
             match self
@@ -344,7 +339,7 @@ impl Gateway {
         let ttl = parse_ttl("ttlSeconds", input.ttl_seconds)?;
         let now = self.clock.now();
         let event = Event::validate(
-            IdKind::Event.new_id(ulid::Ulid::new()),
+            self.new_id(IdKind::Event),
             input.event_input(),
             idempotency_header,
             now,
@@ -352,7 +347,7 @@ impl Gateway {
         let customer_id = event.customer_id.clone();
         let expires_at = now + TimeDelta::seconds(ttl);
         let reservation = Reservation {
-            id: IdKind::Reservation.new_id(ulid::Ulid::new()),
+            id: self.new_id(IdKind::Reservation),
             customer_id: customer_id.clone(),
             event_type: event.event_type.clone(),
             values: event.values.clone(),
@@ -473,7 +468,7 @@ impl Gateway {
         // The commit's own idempotency key: a retried commit never records twice.
         let new_event = reservation.event_input(values.clone(), Some(format!("commit:{id}")));
         let event = Event::validate(
-            event_id.unwrap_or_else(|| IdKind::Event.new_id(ulid::Ulid::new())),
+            event_id.unwrap_or_else(|| self.new_id(IdKind::Event)),
             new_event,
             None,
             now,

@@ -29,6 +29,8 @@ pub struct Settings {
     pub webhook_destinations: crate::domain::webhook::Destinations,
     /// How often each node sweeps all outboxes for alerts a dead node left behind.
     pub alert_sweep: std::time::Duration,
+    /// How far back meter queries with dates can reach (the storage's roll-up retention).
+    pub rollup_retention: std::time::Duration,
 }
 
 /// Everything a request handler needs: storage, the config cache, the clock and settings.

@@ -15,9 +15,7 @@ use crate::domain::ids::{CustomerId, IdKind};
 use crate::domain::meter::Aggregation;
 use crate::domain::time::parse_rfc3339;
 use crate::domain::usage::{CustomerCalendar, EventPlan, LimitState, hour_of, plan_event};
-use crate::storage::usage::{
-    CounterReading, EventLogQuery, EventWrite, Mode, RecordOutcome, Retention,
-};
+use crate::storage::usage::{CounterReading, EventLogQuery, EventWrite, Mode, RecordOutcome};
 use crate::storage::{ConfigOp, Kind};
 
 pub const MAX_BATCH: usize = 1000;
@@ -221,12 +219,7 @@ impl Gateway {
         idempotency_header: Option<&str>,
     ) -> ServiceResult<Recorded> {
         let now = self.clock.now();
-        let event = Event::validate(
-            IdKind::Event.new_id(ulid::Ulid::new()),
-            input,
-            idempotency_header,
-            now,
-        )?;
+        let event = Event::validate(self.new_id(IdKind::Event), input, idempotency_header, now)?;
         self.record_event(event, now).await
     }
 
@@ -293,7 +286,7 @@ impl Gateway {
         let now = self.clock.now();
         let mut events = Vec::with_capacity(inputs.len());
         for (index, input) in inputs.into_iter().enumerate() {
-            let event = Event::validate(IdKind::Event.new_id(ulid::Ulid::new()), input, None, now)
+            let event = Event::validate(self.new_id(IdKind::Event), input, None, now)
                 .map_err(|e| e.within(&format!("events[{index}]")))?;
             events.push(event);
         }
@@ -357,7 +350,7 @@ impl Gateway {
         let end = parse("endDate", &query.end_date)?;
         let now = self.clock.now();
         let retention =
-            TimeDelta::from_std(Retention::default().rollups).unwrap_or(TimeDelta::days(400));
+            TimeDelta::from_std(self.settings.rollup_retention).unwrap_or(TimeDelta::days(400));
         let hours = match (start, end) {
             (None, None) => None,
             (start, end) => {

@@ -160,7 +160,7 @@ impl Gateway {
         let webhook = self.get_webhook(id).await?;
         let now = self.clock.now();
         let message = QueuedMessage {
-            id: IdKind::Message.new_id(ulid::Ulid::new()),
+            id: self.new_id(IdKind::Message),
             kind: "ping".into(),
             created_at_ms: now.timestamp_millis(),
             data: serde_json::json!({"webhookId": webhook.id}),
@@ -366,7 +366,7 @@ impl Gateway {
     ) -> ServiceResult<DeliveryAttempt> {
         let now = self.clock.now();
         let attempt = DeliveryAttempt {
-            id: format!("dlv_{}", ulid::Ulid::new()),
+            id: format!("dlv_{}", super::config::next_ulid()),
             message_id: message.id.clone(),
             event_type: message.kind.clone(),
             attempt: claim.attempts + 1,

@@ -72,6 +72,11 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
+    pub fn with_retention(mut self, retention: Retention) -> MemoryStore {
+        self.retention = retention;
+        self
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave a half-applied batch (batches are
         // checked before any write), so the state is still consistent.
@@ -525,6 +530,9 @@ impl MemoryUsage {
                     log.insert(event.log_member.clone());
                     let bound = event.log_trim_below.trim_start_matches('(').to_string();
                     *log = log.split_off(&bound);
+                    while log.len() > event.log_cap {
+                        log.pop_first();
+                    }
                 }
             }
         }

@@ -222,6 +222,11 @@ impl RedisStore {
         result
     }
 
+    pub fn with_retention(mut self, retention: Retention) -> RedisStore {
+        self.retention = retention;
+        self
+    }
+
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
@@ -562,6 +567,7 @@ fn usage_call(script: &Script, event: &EventOps) -> Cmd {
         .arg(event.log_ttl_ms)
         .arg(&event.reservation_doc)
         .arg(event.reservation_ttl_ms)
+        .arg(event.log_cap)
         .arg(event.ops.len());
     for op in &event.ops {
         cmd.arg(op.kind.code())

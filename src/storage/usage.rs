@@ -21,6 +21,8 @@ use crate::domain::usage::{CounterId, CounterOp, EventPlan};
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
     pub events: Duration,
+    /// The most events a customer's log keeps, whatever their age.
+    pub events_per_customer: usize,
     pub rollups: Duration,
     pub idempotency: Duration,
 }
@@ -29,6 +31,7 @@ impl Default for Retention {
     fn default() -> Self {
         Retention {
             events: Duration::from_secs(30 * 24 * 3600),
+            events_per_customer: 1000,
             rollups: Duration::from_secs(400 * 24 * 3600),
             idempotency: Duration::from_secs(24 * 3600),
         }
@@ -117,6 +120,7 @@ pub struct EventOps {
     /// Log members below this bound are past retention and trimmed.
     pub log_trim_below: String,
     pub log_ttl_ms: i64,
+    pub log_cap: usize,
     pub reservation_key: Option<String>,
     pub reservation_doc: String,
     pub reservation_ttl_ms: i64,
@@ -307,6 +311,7 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
         log_member,
         log_trim_below: format!("({:013}", (now_ms - events_ms).max(0)),
         log_ttl_ms: events_ms,
+        log_cap: retention.events_per_customer,
         reservation_key: reservation.map(|r| keys.reservation(customer, &r.id)),
         reservation_doc: reservation.map(|r| r.doc.clone()).unwrap_or_default(),
         reservation_ttl_ms: reservation.map_or(0, |r| {

@@ -790,3 +790,57 @@ async fn bad_metering_input(app: TestApp) {
         json!([])
     );
 }
+
+/// The event log keeps at most `events_per_customer` events, the newest.
+async fn event_log_is_capped(app: TestApp) {
+    for i in 0..5 {
+        record(
+            &app,
+            json!({"customerId": "capped", "eventType": "x", "values": {"n": i}}),
+        )
+        .await;
+    }
+    let listed = app.get("/v1/events?customerId=capped").await;
+    let kept: Vec<i64> = listed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["values"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(kept, vec![4, 3, 2]);
+}
+
+fn three_events() -> quotagate::storage::usage::Retention {
+    quotagate::storage::usage::Retention {
+        events_per_customer: 3,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn memory_event_log_is_capped() {
+    let store = quotagate::storage::memory::MemoryStore::new().with_retention(three_events());
+    event_log_is_capped(TestApp::on(std::sync::Arc::new(store), crate::common::settings()).await)
+        .await;
+}
+
+#[tokio::test]
+async fn redis_event_log_is_capped() {
+    let url = crate::common::shared_redis().url();
+    let conn = quotagate::storage::redis::RedisConnection::connect(
+        &url,
+        std::time::Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    let keys = quotagate::storage::keys::Keys::new(&crate::common::unique_prefix());
+    let store = quotagate::storage::redis::RedisStore::new(
+        conn,
+        keys,
+        &url,
+        std::time::Duration::from_millis(500),
+    )
+    .with_retention(three_events());
+    event_log_is_capped(TestApp::on(std::sync::Arc::new(store), crate::common::settings()).await)
+        .await;
+}
