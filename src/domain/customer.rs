@@ -10,15 +10,17 @@ use super::ids::CustomerId;
 use super::period::BillingAnchor;
 use super::time::{rfc3339, serde_rfc3339};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Customer {
     pub id: CustomerId,
     pub name: Option<String>,
     pub email: Option<String>,
     #[serde(with = "tz_name")]
+    #[schema(value_type = String, example = "America/New_York")]
     pub timezone: Tz,
     pub billing_cycle_start: BillingCycleStart,
+    #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     #[serde(with = "serde_rfc3339")]
     pub created_at: DateTime<Utc>,
@@ -27,7 +29,7 @@ pub struct Customer {
 }
 
 /// `POST /v1/customers` body (`externalId` is an alias of `id`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewCustomer {
     #[serde(alias = "externalId")]
@@ -36,6 +38,7 @@ pub struct NewCustomer {
     pub email: Option<String>,
     pub timezone: Option<String>,
     pub billing_cycle_start: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
 }
 
@@ -53,13 +56,14 @@ impl NewCustomer {
 }
 
 /// `PUT /v1/customers/{id}` body: every field optional; absent or `null` leaves it unchanged.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CustomerPatch {
     pub name: Option<String>,
     pub email: Option<String>,
     pub timezone: Option<String>,
     pub billing_cycle_start: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
 }
 

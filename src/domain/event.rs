@@ -18,20 +18,21 @@ pub const MAX_VALUES: usize = 32;
 pub const MAX_FUTURE_SKEW: TimeDelta = TimeDelta::minutes(5);
 
 /// `POST /v1/events/record` body (also the body of consume, and each item of a batch).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewEvent {
     pub customer_id: CustomerId,
     pub event_type: String,
     pub values: Option<BTreeMap<String, Quantity>>,
     pub dimensions: Option<Dimensions>,
+    #[schema(value_type = Option<Object>)]
     pub properties: Option<Map<String, Value>>,
     pub timestamp: Option<String>,
     pub idempotency_key: Option<String>,
 }
 
 /// A validated event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     pub id: String,
@@ -39,6 +40,7 @@ pub struct Event {
     pub event_type: String,
     pub values: BTreeMap<String, Quantity>,
     pub dimensions: Dimensions,
+    #[schema(value_type = Object)]
     pub properties: Map<String, Value>,
     #[serde(with = "serde_rfc3339")]
     pub timestamp: DateTime<Utc>,

@@ -12,7 +12,7 @@ use super::period::Period;
 use super::time::serde_rfc3339;
 
 /// The decision a limit gives when storage cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FailMode {
     #[default]
@@ -20,7 +20,7 @@ pub enum FailMode {
     Closed,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Limit {
     pub id: String,
@@ -41,7 +41,7 @@ pub struct Limit {
 }
 
 /// `POST /v1/limits` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewLimit {
     pub name: String,
@@ -57,7 +57,7 @@ pub struct NewLimit {
 }
 
 /// `PUT /v1/limits/{id}` body. `meterId` and `customerId` may be repeated unchanged, not changed.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LimitPatch {
     pub name: Option<String>,

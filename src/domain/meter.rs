@@ -9,7 +9,7 @@ use super::field::{
 };
 use super::time::serde_rfc3339;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Aggregation {
     Sum,
@@ -72,7 +72,7 @@ impl<'de> Deserialize<'de> for MeterField {
 
 /// Which events a meter sees: an event matches when its type equals `eventType` (if given)
 /// and it carries every listed dimension with the same value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventFilter {
     #[serde(default)]
@@ -90,7 +90,7 @@ impl EventFilter {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Meter {
     pub id: String,
@@ -106,7 +106,7 @@ pub struct Meter {
 }
 
 /// `POST /v1/meters` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewMeter {
     pub name: String,
@@ -118,7 +118,7 @@ pub struct NewMeter {
 
 /// `PUT /v1/meters/{id}` body. The counting fields may be repeated unchanged (so a client can
 /// send back what it read) but not changed: usage already counted would not match them.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeterPatch {
     pub name: Option<String>,

@@ -11,6 +11,7 @@ pub mod limit;
 pub mod meter;
 pub mod period;
 pub mod reservation;
+pub mod schema;
 pub mod time;
 pub mod usage;
 pub mod webhook;

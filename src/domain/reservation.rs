@@ -15,7 +15,7 @@ pub const DEFAULT_TTL_SECONDS: i64 = 300;
 pub const MAX_TTL_SECONDS: i64 = 3600;
 
 /// `POST /v1/reservations` body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewReservation {
     pub customer_id: CustomerId,
@@ -41,14 +41,14 @@ impl NewReservation {
 }
 
 /// `POST /v1/reservations/{id}/commit` body.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CommitReservation {
     pub values: Option<BTreeMap<String, Quantity>>,
 }
 
 /// `POST /v1/reservations/{id}/extend` body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExtendReservation {
     pub ttl_seconds: i64,
@@ -64,7 +64,7 @@ pub fn parse_ttl(field: &str, ttl: Option<i64>) -> Result<i64, FieldError> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ReservationStatus {
     Held,
@@ -86,7 +86,7 @@ impl ReservationStatus {
 }
 
 /// A reservation as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Reservation {
     pub id: String,

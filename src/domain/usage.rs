@@ -283,7 +283,7 @@ pub fn retry_after(refusing: &[&LimitState], now: DateTime<Utc>) -> Option<i64> 
 }
 
 /// A limit as check, consume, record and reserve report it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LimitState {
     pub id: String,

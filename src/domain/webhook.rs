@@ -35,7 +35,7 @@ pub struct Webhook {
 }
 
 /// `POST /v1/webhooks` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewWebhook {
     pub url: String,
@@ -44,7 +44,7 @@ pub struct NewWebhook {
 }
 
 /// `PUT /v1/webhooks/{id}` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookPatch {
     pub url: Option<String>,
@@ -206,7 +206,7 @@ pub fn next_attempt_ms(attempts: u32, first_attempt_ms: i64, now_ms: i64) -> Opt
 }
 
 /// One delivery attempt, as `GET /v1/webhooks/{id}/deliveries` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryAttempt {
     pub id: String,
@@ -222,7 +222,7 @@ pub struct DeliveryAttempt {
     pub next_attempt_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Succeeded,

@@ -11,7 +11,7 @@ use crate::domain::apikey::{ApiKey, NewApiKey, Scope};
 use crate::domain::time::serde_rfc3339;
 
 /// A key as listed: never its secret nor its hash.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeyView {
     id: String,
@@ -35,6 +35,15 @@ impl ApiKeyView {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/api-keys",
+    tag = "api keys",
+    summary = "Create an API key (shown once)",
+    request_body = NewApiKey,
+    responses((status = 201, body = ApiKeyView), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn create(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
@@ -47,6 +56,15 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/api-keys",
+    tag = "api keys",
+    summary = "List API keys",
+    params(("limit" = Option<u32>, Query, description = "1-100, default 50"), ("cursor" = Option<String>, Query, description = "from nextCursor")),
+    responses((status = 200, body = ListBody<ApiKeyView>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn list(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
@@ -58,6 +76,15 @@ pub async fn list(
     Ok(Json(body.map(|key| ApiKeyView::new(key, None))))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/api-keys/{id}",
+    tag = "api keys",
+    summary = "Revoke an API key",
+    params(("id" = String, Path, description = "API key ID")),
+    responses((status = 200, body = Deleted), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn delete(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,

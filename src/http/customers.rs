@@ -8,6 +8,15 @@ use super::extract::{JsonBody, PathId, QueryParams};
 use super::{AppState, Deleted, ListBody, page_request};
 use crate::domain::customer::{Customer, CustomerPatch, NewCustomer};
 
+#[utoipa::path(
+    post,
+    path = "/v1/customers",
+    tag = "customers",
+    summary = "Create a customer",
+    request_body = NewCustomer,
+    responses((status = 201, body = Customer), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn create(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
@@ -19,6 +28,15 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{id}",
+    tag = "customers",
+    summary = "Get a customer",
+    params(("id" = String, Path, description = "customer ID")),
+    responses((status = 200, body = Customer), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn get(
     _: Authorized<Read>,
     State(gateway): State<AppState>,
@@ -27,6 +45,15 @@ pub async fn get(
     Ok(Json(gateway.get_customer(&id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/customers",
+    tag = "customers",
+    summary = "List customers",
+    params(("limit" = Option<u32>, Query, description = "1-100, default 50"), ("cursor" = Option<String>, Query, description = "from nextCursor")),
+    responses((status = 200, body = ListBody<Customer>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn list(
     _: Authorized<Read>,
     State(gateway): State<AppState>,
@@ -37,6 +64,16 @@ pub async fn list(
     Ok(Json(gateway.list_customers(&page).await?.into()))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/customers/{id}",
+    tag = "customers",
+    summary = "Update a customer (creates it when absent)",
+    params(("id" = String, Path, description = "customer ID")),
+    request_body = CustomerPatch,
+    responses((status = 200, body = Customer), (status = 201, body = Customer), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn put(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
@@ -52,6 +89,15 @@ pub async fn put(
     Ok((status, Json(customer)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/customers/{id}",
+    tag = "customers",
+    summary = "Delete a customer and its own limits",
+    params(("id" = String, Path, description = "customer ID")),
+    responses((status = 200, body = Deleted), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn delete(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,

@@ -20,7 +20,7 @@ use crate::domain::reservation::{
 use crate::domain::usage::LimitState;
 use crate::service::decision::{CheckRequest, Decision};
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct DecisionBody {
     allowed: bool,
@@ -91,6 +91,15 @@ fn respond(kind: &'static str, decision: Decision, with_customer: bool) -> Respo
     replayed(response, decision.duplicate)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/limits/check",
+    tag = "decisions",
+    summary = "Is the customer within its limits? (read-only)",
+    request_body = CheckRequest,
+    responses((status = 200, body = DecisionBody), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn check(
     _: Authorized<Read>,
     State(gateway): State<AppState>,
@@ -99,6 +108,16 @@ pub async fn check(
     Ok(respond("check", gateway.check(request).await?, true))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/limits/consume",
+    tag = "decisions",
+    summary = "Check and record in one atomic step",
+    request_body = NewEvent,
+    params(("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = DecisionBody), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn consume(
     _: Authorized<Ingest>,
     State(gateway): State<AppState>,
@@ -112,6 +131,16 @@ pub async fn consume(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/reservations",
+    tag = "reservations",
+    summary = "Hold an estimate against the limits",
+    request_body = NewReservation,
+    params(("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = DecisionBody), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn reserve(
     _: Authorized<Ingest>,
     State(gateway): State<AppState>,
@@ -125,6 +154,15 @@ pub async fn reserve(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/reservations/{id}",
+    tag = "reservations",
+    summary = "Get a reservation",
+    params(("id" = String, Path, description = "reservation ID")),
+    responses((status = 200, body = Reservation), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn get(
     _: Authorized<Read>,
     State(gateway): State<AppState>,
@@ -133,7 +171,7 @@ pub async fn get(
     Ok(Json(gateway.get_reservation(&id).await?))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CommitBody {
     reservation: Reservation,
@@ -141,6 +179,16 @@ struct CommitBody {
     limits: Vec<LimitState>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/reservations/{id}/commit",
+    tag = "reservations",
+    summary = "Record the actual cost and drop the hold",
+    params(("id" = String, Path, description = "reservation ID")),
+    request_body(content = CommitReservation, description = "optional"),
+    responses((status = 200, body = CommitBody), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn commit(
     _: Authorized<Ingest>,
     State(gateway): State<AppState>,
@@ -156,6 +204,15 @@ pub async fn commit(
     Ok(replayed(Json(body).into_response(), recorded.duplicate))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/reservations/{id}/release",
+    tag = "reservations",
+    summary = "Drop the hold",
+    params(("id" = String, Path, description = "reservation ID")),
+    responses((status = 200, body = Reservation), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn release(
     _: Authorized<Ingest>,
     State(gateway): State<AppState>,
@@ -164,6 +221,16 @@ pub async fn release(
     Ok(Json(gateway.release_reservation(&id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/reservations/{id}/extend",
+    tag = "reservations",
+    summary = "Give a held reservation more time",
+    params(("id" = String, Path, description = "reservation ID")),
+    request_body = ExtendReservation,
+    responses((status = 200, body = Reservation), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn extend(
     _: Authorized<Ingest>,
     State(gateway): State<AppState>,

@@ -7,6 +7,23 @@ use crate::domain::field::FieldError;
 use crate::service::{Resource, ServiceError};
 use crate::storage::StoreError;
 
+/// The error envelope every non-2xx answer carries.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorDetail {
+    /// Stable snake_case code (`invalid_field_value`, `customer_not_found`, ...).
+    pub code: &'static str,
+    pub message: String,
+    pub status: u16,
+    /// Equals the `X-Request-Id` header.
+    pub request_id: String,
+}
+
 /// An error answer. Its body is written by the request-ID middleware, which knows the ID.
 #[derive(Debug, Clone)]
 pub struct ApiError {

@@ -37,7 +37,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordBody {
     id: String,
@@ -57,6 +57,16 @@ pub fn replayed(mut response: Response, duplicate: bool) -> Response {
     response
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/events/record",
+    tag = "events",
+    summary = "Record a usage event",
+    request_body = NewEvent,
+    params(("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = RecordBody), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn record(
     _: Authorized<Ingest>,
     State(gateway): State<AppState>,
@@ -73,18 +83,27 @@ pub async fn record(
     Ok(replayed(Json(body).into_response(), recorded.duplicate))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
     events: Vec<NewEvent>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct BatchAnswer {
     count: usize,
     duplicates: usize,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/events/batch",
+    tag = "events",
+    summary = "Record up to 1000 events",
+    request_body = BatchBody,
+    responses((status = 200, body = BatchAnswer), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn batch(
     _: Authorized<Ingest>,
     State(gateway): State<AppState>,
@@ -95,6 +114,15 @@ pub async fn batch(
 }
 
 /// `GET /v1/events?customerId=&eventType=&startDate=&endDate=&limit=&cursor=`, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    summary = "A customer's events, newest first",
+    params(("customerId" = String, Query), ("eventType" = Option<String>, Query), ("startDate" = Option<String>, Query), ("endDate" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = ListBody<Event>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn list(
     _: Authorized<Read>,
     State(gateway): State<AppState>,

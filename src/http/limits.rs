@@ -11,6 +11,15 @@ use crate::domain::ids::CustomerId;
 use crate::domain::limit::{Limit, LimitPatch, NewLimit};
 use crate::service::config::LimitQuery;
 
+#[utoipa::path(
+    post,
+    path = "/v1/limits",
+    tag = "limits",
+    summary = "Create a limit (customerId null: a default limit)",
+    request_body = NewLimit,
+    responses((status = 201, body = Limit), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn create(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
@@ -22,6 +31,15 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/limits/{id}",
+    tag = "limits",
+    summary = "Get a limit",
+    params(("id" = String, Path, description = "limit ID")),
+    responses((status = 200, body = Limit), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn get(
     _: Authorized<Read>,
     State(gateway): State<AppState>,
@@ -32,6 +50,15 @@ pub async fn get(
 
 /// `?customerId=` lists that customer's own limits (`default`: the default limits);
 /// `?meterId=` those on one meter.
+#[utoipa::path(
+    get,
+    path = "/v1/limits",
+    tag = "limits",
+    summary = "List limits",
+    params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("customerId" = Option<String>, Query, description = "a customer's own limits; `default` for the default limits"), ("meterId" = Option<String>, Query)),
+    responses((status = 200, body = ListBody<Limit>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn list(
     _: Authorized<Read>,
     State(gateway): State<AppState>,
@@ -52,6 +79,16 @@ pub async fn list(
     Ok(Json(gateway.list_limits(&filter, &page).await?.into()))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/limits/{id}",
+    tag = "limits",
+    summary = "Update a limit",
+    params(("id" = String, Path, description = "limit ID")),
+    request_body = LimitPatch,
+    responses((status = 200, body = Limit), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn update(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
@@ -61,6 +98,15 @@ pub async fn update(
     Ok(Json(gateway.update_limit(&id, patch).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/limits/{id}",
+    tag = "limits",
+    summary = "Delete a limit",
+    params(("id" = String, Path, description = "limit ID")),
+    responses((status = 200, body = Deleted), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn delete(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,

@@ -9,6 +9,15 @@ use super::extract::{JsonBody, PathId, QueryParams};
 use super::{AppState, ListBody, page_request};
 use crate::domain::meter::{Meter, MeterPatch, NewMeter};
 
+#[utoipa::path(
+    post,
+    path = "/v1/meters",
+    tag = "meters",
+    summary = "Create a meter",
+    request_body = NewMeter,
+    responses((status = 201, body = Meter), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn create(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
@@ -20,6 +29,15 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/meters/{id}",
+    tag = "meters",
+    summary = "Get a meter",
+    params(("id" = String, Path, description = "meter ID")),
+    responses((status = 200, body = Meter), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn get(
     _: Authorized<Read>,
     State(gateway): State<AppState>,
@@ -28,6 +46,15 @@ pub async fn get(
     Ok(Json(gateway.get_meter(&id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/meters",
+    tag = "meters",
+    summary = "List meters",
+    params(("limit" = Option<u32>, Query, description = "1-100, default 50"), ("cursor" = Option<String>, Query, description = "from nextCursor")),
+    responses((status = 200, body = ListBody<Meter>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn list(
     _: Authorized<Read>,
     State(gateway): State<AppState>,
@@ -38,6 +65,16 @@ pub async fn list(
     Ok(Json(gateway.list_meters(&page).await?.into()))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/meters/{id}",
+    tag = "meters",
+    summary = "Rename or describe a meter",
+    params(("id" = String, Path, description = "meter ID")),
+    request_body = MeterPatch,
+    responses((status = 200, body = Meter), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn update(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
@@ -47,7 +84,7 @@ pub async fn update(
     Ok(Json(gateway.update_meter(&id, patch).await?))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeterDeleted {
     id: String,
@@ -55,6 +92,15 @@ pub struct MeterDeleted {
     deleted_limits: usize,
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/meters/{id}",
+    tag = "meters",
+    summary = "Delete a meter and every limit on it",
+    params(("id" = String, Path, description = "meter ID")),
+    responses((status = 200, body = MeterDeleted), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn delete(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
@@ -68,7 +114,7 @@ pub async fn delete(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueryBody {
     meter_id: String,
@@ -83,7 +129,7 @@ pub struct QueryBody {
     series: Option<Vec<SeriesPoint>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SeriesPoint {
     start: String,
     #[serde(serialize_with = "optional_number")]
@@ -100,6 +146,16 @@ fn optional_number<S: serde::Serializer>(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/meters/{id}/query",
+    tag = "meters",
+    summary = "Query a meter's usage",
+    params(("id" = String, Path, description = "meter ID")),
+    request_body = crate::service::usage::MeterQuery,
+    responses((status = 200, body = QueryBody), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn query(
     _: Authorized<Read>,
     State(gateway): State<AppState>,

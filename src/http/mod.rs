@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde::Serialize;
 
 use crate::service::Gateway;
@@ -26,61 +26,78 @@ use crate::service::page::Page;
 
 pub type AppState = Arc<Gateway>;
 
-/// Every route of the API. Serving is separate ([`crate::serve`]), so tests can drive the
+/// The OpenAPI document's frame; operations and schemas come from the handlers' annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "quotagate", description = "Usage metering and limit enforcement gateway (API v1)."),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every documented route, and the OpenAPI document generated from the same annotations, so
+/// the two cannot drift apart.
+pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(customers::create, customers::list))
+        .routes(routes!(customers::get, customers::put, customers::delete))
+        .routes(routes!(meters::create, meters::list))
+        .routes(routes!(meters::get, meters::update, meters::delete))
+        .routes(routes!(meters::query))
+        .routes(routes!(limits::create, limits::list))
+        .routes(routes!(limits::get, limits::update, limits::delete))
+        .routes(routes!(decisions::check))
+        .routes(routes!(decisions::consume))
+        .routes(routes!(decisions::reserve))
+        .routes(routes!(decisions::get))
+        .routes(routes!(decisions::commit))
+        .routes(routes!(decisions::release))
+        .routes(routes!(decisions::extend))
+        .routes(routes!(events::record))
+        .routes(routes!(events::batch))
+        .routes(routes!(events::list))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::update, webhooks::delete))
+        .routes(routes!(webhooks::test))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::redeliver))
+        .routes(routes!(api_keys::create, api_keys::list))
+        .routes(routes!(api_keys::delete))
+        .split_for_parts()
+}
+
+/// Every route of the API. Serving is separate ([`crate::app::run`]), so tests can drive the
 /// router in process.
 pub fn build_router(gateway: AppState, max_body_bytes: usize) -> Router {
     // Install the recorder before the first request records anything.
     crate::telemetry::prometheus();
-    Router::new()
-        .route("/healthz", get(health::healthz))
+    let (api, document) = api_routes();
+    let document = std::sync::Arc::new(document);
+    api.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route(
-            "/v1/customers",
-            post(customers::create).get(customers::list),
-        )
-        .route(
-            "/v1/customers/{id}",
-            get(customers::get)
-                .put(customers::put)
-                .delete(customers::delete),
-        )
-        .route("/v1/meters", post(meters::create).get(meters::list))
-        .route(
-            "/v1/meters/{id}",
-            get(meters::get).put(meters::update).delete(meters::delete),
-        )
-        .route("/v1/meters/{id}/query", post(meters::query))
-        .route("/v1/limits", post(limits::create).get(limits::list))
-        .route("/v1/limits/check", post(decisions::check))
-        .route("/v1/limits/consume", post(decisions::consume))
-        .route("/v1/reservations", post(decisions::reserve))
-        .route("/v1/reservations/{id}", get(decisions::get))
-        .route("/v1/reservations/{id}/commit", post(decisions::commit))
-        .route("/v1/reservations/{id}/release", post(decisions::release))
-        .route("/v1/reservations/{id}/extend", post(decisions::extend))
-        .route("/v1/events/record", post(events::record))
-        .route("/v1/events/batch", post(events::batch))
-        .route("/v1/events", get(events::list))
-        .route(
-            "/v1/limits/{id}",
-            get(limits::get).put(limits::update).delete(limits::delete),
-        )
-        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
-        .route(
-            "/v1/webhooks/{id}",
-            get(webhooks::get)
-                .put(webhooks::update)
-                .delete(webhooks::delete),
-        )
-        .route("/v1/webhooks/{id}/test", post(webhooks::test))
-        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
-        .route(
-            "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
-            post(webhooks::redeliver),
-        )
-        .route("/v1/api-keys", post(api_keys::create).get(api_keys::list))
-        .route("/v1/api-keys/{id}", axum::routing::delete(api_keys::delete))
         .route("/metrics", get(health::metrics))
+        .route(
+            "/v1/openapi.json",
+            get(move |_: auth::Authorized<auth::Read>| {
+                let document = std::sync::Arc::clone(&document);
+                async move { axum::Json((*document).clone()) }
+            }),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(request_id::envelope))
@@ -92,7 +109,7 @@ async fn not_found() -> error::ApiError {
 }
 
 /// `{data, nextCursor, hasMore}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ListBody<T> {
     pub data: Vec<T>,
@@ -121,7 +138,7 @@ impl<T> ListBody<T> {
 }
 
 /// `{"id": ..., "deleted": true}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Deleted {
     pub id: String,
     pub deleted: bool,

@@ -6,9 +6,8 @@ use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use serde_json::json;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorDetail, ErrorEnvelope};
 use crate::telemetry::{HTTP_DURATION, HTTP_REQUESTS};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -47,15 +46,16 @@ pub async fn envelope(mut request: Request, next: Next) -> Response {
             .extensions_mut()
             .remove::<ApiError>()
             .unwrap_or_else(|| ApiError::from_status(status));
-        let body = json!({
-            "error": {
-                "code": error.code,
-                "message": error.message,
-                "status": error.status.as_u16(),
-                "requestId": id,
-            }
-        });
-        *response.body_mut() = Body::from(body.to_string());
+        let body = ErrorEnvelope {
+            error: ErrorDetail {
+                code: error.code,
+                message: error.message,
+                status: error.status.as_u16(),
+                request_id: id.clone(),
+            },
+        };
+        let text = serde_json::to_string(&body).unwrap_or_default();
+        *response.body_mut() = Body::from(text);
         response.headers_mut().remove(header::CONTENT_LENGTH);
         response.headers_mut().insert(
             header::CONTENT_TYPE,

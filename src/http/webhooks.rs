@@ -11,7 +11,7 @@ use crate::domain::time::serde_rfc3339;
 use crate::domain::webhook::{DeliveryAttempt, NewWebhook, Webhook, WebhookPatch};
 
 /// An endpoint as shown after creation: never its secret.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookView {
     id: String,
@@ -42,6 +42,15 @@ impl WebhookView {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    summary = "Create a webhook endpoint (secret shown once)",
+    request_body = NewWebhook,
+    responses((status = 201, body = WebhookView), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn create(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
@@ -51,6 +60,15 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(WebhookView::new(webhook, true))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    summary = "List webhook endpoints",
+    params(("limit" = Option<u32>, Query, description = "1-100, default 50"), ("cursor" = Option<String>, Query, description = "from nextCursor")),
+    responses((status = 200, body = ListBody<WebhookView>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn list(
     _: Authorized<Read>,
     State(gateway): State<AppState>,
@@ -62,6 +80,15 @@ pub async fn list(
     Ok(Json(body.map(|w| WebhookView::new(w, false))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    summary = "Get a webhook endpoint",
+    params(("id" = String, Path, description = "webhook ID")),
+    responses((status = 200, body = WebhookView), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn get(
     _: Authorized<Read>,
     State(gateway): State<AppState>,
@@ -73,6 +100,16 @@ pub async fn get(
     )))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    summary = "Update a webhook endpoint",
+    params(("id" = String, Path, description = "webhook ID")),
+    request_body = WebhookPatch,
+    responses((status = 200, body = WebhookView), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn update(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
@@ -85,6 +122,15 @@ pub async fn update(
     )))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    summary = "Delete a webhook endpoint",
+    params(("id" = String, Path, description = "webhook ID")),
+    responses((status = 200, body = Deleted), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn delete(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
@@ -94,6 +140,15 @@ pub async fn delete(
     Ok(Json(Deleted::new(id)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/test",
+    tag = "webhooks",
+    summary = "Send a signed ping now",
+    params(("id" = String, Path, description = "webhook ID")),
+    responses((status = 200, body = DeliveryAttempt), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn test(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
@@ -102,6 +157,15 @@ pub async fn test(
     Ok(Json(gateway.test_webhook(&id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/deliveries",
+    tag = "webhooks",
+    summary = "Delivery attempts, newest first",
+    params(("id" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = ListBody<DeliveryAttempt>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn deliveries(
     _: Authorized<Read>,
     State(gateway): State<AppState>,
@@ -113,7 +177,7 @@ pub async fn deliveries(
     Ok(Json(gateway.list_deliveries(&id, &page).await?.into()))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Redelivery {
     message_id: String,
@@ -121,6 +185,15 @@ pub struct Redelivery {
     scheduled: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+    tag = "webhooks",
+    summary = "Send an earlier message again",
+    params(("id" = String, Path), ("delivery_id" = String, Path)),
+    responses((status = 200, body = Redelivery), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
 pub async fn redeliver(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,

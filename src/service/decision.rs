@@ -22,7 +22,7 @@ use crate::storage::StoreError;
 use crate::storage::usage::{CounterReading, Mode, RecordOutcome, ReservationWrite};
 
 /// `POST /v1/limits/check` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckRequest {
     pub customer_id: CustomerId,

@@ -29,7 +29,7 @@ pub struct Recorded {
 }
 
 /// `POST /v1/meters/{id}/query` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeterQuery {
     pub customer_id: Option<CustomerId>,
@@ -39,7 +39,7 @@ pub struct MeterQuery {
     pub granularity: Option<Granularity>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Granularity {
     Hour,

@@ -73,3 +73,114 @@ async fn metrics_expose_the_documented_series() {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
 }
+
+/// Every operation of API.md, as (method, path).
+const CONTRACT: &[(&str, &str)] = &[
+    ("post", "/v1/customers"),
+    ("get", "/v1/customers"),
+    ("get", "/v1/customers/{id}"),
+    ("put", "/v1/customers/{id}"),
+    ("delete", "/v1/customers/{id}"),
+    ("post", "/v1/meters"),
+    ("get", "/v1/meters"),
+    ("get", "/v1/meters/{id}"),
+    ("put", "/v1/meters/{id}"),
+    ("delete", "/v1/meters/{id}"),
+    ("post", "/v1/meters/{id}/query"),
+    ("post", "/v1/limits"),
+    ("get", "/v1/limits"),
+    ("get", "/v1/limits/{id}"),
+    ("put", "/v1/limits/{id}"),
+    ("delete", "/v1/limits/{id}"),
+    ("post", "/v1/limits/check"),
+    ("post", "/v1/limits/consume"),
+    ("post", "/v1/events/record"),
+    ("post", "/v1/events/batch"),
+    ("get", "/v1/events"),
+    ("post", "/v1/reservations"),
+    ("get", "/v1/reservations/{id}"),
+    ("post", "/v1/reservations/{id}/commit"),
+    ("post", "/v1/reservations/{id}/release"),
+    ("post", "/v1/reservations/{id}/extend"),
+    ("post", "/v1/webhooks"),
+    ("get", "/v1/webhooks"),
+    ("get", "/v1/webhooks/{id}"),
+    ("put", "/v1/webhooks/{id}"),
+    ("delete", "/v1/webhooks/{id}"),
+    ("post", "/v1/webhooks/{id}/test"),
+    ("get", "/v1/webhooks/{id}/deliveries"),
+    (
+        "post",
+        "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+    ),
+    ("post", "/v1/api-keys"),
+    ("get", "/v1/api-keys"),
+    ("delete", "/v1/api-keys/{id}"),
+];
+
+#[tokio::test]
+async fn openapi_document_matches_the_contract_and_the_router() {
+    let app = TestApp::memory().await;
+    let document = app.get("/v1/openapi.json").await;
+    let document = document.assert_status(200).clone();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    let mut documented = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            assert!(
+                operation["summary"].is_string(),
+                "{method} {path} has a summary"
+            );
+            assert!(
+                operation["responses"]["default"].is_object(),
+                "{method} {path} documents the error envelope"
+            );
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    let mut expected: Vec<(String, String)> = CONTRACT
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    documented.sort();
+    expected.sort();
+    assert_eq!(
+        documented, expected,
+        "the document lists exactly the contract's operations"
+    );
+    // Every documented operation is served by the router (not the fallback, not 405).
+    for (method, path) in &documented {
+        let concrete = path.replace("{id}", "x1").replace("{delivery_id}", "x2");
+        let body = matches!(method.as_str(), "post" | "put").then(|| json!({}));
+        let response = app
+            .call(method.to_uppercase().parse().unwrap(), &concrete, body)
+            .await;
+        assert_ne!(response.status.as_u16(), 405, "{method} {path}");
+        assert_ne!(
+            response.body["error"]["message"], "no such resource",
+            "{method} {path} is not routed"
+        );
+    }
+    let schemas = document["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "Customer",
+        "Meter",
+        "Limit",
+        "LimitState",
+        "NewEvent",
+        "Reservation",
+        "ErrorEnvelope",
+        "DeliveryAttempt",
+    ] {
+        assert!(schemas.contains_key(name), "schema {name}");
+    }
+    assert_eq!(
+        schemas["Limit"]["properties"]["period"]["$ref"],
+        "#/components/schemas/Period"
+    );
+    assert_eq!(schemas["Period"]["enum"][6], "all_time");
+    assert!(document["components"]["securitySchemes"]["bearer"].is_object());
+    app.call_as(None, axum::http::Method::GET, "/v1/openapi.json", None)
+        .await
+        .assert_error(401, "missing_api_key");
+}
