@@ -139,17 +139,16 @@ impl Gateway {
         id: &CustomerId,
         now: DateTime<Utc>,
     ) -> ServiceResult<(CustomerCalendar, Option<Customer>)> {
-        let customer = match self.cache.customer(id) {
-            Some(customer) => Some((*customer).clone()),
-            None => match self.store.get(Kind::Customer, id.as_str()).await? {
-                Some(doc) => {
-                    let customer: Customer =
-                        serde_json::from_str(&doc).map_err(|e| corrupt("customers", e))?;
-                    self.cache.remember_customer(customer.clone());
-                    Some(customer)
-                }
-                None => None,
-            },
+        if let Some(customer) = self.cache.customer(id) {
+            return Ok((calendar(&customer), None));
+        }
+        let customer = match self.store.get(Kind::Customer, id.as_str()).await? {
+            Some(doc) => {
+                let customer: Customer = serde_json::from_str(&doc).map_err(|e| corrupt("customers", e))?;
+                self.cache.remember_customer(customer.clone());
+                Some(customer)
+            }
+            None => None,
         };
         Ok(match customer {
             Some(customer) => (calendar(&customer), None),
