@@ -3,7 +3,7 @@
 -- holds on the counters instead of usage).
 --
 -- KEYS[1]   idempotency record (any key of the customer's slot when ARGV[3] is 0)
--- KEYS[2]   the customer's event log (sorted set, all scores 0, ordered by member)
+-- KEYS[2]   the customer's event log (list, oldest first)
 -- KEYS[3]   reservation record (hash; any key of the slot unless ARGV[1] is 'reserve')
 -- KEYS[4..] two keys per op below, in order: the key itself, then its holds hash
 --           (holds: reservation id -> "amount:expires_at_ms"; repeat the key for ops without holds)
@@ -13,17 +13,17 @@
 -- ARGV[3]   idempotency TTL in ms; 0: no de-duplication
 -- ARGV[4]   event ID (record/consume) or reservation ID (reserve)
 -- ARGV[5]   event log member ('' for none)
--- ARGV[6]   exclusive lexical bound below which log members are trimmed
+-- ARGV[6]   how many events the log keeps at most (the oldest go first)
 -- ARGV[7]   event log TTL in ms
 -- ARGV[8]   reservation record: JSON document ('' unless reserving)
 -- ARGV[9]   reservation record TTL in ms
--- ARGV[10]  how many events the log keeps at most (the oldest go first)
--- ARGV[11]  number of ops n
--- ARGV[12..] ops, 7 values each: kind, field, value, at_ms, expire_at_ms (0: none),
+-- ARGV[10]  number of ops n
+-- ARGV[11..] ops, 7 values each: kind, field, value, at_ms, expire_at_ms (0: none),
 --           cap ('' for none), hold_expires_at_ms (reserve: when this op's hold ends)
--- then      number of alert rules m, and 5 values per rule: index of the op (counter) it
+-- then      number of alert rules m, and 8 values per rule: index of the op (counter) it
 --           watches, limit value, thresholds ("80,100,x": percents, x = exceeded), fired-set
---           expiry (unix ms), message template (JSON: id base and the static payload data)
+--           expiry (unix ms, 0: none), message ID base, limit ID, window start and end (unix ms,
+--           0 for all-time)
 -- KEYS after the op keys: the customer's alert outbox (list), then one fired-set per rule.
 -- Alerts (record and consume only): when a counter moves from below a threshold to at least
 -- it, and the rule's fired-set had not seen that threshold in this window, a message is
@@ -36,8 +36,8 @@
 --         values are strings, '' when absent.
 
 local mode, now = ARGV[1], tonumber(ARGV[2])
-local first_op = 12
-local op_count = tonumber(ARGV[11])
+local first_op = 11
+local op_count = tonumber(ARGV[10])
 local first_rule = first_op + op_count * 7
 local rule_count = tonumber(ARGV[first_rule] or '0')
 local outbox_key = KEYS[4 + 2 * op_count]
@@ -190,9 +190,8 @@ end
 -- Threshold crossings, once per (limit, window, threshold).
 local alerts = 0
 for r = 1, rule_count do
-  local b = first_rule + 1 + (r - 1) * 5
-  local op_index, limit, thresholds, fired_expire, template =
-    tonumber(ARGV[b]), tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local b = first_rule + 1 + (r - 1) * 8
+  local op_index, limit, thresholds, fired_expire = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3]
   local before = tonumber((string.gsub(out[3 + (op_index - 1) * 3], '@.*', ''))) or 0
   local after = tonumber((string.gsub(out[4 + (op_index - 1) * 3], '@.*', ''))) or 0
   local fired_key = KEYS[4 + 2 * op_count + r]
@@ -203,16 +202,17 @@ for r = 1, rule_count do
       if fired_expire ~= '0' then
         redis.call('PEXPIREAT', fired_key, fired_expire)
       end
-      local message = cjson.decode(template)
-      message.id = 'msg_' .. message.idBase .. threshold
-      message.idBase = nil
-      message.type = threshold == 'x' and 'limit.exceeded' or 'limit.threshold_reached'
-      message.createdAtMs = now
-      message.data.threshold = percent
-      message.data.currentUsage = after
-      message.data.percentage = after / limit * 100
-      message.data.remaining = math.max(0, limit - after)
-      redis.call('RPUSH', outbox_key, cjson.encode(message))
+      redis.call('RPUSH', outbox_key, cjson.encode({
+        id = 'msg_' .. ARGV[b + 4] .. threshold,
+        exceeded = threshold == 'x',
+        threshold = percent,
+        limitId = ARGV[b + 5],
+        windowStartMs = tonumber(ARGV[b + 6]),
+        windowEndMs = tonumber(ARGV[b + 7]),
+        limit = limit,
+        usage = after,
+        atMs = now,
+      }))
       alerts = alerts + 1
     end
   end
@@ -220,9 +220,8 @@ end
 out[2] = tostring(alerts)
 
 if ARGV[5] ~= '' then
-  redis.call('ZADD', KEYS[2], 0, ARGV[5])
-  redis.call('ZREMRANGEBYLEX', KEYS[2], '-', ARGV[6])
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[10]) + 1))
+  redis.call('RPUSH', KEYS[2], ARGV[5])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
 

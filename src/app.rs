@@ -55,6 +55,7 @@ pub fn settings(config: &Config) -> Settings {
         },
         alert_sweep: Duration::from_secs(config.alert_sweep_seconds.max(1)),
         rollup_retention: config.retention().rollups,
+        event_retention: config.retention().events,
     }
 }
 

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::field::Quantity;
 use super::ids::CustomerId;
+use super::limit::Limit;
 use super::period::Window;
 use super::time::rfc3339;
 use super::usage::ResolvedLimit;
@@ -17,7 +19,8 @@ use super::usage::ResolvedLimit;
 /// The marker of the `limit.exceeded` "threshold" among the percents.
 pub const EXCEEDED: &str = "x";
 
-/// What storage needs to detect one limit's crossings.
+/// What storage needs to detect one limit's crossings. Everything here is cheap to build:
+/// it goes with every counted event, while messages are only made for the rare crossing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertRule {
     /// `80,100,x`: the limit's thresholds, then exceeded (every limit has that one).
@@ -25,8 +28,10 @@ pub struct AlertRule {
     pub limit_value: f64,
     /// When the record of fired thresholds of this window may go; `None` for all-time.
     pub fired_until_ms: Option<i64>,
-    /// `{"idBase": ..., "data": {...}}`: the message minus what only the crossing knows.
-    pub template: String,
+    pub id_base: String,
+    pub limit_id: String,
+    /// The window (unix ms); `None` for all-time limits.
+    pub window_ms: Option<(i64, i64)>,
 }
 
 /// The stable part of a message ID: the same (limit, customer, window) gives the same base
@@ -39,31 +44,77 @@ pub fn message_id_base(limit_id: &str, customer: &CustomerId, window: Option<Win
 }
 
 pub fn rule(limit: &ResolvedLimit, customer: &CustomerId, window: Option<Window>) -> AlertRule {
-    let mut thresholds: Vec<String> = limit
-        .limit
-        .alert_thresholds
-        .iter()
-        .map(u8::to_string)
-        .collect();
-    thresholds.push(EXCEEDED.to_string());
-    let template = json!({
-        "idBase": message_id_base(&limit.limit.id, customer, window),
-        "data": {
-            "customerId": customer,
-            "limitId": limit.limit.id,
-            "limitName": limit.limit.name,
-            "meterId": limit.limit.meter_id,
-            "limit": limit.limit.limit_value,
-            "period": limit.limit.period.as_str(),
-            "windowStart": window.map(|w| rfc3339(w.start)),
-            "windowEnd": window.map(|w| rfc3339(w.end)),
-        }
-    });
+    let mut thresholds = String::new();
+    for threshold in &limit.limit.alert_thresholds {
+        thresholds.push_str(&threshold.to_string());
+        thresholds.push(',');
+    }
+    thresholds.push_str(EXCEEDED);
     AlertRule {
-        thresholds: thresholds.join(","),
+        thresholds,
         limit_value: limit.limit.limit_value.get(),
         fired_until_ms: window.map(|w| w.retain_until().timestamp_millis()),
-        template: template.to_string(),
+        id_base: message_id_base(&limit.limit.id, customer, window),
+        limit_id: limit.limit.id.clone(),
+        window_ms: window.map(|w| (w.start.timestamp_millis(), w.end.timestamp_millis())),
+    }
+}
+
+/// A crossing as the counting step queued it in the customer's outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Crossing {
+    pub id: String,
+    pub exceeded: bool,
+    pub threshold: f64,
+    pub limit_id: String,
+    /// 0 for all-time limits.
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub limit: f64,
+    pub usage: f64,
+    pub at_ms: i64,
+}
+
+fn number(value: f64) -> Value {
+    serde_json::to_value(Quantity::from_f64(value)).unwrap_or(Value::Null)
+}
+
+fn instant(ms: i64) -> Value {
+    if ms == 0 {
+        return Value::Null;
+    }
+    DateTime::<Utc>::from_timestamp_millis(ms).map_or(Value::Null, |at| Value::String(rfc3339(at)))
+}
+
+impl Crossing {
+    /// The message for this crossing (API.md §7), named from the limit's current config
+    /// when it still exists.
+    pub fn message(&self, customer: &CustomerId, limit: Option<&Limit>) -> QueuedMessage {
+        QueuedMessage {
+            id: self.id.clone(),
+            kind: if self.exceeded {
+                "limit.exceeded"
+            } else {
+                "limit.threshold_reached"
+            }
+            .to_string(),
+            created_at_ms: self.at_ms,
+            data: json!({
+                "customerId": customer,
+                "limitId": self.limit_id,
+                "limitName": limit.map(|l| l.name.clone()),
+                "meterId": limit.map(|l| l.meter_id.clone()),
+                "threshold": number(self.threshold),
+                "limit": number(self.limit),
+                "currentUsage": number(self.usage),
+                "percentage": number(if self.limit > 0.0 { self.usage / self.limit * 100.0 } else { 0.0 }),
+                "remaining": number((self.limit - self.usage).max(0.0)),
+                "period": limit.map(|l| l.period.as_str()),
+                "windowStart": instant(self.window_start_ms),
+                "windowEnd": instant(self.window_end_ms),
+            }),
+        }
     }
 }
 
@@ -112,6 +163,34 @@ mod tests {
     }
 
     #[test]
+    fn crossings_become_full_messages() {
+        let customer = CustomerId::parse("c", "c1").unwrap();
+        let crossing = Crossing {
+            id: "msg_abc80".into(),
+            exceeded: false,
+            threshold: 80.0,
+            limit_id: "lmt_1".into(),
+            window_start_ms: 1_795_219_200_000,
+            window_end_ms: 1_795_305_600_000,
+            limit: 100.0,
+            usage: 85.0,
+            at_ms: 1_795_219_300_000,
+        };
+        let message = crossing.message(&customer, None);
+        assert_eq!(message.kind, "limit.threshold_reached");
+        let data = &message.data;
+        assert_eq!(data["threshold"], 80);
+        assert_eq!(data["percentage"], 85);
+        assert_eq!(data["remaining"], 15);
+        assert_eq!(data["windowStart"], "2026-11-21T00:00:00.000Z");
+        assert_eq!(
+            data["limitName"],
+            Value::Null,
+            "a deleted limit has no name any more"
+        );
+    }
+
+    #[test]
     fn payload_formats_the_creation_time() {
         let message = QueuedMessage {
             id: "msg_x".into(),
@@ -120,6 +199,7 @@ mod tests {
             data: json!({"threshold": 100}),
         };
         let payload = message.payload();
+        assert!(payload["data"].is_object());
         assert_eq!(payload["createdAt"], "2026-11-21T00:00:00.000Z");
         assert_eq!(payload["type"], "limit.exceeded");
     }

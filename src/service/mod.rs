@@ -31,6 +31,8 @@ pub struct Settings {
     pub alert_sweep: std::time::Duration,
     /// How far back meter queries with dates can reach (the storage's roll-up retention).
     pub rollup_retention: std::time::Duration,
+    /// How long listed events stay visible (the storage's event retention).
+    pub event_retention: std::time::Duration,
 }
 
 /// Everything a request handler needs: storage, the config cache, the clock and settings.

@@ -15,7 +15,7 @@ use crate::domain::ids::{CustomerId, IdKind};
 use crate::domain::meter::Aggregation;
 use crate::domain::time::parse_rfc3339;
 use crate::domain::usage::{CustomerCalendar, EventPlan, LimitState, hour_of, plan_event};
-use crate::storage::usage::{CounterReading, EventLogQuery, EventWrite, Mode, RecordOutcome};
+use crate::storage::usage::{CounterReading, EventWrite, Mode, RecordOutcome};
 use crate::storage::{ConfigOp, Kind};
 
 pub const MAX_BATCH: usize = 1000;
@@ -144,7 +144,8 @@ impl Gateway {
         }
         let customer = match self.store.get(Kind::Customer, id.as_str()).await? {
             Some(doc) => {
-                let customer: Customer = serde_json::from_str(&doc).map_err(|e| corrupt("customers", e))?;
+                let customer: Customer =
+                    serde_json::from_str(&doc).map_err(|e| corrupt("customers", e))?;
                 self.cache.remember_customer(customer.clone());
                 Some(customer)
             }
@@ -444,42 +445,47 @@ impl Gateway {
         })
     }
 
-    /// Newest first; pages resume strictly before the previous page's last event.
+    /// Newest first; pages resume strictly before the previous page's last event. The log is
+    /// short (capped per customer), so it is read whole and ordered here.
     pub async fn list_events(&self, query: EventListQuery) -> ServiceResult<Page<Event>> {
-        const CHUNK: usize = 200;
-        let mut before = query.before.clone();
+        let members = self.store.event_log(&query.customer_id).await?;
+        let oldest = self.clock.now()
+            - TimeDelta::from_std(self.settings.event_retention).unwrap_or(TimeDelta::MAX);
+        let from = query
+            .start
+            .map_or(oldest, |start| start.max(oldest))
+            .timestamp_millis();
+        let low = crate::storage::usage::log_position(from, "");
+        let mut entries: Vec<(&str, &str)> = members
+            .iter()
+            .filter_map(|member| split_log_member(member))
+            .filter(|(position, _)| *position >= low.as_str())
+            .filter(|(position, _)| {
+                query.end.is_none_or(|end| {
+                    *position
+                        < crate::storage::usage::log_position(end.timestamp_millis(), "").as_str()
+                })
+            })
+            .filter(|(position, _)| {
+                query
+                    .before
+                    .as_deref()
+                    .is_none_or(|before| *position < before)
+            })
+            .collect();
+        entries.sort_unstable_by(|a, b| b.0.cmp(a.0));
         let mut items: Vec<(String, Event)> = Vec::new();
-        'scan: loop {
-            let log_query = EventLogQuery {
-                before: before.clone(),
-                from_ms: query.start.map(|s| s.timestamp_millis()),
-                to_ms: query.end.map(|e| e.timestamp_millis()),
-                limit: CHUNK,
-            };
-            let members = self
-                .store
-                .list_events(&query.customer_id, &log_query)
-                .await?;
-            let exhausted = members.len() < CHUNK;
-            for member in members {
-                let Some((position, json)) = split_log_member(&member) else {
-                    continue;
-                };
-                before = Some(position.to_string());
-                let event: Event = serde_json::from_str(json).map_err(|e| corrupt("events", e))?;
-                if query
-                    .event_type
-                    .as_ref()
-                    .is_none_or(|t| *t == event.event_type)
-                {
-                    items.push((position.to_string(), event));
-                    if items.len() > query.limit {
-                        break 'scan;
-                    }
+        for (position, json) in entries {
+            let event: Event = serde_json::from_str(json).map_err(|e| corrupt("events", e))?;
+            if query
+                .event_type
+                .as_ref()
+                .is_none_or(|t| *t == event.event_type)
+            {
+                items.push((position.to_string(), event));
+                if items.len() > query.limit {
+                    break;
                 }
-            }
-            if exhausted {
-                break;
             }
         }
         let has_more = items.len() > query.limit;

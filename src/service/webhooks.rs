@@ -17,7 +17,7 @@ use super::Gateway;
 use super::config::to_doc;
 use super::error::{Resource, ServiceError, ServiceResult, corrupt};
 use super::page::{Page, PageRequest, encode_cursor};
-use crate::domain::alert::QueuedMessage;
+use crate::domain::alert::{Crossing, QueuedMessage};
 use crate::domain::ids::{CustomerId, IdKind};
 use crate::domain::time::rfc3339;
 use crate::domain::webhook::{
@@ -256,35 +256,43 @@ impl Gateway {
         self.outboxes.note(customer);
     }
 
-    /// Hands a customer's outbox over to the delivery schedule.
+    /// Hands a customer's outbox over to the delivery schedule: each crossing becomes a
+    /// message, named from the limit's current config, for the endpoints that want it.
     pub async fn hand_over_outbox(&self, customer: &CustomerId) -> ServiceResult<usize> {
-        let messages = self.store.outbox(customer).await?;
+        let entries = self.store.outbox(customer).await?;
         let now = self.clock.now().timestamp_millis();
-        for text in &messages {
-            let message: QueuedMessage = match serde_json::from_str(text) {
-                Ok(message) => message,
+        for entry in &entries {
+            let crossing: Crossing = match serde_json::from_str(entry) {
+                Ok(crossing) => crossing,
                 Err(error) => {
-                    tracing::error!(%error, "dropping undecodable alert message");
-                    self.store.hand_over(customer, "", text, &[], now).await?;
+                    tracing::error!(%error, "dropping an undecodable alert crossing");
+                    self.store
+                        .hand_over(customer, "", "", entry, &[], now)
+                        .await?;
                     continue;
                 }
             };
-            let endpoints: Vec<String> = {
+            let (message, endpoints) = {
                 let cache = self.cache.read();
-                let mut ids: Vec<String> = cache
+                let message = crossing.message(
+                    customer,
+                    cache.limits.get(&crossing.limit_id).map(|l| l.as_ref()),
+                );
+                let mut endpoints: Vec<String> = cache
                     .webhooks
                     .values()
                     .filter(|w| w.wants(&message.kind))
                     .map(|w| w.id.clone())
                     .collect();
-                ids.sort();
-                ids
+                endpoints.sort();
+                (message, endpoints)
             };
+            let text = serde_json::to_string(&message).expect("messages serialize");
             self.store
-                .hand_over(customer, &message.id, text, &endpoints, now)
+                .hand_over(customer, &message.id, &text, entry, &endpoints, now)
                 .await?;
         }
-        Ok(messages.len())
+        Ok(entries.len())
     }
 
     /// Hands over every customer's outbox that has messages: what a node that died after

@@ -47,12 +47,14 @@ pub trait AlertStore: Send + Sync + 'static {
     async fn outbox_lengths(&self, customers: &[CustomerId]) -> StoreResult<Vec<usize>>;
 
     /// Schedules `message` (JSON, ID `message_id`) for each endpoint at `now_ms`, unless it was
-    /// scheduled before; then removes that exact entry from the customer's outbox.
+    /// scheduled before; then removes `outbox_entry` (the crossing it came from) from the
+    /// customer's outbox. An empty `message_id` only removes the entry.
     async fn hand_over(
         &self,
         customer: &CustomerId,
         message_id: &str,
         message: &str,
+        outbox_entry: &str,
         endpoints: &[String],
         now_ms: i64,
     ) -> StoreResult<()>;

@@ -11,13 +11,12 @@ use super::alerts::{
 };
 use super::keys::Keys;
 use super::usage::{
-    CounterReading, EventLogQuery, EventOps, EventWrite, KeyOp, Mode, OpKind,
-    RESERVATION_AFTERLIFE_MS, RecordOutcome, Retention, Rollups, StoredReservation, UsageStore,
-    decode_rollup, event_ops, parse_counter,
+    CounterReading, EventOps, EventWrite, KeyOp, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
+    RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, decode_rollup, event_ops,
+    parse_counter,
 };
 use super::{ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreResult};
-use crate::domain::alert::EXCEEDED;
-use crate::domain::field::Quantity;
+use crate::domain::alert::{Crossing, EXCEEDED};
 use crate::domain::ids::CustomerId;
 use crate::domain::usage::CounterId;
 
@@ -252,7 +251,6 @@ enum Value {
     List(VecDeque<String>),
     Text(String),
     Hash(HashMap<String, String>),
-    Log(std::collections::BTreeSet<String>),
 }
 
 fn now_ms() -> i64 {
@@ -512,27 +510,15 @@ impl MemoryUsage {
             }
         }
         if !event.log_member.is_empty() {
-            if !matches!(
-                self.live(&event.log_key, now).map(|e| &e.value),
-                Some(Value::Log(_))
-            ) {
-                self.entries.insert(
-                    event.log_key.clone(),
-                    Entry {
-                        value: Value::Log(Default::default()),
-                        expire_at_ms: None,
-                    },
-                );
-            }
-            if let Some(entry) = self.entries.get_mut(&event.log_key) {
-                entry.expire_at_ms = Some(now + event.log_ttl_ms);
-                if let Value::Log(log) = &mut entry.value {
-                    log.insert(event.log_member.clone());
-                    let bound = event.log_trim_below.trim_start_matches('(').to_string();
-                    *log = log.split_off(&bound);
-                    while log.len() > event.log_cap {
-                        log.pop_first();
-                    }
+            self.push(&event.log_key, event.log_member.clone(), now);
+            if let Some(Entry {
+                value: Value::List(log),
+                expire_at_ms,
+            }) = self.entries.get_mut(&event.log_key)
+            {
+                *expire_at_ms = Some(now + event.log_ttl_ms);
+                while log.len() > event.log_cap {
+                    log.pop_front();
                 }
             }
         }
@@ -579,29 +565,21 @@ impl MemoryUsage {
                 ) {
                     entry.expire_at_ms = Some(until);
                 }
-                let Ok(mut message) =
-                    serde_json::from_str::<serde_json::Value>(&alert.rule.template)
-                else {
-                    continue;
+                let rule = &alert.rule;
+                let (window_start_ms, window_end_ms) = rule.window_ms.unwrap_or((0, 0));
+                let crossing = Crossing {
+                    id: format!("msg_{}{threshold}", rule.id_base),
+                    exceeded: threshold == EXCEEDED,
+                    threshold: percent,
+                    limit_id: rule.limit_id.clone(),
+                    window_start_ms,
+                    window_end_ms,
+                    limit: rule.limit_value,
+                    usage: is.used,
+                    at_ms: now,
                 };
-                let base = message["idBase"].as_str().unwrap_or_default().to_string();
-                let limit = alert.rule.limit_value;
-                message["id"] = format!("msg_{base}{threshold}").into();
-                message.as_object_mut().map(|m| m.remove("idBase"));
-                message["type"] = if threshold == EXCEEDED {
-                    "limit.exceeded"
-                } else {
-                    "limit.threshold_reached"
-                }
-                .into();
-                message["createdAtMs"] = now.into();
-                let number =
-                    |v: f64| serde_json::to_value(Quantity::from_f64(v)).unwrap_or_default();
-                message["data"]["threshold"] = number(percent);
-                message["data"]["currentUsage"] = number(is.used);
-                message["data"]["percentage"] = number(is.used / limit * 100.0);
-                message["data"]["remaining"] = number((limit - is.used).max(0.0));
-                self.push(&event.outbox_key, message.to_string(), now);
+                let message = serde_json::to_string(&crossing).unwrap_or_default();
+                self.push(&event.outbox_key, message, now);
                 queued += 1;
             }
         }
@@ -830,46 +808,18 @@ impl UsageStore for MemoryStore {
         })
     }
 
-    async fn list_events(
-        &self,
-        customer: &CustomerId,
-        query: &EventLogQuery,
-    ) -> StoreResult<Vec<String>> {
-        let now = now_ms();
+    async fn event_log(&self, customer: &CustomerId) -> StoreResult<Vec<String>> {
         let mut usage = self.usage();
-        let Some(Value::Log(log)) = usage
-            .live(&self.keys.event_log(customer), now)
-            .map(|e| &e.value)
-        else {
-            return Ok(Vec::new());
-        };
-        let (low, high) = log_bounds(query);
-        Ok(log
-            .range::<str, _>((
-                std::ops::Bound::Included(low.as_str()),
-                std::ops::Bound::Excluded(high.as_str()),
-            ))
-            .rev()
-            .take(query.limit)
-            .cloned()
-            .collect())
+        Ok(
+            match usage
+                .live(&self.keys.event_log(customer), now_ms())
+                .map(|e| &e.value)
+            {
+                Some(Value::List(list)) => list.iter().cloned().collect(),
+                _ => Vec::new(),
+            },
+        )
     }
-}
-
-/// Lexical bounds `[low, high)` of a log query over members `<ts13>:<id>:<json>`.
-pub fn log_bounds(query: &EventLogQuery) -> (String, String) {
-    let low = format!("{:013}", query.from_ms.unwrap_or(0).max(0));
-    // `;` sorts right after `:`, so "<ts>;" is above every member of millisecond `ts`.
-    let mut high = match query.to_ms {
-        Some(to) => format!("{:013}", to.max(0)),
-        None => "9999999999999;".to_string(),
-    };
-    if let Some(before) = &query.before
-        && before.as_str() < high.as_str()
-    {
-        high = before.clone();
-    }
-    (low, high)
 }
 
 // --- alerts --------------------------------------------------------------------------------
@@ -929,15 +879,17 @@ impl AlertStore for MemoryStore {
         customer: &CustomerId,
         message_id: &str,
         message: &str,
+        outbox_entry: &str,
         endpoints: &[String],
         now_ms: i64,
     ) -> StoreResult<()> {
         {
             let mut alerts = self.alerts();
-            let fresh = alerts
-                .messages
-                .get(message_id)
-                .is_none_or(|(_, until)| *until <= now_ms);
+            let fresh = !message_id.is_empty()
+                && alerts
+                    .messages
+                    .get(message_id)
+                    .is_none_or(|(_, until)| *until <= now_ms);
             if fresh {
                 alerts.messages.insert(
                     message_id.to_string(),
@@ -956,7 +908,7 @@ impl AlertStore for MemoryStore {
             value: Value::List(list),
             ..
         }) = usage.entries.get_mut(&self.keys.outbox(customer))
-            && let Some(index) = list.iter().position(|m| m == message)
+            && let Some(index) = list.iter().position(|m| m == outbox_entry)
         {
             list.remove(index);
         }

@@ -15,11 +15,9 @@ use super::alerts::{
     split_delivery_member,
 };
 use super::keys::Keys;
-use super::memory::log_bounds;
 use super::usage::{
-    CounterReading, EventLogQuery, EventOps, EventWrite, Mode, RESERVATION_AFTERLIFE_MS,
-    RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, decode_answer, decode_rollup,
-    event_ops, parse_counter,
+    CounterReading, EventOps, EventWrite, Mode, RESERVATION_AFTERLIFE_MS, RecordOutcome, Retention,
+    Rollups, StoredReservation, UsageStore, decode_answer, decode_rollup, event_ops, parse_counter,
 };
 use super::{
     ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreError, StoreResult,
@@ -563,11 +561,10 @@ fn usage_call(script: &Script, event: &EventOps) -> Cmd {
         .arg(dedupe_ttl)
         .arg(&event.event_id)
         .arg(&event.log_member)
-        .arg(&event.log_trim_below)
+        .arg(event.log_cap)
         .arg(event.log_ttl_ms)
         .arg(&event.reservation_doc)
         .arg(event.reservation_ttl_ms)
-        .arg(event.log_cap)
         .arg(event.ops.len());
     for op in &event.ops {
         cmd.arg(op.kind.code())
@@ -580,11 +577,16 @@ fn usage_call(script: &Script, event: &EventOps) -> Cmd {
     }
     cmd.arg(event.alerts.len());
     for alert in &event.alerts {
+        let rule = &alert.rule;
+        let (start, end) = rule.window_ms.unwrap_or((0, 0));
         cmd.arg(alert.op_index + 1)
-            .arg(format!("{}", alert.rule.limit_value))
-            .arg(&alert.rule.thresholds)
-            .arg(alert.rule.fired_until_ms.unwrap_or(0))
-            .arg(&alert.rule.template);
+            .arg(format!("{}", rule.limit_value))
+            .arg(&rule.thresholds)
+            .arg(rule.fired_until_ms.unwrap_or(0))
+            .arg(&rule.id_base)
+            .arg(&rule.limit_id)
+            .arg(start)
+            .arg(end);
     }
     cmd
 }
@@ -837,24 +839,14 @@ impl UsageStore for RedisStore {
         })
     }
 
-    async fn list_events(
-        &self,
-        customer: &CustomerId,
-        query: &EventLogQuery,
-    ) -> StoreResult<Vec<String>> {
-        let (low, high) = log_bounds(query);
+    async fn event_log(&self, customer: &CustomerId) -> StoreResult<Vec<String>> {
         let mut conn = self.conn();
         self.guarded(
             CONFIG_DEADLINE,
-            redis::cmd("ZRANGE")
+            redis::cmd("LRANGE")
                 .arg(self.keys.event_log(customer))
-                .arg(format!("({high}"))
-                .arg(format!("[{low}"))
-                .arg("BYLEX")
-                .arg("REV")
-                .arg("LIMIT")
                 .arg(0)
-                .arg(query.limit)
+                .arg(-1)
                 .query_async(&mut conn),
         )
         .await
@@ -939,18 +931,21 @@ impl AlertStore for RedisStore {
         customer: &CustomerId,
         message_id: &str,
         message: &str,
+        outbox_entry: &str,
         endpoints: &[String],
         now_ms: i64,
     ) -> StoreResult<()> {
-        let message_key = self.keys.webhook_message(message_id);
-        let due = self.keys.webhook_due();
-        let ttl = MESSAGE_TTL_MS.to_string();
-        let now = now_ms.to_string();
-        let mut args: Vec<&str> = vec![message_id, &ttl, &now, message];
-        args.extend(endpoints.iter().map(String::as_str));
-        let call = evalsha(&self.alert_hand_over, &[&message_key, &due], &args);
-        self.eval_many(&self.alert_hand_over, &[call], CONFIG_DEADLINE)
-            .await?;
+        if !message_id.is_empty() {
+            let message_key = self.keys.webhook_message(message_id);
+            let due = self.keys.webhook_due();
+            let ttl = MESSAGE_TTL_MS.to_string();
+            let now = now_ms.to_string();
+            let mut args: Vec<&str> = vec![message_id, &ttl, &now, message];
+            args.extend(endpoints.iter().map(String::as_str));
+            let call = evalsha(&self.alert_hand_over, &[&message_key, &due], &args);
+            self.eval_many(&self.alert_hand_over, &[call], CONFIG_DEADLINE)
+                .await?;
+        }
         let mut conn = self.conn();
         let _: i64 = self
             .guarded(
@@ -958,7 +953,7 @@ impl AlertStore for RedisStore {
                 redis::cmd("LREM")
                     .arg(self.keys.outbox(customer))
                     .arg(1)
-                    .arg(message)
+                    .arg(outbox_entry)
                     .query_async(&mut conn),
             )
             .await?;

@@ -117,8 +117,6 @@ pub struct EventOps {
     /// Member of the event log (`<ts13>:<eventId>:<json>`), ordered by time then ID; empty
     /// for a reservation, which logs nothing.
     pub log_member: String,
-    /// Log members below this bound are past retention and trimmed.
-    pub log_trim_below: String,
     pub log_ttl_ms: i64,
     pub log_cap: usize,
     pub reservation_key: Option<String>,
@@ -309,7 +307,6 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
         dedupe_ttl_ms: retention.idempotency.as_millis() as i64,
         log_key: keys.event_log(customer),
         log_member,
-        log_trim_below: format!("({:013}", (now_ms - events_ms).max(0)),
         log_ttl_ms: events_ms,
         log_cap: retention.events_per_customer,
         reservation_key: reservation.map(|r| keys.reservation(customer, &r.id)),
@@ -430,16 +427,6 @@ pub fn decode_rollup(fields: HashMap<String, String>) -> HashMap<String, RollupC
     cells
 }
 
-/// A window of the event log, newest first.
-#[derive(Debug, Clone)]
-pub struct EventLogQuery {
-    /// Exclusive upper bound: a position (`<ts13>:<id>`) from a previous page.
-    pub before: Option<String>,
-    pub from_ms: Option<i64>,
-    pub to_ms: Option<i64>,
-    pub limit: usize,
-}
-
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
     /// Writes events, each in one atomic step; many events go in one round trip.
@@ -462,12 +449,8 @@ pub trait UsageStore: Send + Sync + 'static {
         hours: Option<(i64, i64)>,
     ) -> StoreResult<Rollups>;
 
-    /// Raw log members (`<ts13>:<id>:<json>`), newest first.
-    async fn list_events(
-        &self,
-        customer: &CustomerId,
-        query: &EventLogQuery,
-    ) -> StoreResult<Vec<String>>;
+    /// The customer's event log: members `<ts13>:<id>:<json>`, oldest written first.
+    async fn event_log(&self, customer: &CustomerId) -> StoreResult<Vec<String>>;
 
     async fn reservation(
         &self,

@@ -245,6 +245,7 @@ pub fn settings() -> Settings {
         webhook_destinations: quotagate::domain::webhook::Destinations::Any,
         alert_sweep: Duration::from_secs(1),
         rollup_retention: quotagate::storage::usage::Retention::default().rollups,
+        event_retention: quotagate::storage::usage::Retention::default().events,
     }
 }
 
