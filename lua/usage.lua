@@ -133,9 +133,13 @@ for i = 1, op_count do
   local kind, field, value, at, expire = op_args(i)
   local key = KEYS[2 + 2 * i]
   local before, after
+  -- Sums learn whether they created the key from their result, which saves a read; the
+  -- others check the TTL.
+  local created = nil
   if kind == 'add' then
-    before = redis.call('GET', key)
     after = redis.call('INCRBYFLOAT', key, value)
+    before = tostring(tonumber(after) - tonumber(value))
+    created = tonumber(after) == tonumber(value)
   elseif kind == 'max' then
     before = redis.call('GET', key)
     if not before or tonumber(value) > tonumber(before) then
@@ -154,8 +158,9 @@ for i = 1, op_count do
       after = before
     end
   elseif kind == 'hadd' then
-    before = redis.call('HGET', key, field)
     after = redis.call('HINCRBYFLOAT', key, field, value)
+    before = tostring(tonumber(after) - tonumber(value))
+    created = tonumber(after) == tonumber(value)
   elseif kind == 'hmax' then
     before = redis.call('HGET', key, field)
     if not before or tonumber(value) > tonumber(before) then
@@ -174,13 +179,18 @@ for i = 1, op_count do
       after = before
     end
   elseif kind == 'hsetnx' then
-    redis.call('HSETNX', key, field, value)
+    created = redis.call('HSETNX', key, field, value) == 1
     after = value
   else
     return redis.error_reply('unknown op ' .. kind)
   end
-  if expire ~= '0' and redis.call('PTTL', key) == -1 then
-    redis.call('PEXPIREAT', key, expire)
+  if expire ~= '0' then
+    if created == nil then
+      created = redis.call('PTTL', key) == -1
+    end
+    if created then
+      redis.call('PEXPIREAT', key, expire)
+    end
   end
   out[#out + 1] = before or ''
   out[#out + 1] = after

@@ -390,12 +390,15 @@ impl Gateway {
             for (bucket, cells) in &rollups.buckets {
                 let mut hour = Accumulator::new(meter.aggregation);
                 for (dims_hash, cell) in cells {
-                    let wanted = query.dimensions.as_ref().is_none_or(|wanted| {
-                        rollups
-                            .dimensions
-                            .get(dims_hash)
-                            .is_some_and(|dims| wanted.iter().all(|(k, v)| dims.get(k) == Some(v)))
-                    });
+                    let wanted = query
+                        .dimensions
+                        .as_ref()
+                        .filter(|d| !d.is_empty())
+                        .is_none_or(|wanted| {
+                            rollups.dimensions.get(dims_hash).is_some_and(|dims| {
+                                wanted.iter().all(|(k, v)| dims.get(k) == Some(v))
+                            })
+                        });
                     if wanted {
                         hour.add(cell.value, cell.at_ms);
                     }

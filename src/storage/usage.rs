@@ -277,6 +277,10 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
             at_ms,
             0,
         ));
+        // Events without dimensions need no entry: no dimension filter can match them.
+        if rollup.dimensions.is_empty() {
+            continue;
+        }
         ops.push(plain(
             keys.rollup_dimensions(customer, &rollup.meter_id),
             OpKind::HashSetIfAbsent,
