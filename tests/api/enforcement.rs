@@ -3,7 +3,7 @@
 use chrono::TimeDelta;
 use serde_json::{Value, json};
 
-use crate::common::TestApp;
+use crate::common::{TestApp, state};
 use crate::every_store;
 
 every_store!(
@@ -19,24 +19,8 @@ every_store!(
     bad_decision_input,
 );
 
-async fn limit(app: &TestApp, body: Value) -> String {
-    app.post("/v1/limits", body).await.assert_status(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn tokens(customer: &str, n: f64) -> Value {
     json!({"customerId": customer, "eventType": "llm", "values": {"tokens": n}})
-}
-
-fn state<'a>(answer: &'a Value, limit_id: &str) -> &'a Value {
-    answer["limits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["id"] == limit_id)
-        .expect("limit listed")
 }
 
 async fn used(app: &TestApp, customer: &str, limit_id: &str) -> (Value, Value) {
@@ -49,11 +33,9 @@ async fn used(app: &TestApp, customer: &str, limit_id: &str) -> (Value, Value) {
 
 async fn consume_admits_until_full_then_refuses(app: TestApp) {
     let meter = app.tokens_meter().await;
-    let hourly = limit(
-        &app,
-        json!({"name": "h", "meterId": meter, "limitValue": 10, "period": "hour"}),
-    )
-    .await;
+    let hourly = app
+        .limit(json!({"name": "h", "meterId": meter, "limitValue": 10, "period": "hour"}))
+        .await;
     for _ in 0..2 {
         let answer = app.post("/v1/limits/consume", tokens("cons", 4.0)).await;
         let body = answer.assert_status(200);
@@ -91,11 +73,9 @@ async fn consume_admits_until_full_then_refuses(app: TestApp) {
     );
     assert_eq!(used(&app, "cons", &hourly).await.0, 10);
     // A counter starts with its limit: a new all_time limit counts from now on.
-    let all_time = limit(
-        &app,
-        json!({"name": "a", "meterId": meter, "limitValue": 10, "period": "all_time"}),
-    )
-    .await;
+    let all_time = app
+        .limit(json!({"name": "a", "meterId": meter, "limitValue": 10, "period": "all_time"}))
+        .await;
     assert_eq!(
         app.post("/v1/limits/consume", tokens("forever", 10.0))
             .await
@@ -118,16 +98,12 @@ async fn consume_is_all_or_nothing_across_limits(app: TestApp) {
     let calls = app
         .meter(json!({"name": "calls", "aggregation": "count", "field": "*"}))
         .await;
-    let roomy = limit(
-        &app,
-        json!({"name": "roomy", "meterId": meter, "limitValue": 1000, "period": "day"}),
-    )
-    .await;
-    let tight = limit(
-        &app,
-        json!({"name": "tight", "meterId": calls, "limitValue": 1, "period": "day"}),
-    )
-    .await;
+    let roomy = app
+        .limit(json!({"name": "roomy", "meterId": meter, "limitValue": 1000, "period": "day"}))
+        .await;
+    let tight = app
+        .limit(json!({"name": "tight", "meterId": calls, "limitValue": 1, "period": "day"}))
+        .await;
     assert_eq!(
         app.post("/v1/limits/consume", tokens("aon", 5.0))
             .await
@@ -160,9 +136,9 @@ async fn consume_count_max_latest_rules(app: TestApp) {
     let latest = app
         .meter(json!({"name": "l", "aggregation": "latest", "field": "values.level"}))
         .await;
-    limit(&app, json!({"name": "c", "meterId": count, "limitValue": 2, "period": "day", "customerId": "rules"})).await;
-    limit(&app, json!({"name": "m", "meterId": max, "limitValue": 100, "period": "day", "customerId": "rules"})).await;
-    limit(&app, json!({"name": "l", "meterId": latest, "limitValue": 10, "period": "day", "customerId": "rules"})).await;
+    app.limit(json!({"name": "c", "meterId": count, "limitValue": 2, "period": "day", "customerId": "rules"})).await;
+    app.limit(json!({"name": "m", "meterId": max, "limitValue": 100, "period": "day", "customerId": "rules"})).await;
+    app.limit(json!({"name": "l", "meterId": latest, "limitValue": 10, "period": "day", "customerId": "rules"})).await;
     let consume = |values: Value| {
         let app = &app;
         async move {
@@ -193,11 +169,9 @@ async fn consume_count_max_latest_rules(app: TestApp) {
 
 async fn consume_honours_idempotency(app: TestApp) {
     let meter = app.tokens_meter().await;
-    let id = limit(
-        &app,
-        json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}),
-    )
-    .await;
+    let id = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}))
+        .await;
     let mut body = tokens("idc", 10.0);
     body["idempotencyKey"] = json!("once");
     let first = app.post("/v1/limits/consume", body.clone()).await;
@@ -210,11 +184,9 @@ async fn consume_honours_idempotency(app: TestApp) {
 
 async fn reservation_lifecycle(app: TestApp) {
     let meter = app.tokens_meter().await;
-    let id = limit(
-        &app,
-        json!({"name": "d", "meterId": meter, "limitValue": 1000, "period": "day"}),
-    )
-    .await;
+    let id = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 1000, "period": "day"}))
+        .await;
     let held = app
         .post("/v1/reservations", json!({"customerId": "rsv", "eventType": "llm", "values": {"tokens": 300}, "dimensions": {"model": "x"}}))
         .await;
@@ -316,11 +288,9 @@ async fn reservation_lifecycle(app: TestApp) {
 
 async fn reservations_count_as_reserved_everywhere(app: TestApp) {
     let meter = app.tokens_meter().await;
-    let id = limit(
-        &app,
-        json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}),
-    )
-    .await;
+    let id = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}))
+        .await;
     let held = app
         .post(
             "/v1/reservations",
@@ -369,11 +339,9 @@ async fn reservations_count_as_reserved_everywhere(app: TestApp) {
 
 async fn reservations_expire_without_any_call(app: TestApp) {
     let meter = app.tokens_meter().await;
-    let id = limit(
-        &app,
-        json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "month"}),
-    )
-    .await;
+    let id = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "month"}))
+        .await;
     let held = app
         .post("/v1/reservations", json!({"customerId": "exp", "eventType": "llm", "values": {"tokens": 90}, "ttlSeconds": 30}))
         .await;
@@ -417,11 +385,9 @@ async fn reservations_expire_without_any_call(app: TestApp) {
 
 async fn holds_never_leak_into_the_next_window(app: TestApp) {
     let meter = app.tokens_meter().await;
-    let minute = limit(
-        &app,
-        json!({"name": "m", "meterId": meter, "limitValue": 100, "period": "minute"}),
-    )
-    .await;
+    let minute = app
+        .limit(json!({"name": "m", "meterId": meter, "limitValue": 100, "period": "minute"}))
+        .await;
     let held = app
         .post("/v1/reservations", json!({"customerId": "leak", "eventType": "llm", "values": {"tokens": 80}, "ttlSeconds": 3600}))
         .await;
@@ -448,16 +414,11 @@ async fn reservation_refusals_and_conflicts(app: TestApp) {
     let max = app
         .meter(json!({"name": "peak", "aggregation": "max", "field": "values.tokens"}))
         .await;
-    let id = limit(
-        &app,
-        json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}),
-    )
-    .await;
-    limit(
-        &app,
-        json!({"name": "p", "meterId": max, "limitValue": 50, "period": "day"}),
-    )
-    .await;
+    let id = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}))
+        .await;
+    app.limit(json!({"name": "p", "meterId": max, "limitValue": 50, "period": "day"}))
+        .await;
     let too_big = app
         .post(
             "/v1/reservations",
@@ -559,11 +520,9 @@ async fn a_single_hold_is_capped_to_a_share_of_the_limit() {
     )
     .await;
     let meter = app.tokens_meter().await;
-    let id = limit(
-        &app,
-        json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}),
-    )
-    .await;
+    let id = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}))
+        .await;
     let big = app
         .post(
             "/v1/reservations",

@@ -4,7 +4,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::{Value, json};
 
-use crate::common::TestApp;
+use crate::common::{TestApp, state};
 use crate::every_store;
 
 every_store!(
@@ -28,14 +28,6 @@ fn iso(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-async fn limit(app: &TestApp, body: Value) -> String {
-    let response = app.post("/v1/limits", body).await;
-    response.assert_status(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 async fn record(app: &TestApp, body: Value) -> Value {
     app.post("/v1/events/record", body)
         .await
@@ -48,15 +40,6 @@ async fn check(app: &TestApp, body: Value) -> Value {
         .await
         .assert_status(200)
         .clone()
-}
-
-fn state<'a>(answer: &'a Value, limit_id: &str) -> &'a Value {
-    answer["limits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["id"] == limit_id)
-        .unwrap_or_else(|| panic!("limit {limit_id} not listed in {answer}"))
 }
 
 fn limit_ids(answer: &Value) -> Vec<String> {
@@ -82,8 +65,7 @@ async fn aggregations_sum_count_max_latest(app: TestApp) {
             .meter(json!({"name": aggregation, "aggregation": aggregation, "field": field}))
             .await;
         limits.push(
-            limit(
-                &app,
+            app.limit(
                 json!({"name": aggregation, "meterId": meter, "limitValue": 1000, "period": "day"}),
             )
             .await,
@@ -127,17 +109,13 @@ async fn dimension_filters_on_meters_and_limits(app: TestApp) {
         )
         .await;
     let all_meter = app.tokens_meter().await;
-    let on_gpt4_meter = limit(
-        &app,
-        json!({"name": "a", "meterId": gpt4_meter, "limitValue": 100, "period": "hour"}),
-    )
-    .await;
-    let eu_only = limit(&app, json!({"name": "b", "meterId": all_meter, "limitValue": 100, "period": "hour", "dimensionFilters": {"region": "eu"}})).await;
-    let everything = limit(
-        &app,
-        json!({"name": "c", "meterId": all_meter, "limitValue": 100, "period": "hour"}),
-    )
-    .await;
+    let on_gpt4_meter = app
+        .limit(json!({"name": "a", "meterId": gpt4_meter, "limitValue": 100, "period": "hour"}))
+        .await;
+    let eu_only = app.limit(json!({"name": "b", "meterId": all_meter, "limitValue": 100, "period": "hour", "dimensionFilters": {"region": "eu"}})).await;
+    let everything = app
+        .limit(json!({"name": "c", "meterId": all_meter, "limitValue": 100, "period": "hour"}))
+        .await;
     record(&app, json!({"customerId": "dims", "eventType": "llm", "values": {"tokens": 10}, "dimensions": {"model": "gpt-4", "region": "eu"}})).await;
     record(&app, json!({"customerId": "dims", "eventType": "llm", "values": {"tokens": 20}, "dimensions": {"model": "gpt-3", "region": "us"}})).await;
     let recorded = record(&app, json!({"customerId": "dims", "eventType": "img", "values": {"tokens": 40}, "dimensions": {"model": "gpt-4"}})).await;
@@ -175,17 +153,13 @@ async fn dimension_filters_on_meters_and_limits(app: TestApp) {
 
 async fn customer_limit_overrides_default(app: TestApp) {
     let meter = app.tokens_meter().await;
-    let default = limit(
-        &app,
-        json!({"name": "default", "meterId": meter, "limitValue": 100, "period": "day"}),
-    )
-    .await;
-    let monthly = limit(
-        &app,
-        json!({"name": "monthly", "meterId": meter, "limitValue": 1000, "period": "month"}),
-    )
-    .await;
-    let own = limit(&app, json!({"name": "vip", "meterId": meter, "limitValue": 500, "period": "day", "customerId": "vip"})).await;
+    let default = app
+        .limit(json!({"name": "default", "meterId": meter, "limitValue": 100, "period": "day"}))
+        .await;
+    let monthly = app
+        .limit(json!({"name": "monthly", "meterId": meter, "limitValue": 1000, "period": "month"}))
+        .await;
+    let own = app.limit(json!({"name": "vip", "meterId": meter, "limitValue": 500, "period": "day", "customerId": "vip"})).await;
     record(
         &app,
         json!({"customerId": "vip", "eventType": "llm", "values": {"tokens": 150}}),
@@ -214,16 +188,14 @@ async fn customer_limit_overrides_default(app: TestApp) {
 
 async fn backdated_events_land_in_their_own_window(app: TestApp) {
     let meter = app.tokens_meter().await;
-    let daily = limit(
-        &app,
-        json!({"name": "daily", "meterId": meter, "limitValue": 100, "period": "day"}),
-    )
-    .await;
-    let forever = limit(
-        &app,
-        json!({"name": "forever", "meterId": meter, "limitValue": 100, "period": "all_time"}),
-    )
-    .await;
+    let daily = app
+        .limit(json!({"name": "daily", "meterId": meter, "limitValue": 100, "period": "day"}))
+        .await;
+    let forever = app
+        .limit(
+            json!({"name": "forever", "meterId": meter, "limitValue": 100, "period": "all_time"}),
+        )
+        .await;
     let yesterday = Utc::now() - Duration::days(1);
     let recorded = record(&app, json!({"customerId": "late", "eventType": "llm", "values": {"tokens": 30}, "timestamp": iso(yesterday)})).await;
     let landed = state(&recorded, &daily);
@@ -248,11 +220,9 @@ async fn backdated_events_land_in_their_own_window(app: TestApp) {
 
 async fn future_timestamps_are_refused(app: TestApp) {
     let meter = app.tokens_meter().await;
-    let daily = limit(
-        &app,
-        json!({"name": "daily", "meterId": meter, "limitValue": 100, "period": "all_time"}),
-    )
-    .await;
+    let daily = app
+        .limit(json!({"name": "daily", "meterId": meter, "limitValue": 100, "period": "all_time"}))
+        .await;
     let soon = Utc::now() + Duration::minutes(4);
     record(&app, json!({"customerId": "fut", "eventType": "llm", "values": {"tokens": 1}, "timestamp": iso(soon)})).await;
     let too_far = Utc::now() + Duration::minutes(6);
@@ -267,11 +237,9 @@ async fn future_timestamps_are_refused(app: TestApp) {
 
 async fn idempotent_replays_count_once(app: TestApp) {
     let meter = app.tokens_meter().await;
-    let total = limit(
-        &app,
-        json!({"name": "t", "meterId": meter, "limitValue": 1000, "period": "all_time"}),
-    )
-    .await;
+    let total = app
+        .limit(json!({"name": "t", "meterId": meter, "limitValue": 1000, "period": "all_time"}))
+        .await;
     let body = json!({"customerId": "idem", "eventType": "llm", "values": {"tokens": 5}, "idempotencyKey": "req-1"});
     let first = app.post("/v1/events/record", body.clone()).await;
     assert_eq!(first.header("idempotent-replayed"), None);
@@ -320,11 +288,9 @@ async fn idempotent_replays_count_once(app: TestApp) {
 
 async fn changing_limit_value_keeps_usage(app: TestApp) {
     let meter = app.tokens_meter().await;
-    let id = limit(
-        &app,
-        json!({"name": "d", "meterId": meter, "limitValue": 10, "period": "day"}),
-    )
-    .await;
+    let id = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 10, "period": "day"}))
+        .await;
     record(
         &app,
         json!({"customerId": "chg", "eventType": "llm", "values": {"tokens": 12}}),
@@ -344,11 +310,9 @@ async fn changing_limit_value_keeps_usage(app: TestApp) {
 
 async fn unknown_customers(app: TestApp) {
     let meter = app.tokens_meter().await;
-    let default = limit(
-        &app,
-        json!({"name": "d", "meterId": meter, "limitValue": 10, "period": "day"}),
-    )
-    .await;
+    let default = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 10, "period": "day"}))
+        .await;
     let answer = check(&app, json!({"customerId": "ghost"})).await;
     assert_eq!(answer["allowed"], true);
     assert_eq!(answer["customerId"], "ghost");
@@ -367,11 +331,9 @@ async fn unknown_customers(app: TestApp) {
 
 async fn batch_validates_whole_batch_first(app: TestApp) {
     let meter = app.tokens_meter().await;
-    let total = limit(
-        &app,
-        json!({"name": "t", "meterId": meter, "limitValue": 1000, "period": "all_time"}),
-    )
-    .await;
+    let total = app
+        .limit(json!({"name": "t", "meterId": meter, "limitValue": 1000, "period": "all_time"}))
+        .await;
     let good = json!({"customerId": "bat", "eventType": "llm", "values": {"tokens": 1}});
     let mut events: Vec<Value> = (0..20).map(|_| good.clone()).collect();
     events[17] = json!({"customerId": "bat", "eventType": "llm", "values": {"tokens": "many"}});
@@ -591,21 +553,15 @@ fn expected_reset(period: &str, tz: Tz, now: DateTime<Utc>) -> i64 {
 
 async fn reset_matches_independent_computation(app: TestApp) {
     let meter = app.tokens_meter().await;
-    let day = limit(
-        &app,
-        json!({"name": "day", "meterId": meter, "limitValue": 10, "period": "day"}),
-    )
-    .await;
-    let week = limit(
-        &app,
-        json!({"name": "week", "meterId": meter, "limitValue": 10, "period": "week"}),
-    )
-    .await;
-    let hour = limit(
-        &app,
-        json!({"name": "hour", "meterId": meter, "limitValue": 10, "period": "hour"}),
-    )
-    .await;
+    let day = app
+        .limit(json!({"name": "day", "meterId": meter, "limitValue": 10, "period": "day"}))
+        .await;
+    let week = app
+        .limit(json!({"name": "week", "meterId": meter, "limitValue": 10, "period": "week"}))
+        .await;
+    let hour = app
+        .limit(json!({"name": "hour", "meterId": meter, "limitValue": 10, "period": "hour"}))
+        .await;
     for zone in [
         "Asia/Kolkata",
         "America/New_York",
@@ -650,11 +606,8 @@ async fn reset_matches_independent_computation(app: TestApp) {
 
 async fn deleted_meter_stops_counting(app: TestApp) {
     let meter = app.tokens_meter().await;
-    limit(
-        &app,
-        json!({"name": "d", "meterId": meter, "limitValue": 10, "period": "day"}),
-    )
-    .await;
+    app.limit(json!({"name": "d", "meterId": meter, "limitValue": 10, "period": "day"}))
+        .await;
     app.delete(&format!("/v1/meters/{meter}"))
         .await
         .assert_status(200);

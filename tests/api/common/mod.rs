@@ -441,6 +441,27 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Creates a limit and returns its ID.
+    pub async fn limit(&self, body: Value) -> String {
+        let response = self.post("/v1/limits", body).await;
+        response.assert_status(201)["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// The state of `limit_id` in a decision or record answer.
+pub fn state<'a>(answer: &'a Value, limit_id: &str) -> &'a Value {
+    answer["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == limit_id)
+        .unwrap_or_else(|| panic!("limit {limit_id} not listed in {answer}"))
+}
+
 /// A real gateway process, on a free port.
 pub struct GatewayProcess {
     pub address: SocketAddr,
