@@ -14,7 +14,7 @@
 -- ARGV[4]   event ID (record/consume) or reservation ID (reserve)
 -- ARGV[5]   event log member ('' for none)
 -- ARGV[6]   how many events the log keeps at most (the oldest go first)
--- ARGV[7]   event log TTL in ms
+-- ARGV[7]   event log TTL in ms (refreshed on about one write in 64)
 -- ARGV[8]   reservation record: JSON document ('' unless reserving)
 -- ARGV[9]   reservation record TTL in ms
 -- ARGV[10]  number of ops n
@@ -62,8 +62,16 @@ local function reserved_on(holds_key)
   return total
 end
 
-if tonumber(ARGV[3]) > 0 then
-  local first = redis.call('GET', KEYS[1])
+-- Recording never refuses, so it claims the idempotency key at once (one call); decisions
+-- claim it only once they know they write.
+local dedupe = tonumber(ARGV[3]) > 0
+if dedupe then
+  local first
+  if mode == 'record' then
+    first = redis.call('SET', KEYS[1], ARGV[4], 'NX', 'PX', ARGV[3], 'GET')
+  else
+    first = redis.call('GET', KEYS[1])
+  end
   if first then
     return {1, first}
   end
@@ -101,7 +109,7 @@ if refused then
   return state
 end
 
-if tonumber(ARGV[3]) > 0 then
+if dedupe and mode ~= 'record' then
   redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
 end
 
@@ -229,10 +237,17 @@ for r = 1, rule_count do
 end
 out[2] = tostring(alerts)
 
+-- The log is trimmed when it outgrows its cap, and its TTL refreshed now and then: an active
+-- customer's log never expires, an idle one's goes ARGV[7] ms after its last refresh.
 if ARGV[5] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[5])
-  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
-  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+  local length = redis.call('RPUSH', KEYS[2], ARGV[5])
+  if length > tonumber(ARGV[6]) then
+    redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
+  end
+  -- About one write in 64 (by the clock's last digits), and always for a new log.
+  if length == 1 or now % 64 == 0 then
+    redis.call('PEXPIRE', KEYS[2], ARGV[7])
+  end
 end
 
 return out
