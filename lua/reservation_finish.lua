@@ -1,11 +1,12 @@
 -- Ends a reservation: drops its holds and records its final status, once.
 --
 -- KEYS[1]   reservation record (hash: doc, status, eventId)
--- KEYS[2..] the holds hashes the reservation added to
+-- KEYS[2]   the customer's holds hash ("<counter key>|<reservation id>" -> "amount:expires_at_ms")
 -- ARGV[1]   reservation ID
 -- ARGV[2]   new status: 'committed' or 'released'
 -- ARGV[3]   event ID of the commit ('' for release)
 -- ARGV[4]   TTL in ms of the record from now on (kept for reads after the end)
+-- ARGV[5..] the keys of the counters the reservation holds on
 -- Returns {status, eventId}: the status after the call ('missing' if there is no record).
 -- A second commit or release answers the status already set; the caller decides whether
 -- that is a replay (same outcome) or a conflict (committed vs released).
@@ -17,8 +18,8 @@ end
 if status == 'committed' or status == 'released' then
   return {status, redis.call('HGET', KEYS[1], 'eventId') or ''}
 end
-for i = 2, #KEYS do
-  redis.call('HDEL', KEYS[i], ARGV[1])
+for i = 5, #ARGV do
+  redis.call('HDEL', KEYS[2], ARGV[i] .. '|' .. ARGV[1])
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'eventId', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])

@@ -5,8 +5,9 @@
 -- KEYS[1]   idempotency record (any key of the customer's slot when ARGV[3] is 0)
 -- KEYS[2]   the customer's event log (list, oldest first)
 -- KEYS[3]   reservation record (hash; any key of the slot unless ARGV[1] is 'reserve')
--- KEYS[4..] two keys per op below, in order: the key itself, then its holds hash
---           (holds: reservation id -> "amount:expires_at_ms"; repeat the key for ops without holds)
+-- KEYS[4..] two keys per op below, in order: the key itself, then the customer's holds hash
+--           ("<counter key>|<reservation id>" -> "amount:expires_at_ms"; repeat the key for ops
+--           that hold nothing)
 -- ARGV[1]   mode: 'record' (always writes), 'consume' (writes only if every cap holds),
 --           'reserve' (if every cap holds, adds holds instead of usage)
 -- ARGV[2]   now, unix ms (the node's calibrated clock: holds expire against it)
@@ -47,19 +48,26 @@ local function op_args(i)
   return ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
 end
 
--- Sum of the live holds on a counter; expired holds are dropped on the way.
-local function reserved_on(holds_key)
-  local total = 0
-  local entries = redis.call('HGETALL', holds_key)
-  for j = 1, #entries, 2 do
-    local amount, expires = string.match(entries[j + 1], '^(.+):(%d+)$')
-    if tonumber(expires) > now then
-      total = total + tonumber(amount)
-    else
-      redis.call('HDEL', holds_key, entries[j])
+-- Live holds per counter key, read once for all counters; expired holds are dropped.
+local held_by_counter = nil
+local function held_on(key, holds_key)
+  if holds_key == key then
+    return 0
+  end
+  if held_by_counter == nil then
+    held_by_counter = {}
+    local entries = redis.call('HGETALL', holds_key)
+    for j = 1, #entries, 2 do
+      local counter = string.match(entries[j], '^(.*)|[^|]*$')
+      local amount, expires = string.match(entries[j + 1], '^(.+):(%d+)$')
+      if tonumber(expires) > now then
+        held_by_counter[counter] = (held_by_counter[counter] or 0) + tonumber(amount)
+      else
+        redis.call('HDEL', holds_key, entries[j])
+      end
     end
   end
-  return total
+  return held_by_counter[key] or 0
 end
 
 -- Recording never refuses, so it claims the idempotency key at once (one call); decisions
@@ -83,10 +91,7 @@ local state = {2}
 for i = 1, op_count do
   local kind, _, value, _, _, cap = op_args(i)
   local key, holds_key = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
-  local held = 0
-  if holds_key ~= key then
-    held = reserved_on(holds_key)
-  end
+  local held = held_on(key, holds_key)
   reserved[i] = held
   if mode ~= 'record' and cap ~= '' then
     local used = redis.call('GET', key) or ''
@@ -117,14 +122,13 @@ local out = {0, '0'}
 
 if mode == 'reserve' then
   for i = 1, op_count do
-    local kind, _, value, _, expire, _, hold_expires = op_args(i)
+    local kind, _, value, _, _, _, hold_expires = op_args(i)
     local key, holds_key = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
     local held = reserved[i]
     if kind == 'add' and holds_key ~= key then
-      redis.call('HSET', holds_key, ARGV[4], value .. ':' .. hold_expires)
-      if expire ~= '0' then
-        redis.call('PEXPIREAT', holds_key, expire)
-      end
+      redis.call('HSET', holds_key, key .. '|' .. ARGV[4], value .. ':' .. hold_expires)
+      -- No hold lives longer than the longest reservation (an hour) from its last change.
+      redis.call('PEXPIRE', holds_key, 3660000)
       held = held + tonumber(value)
     end
     local used = redis.call('GET', key) or ''

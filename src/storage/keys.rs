@@ -100,9 +100,15 @@ impl Keys {
         format!("{}:events", self.customer(customer))
     }
 
-    /// Holds of reservations on one counter: reservation ID → `amount:expires_at_ms`.
-    pub fn holds(&self, counter_key: &str) -> String {
-        format!("{counter_key}:holds")
+    /// Every hold of a customer's reservations, in one hash so that one read finds the holds
+    /// on all of an event's counters: `hold_field` → `amount:expires_at_ms`.
+    pub fn holds(&self, customer: &CustomerId) -> String {
+        format!("{}:holds", self.customer(customer))
+    }
+
+    /// A hold's field in the holds hash: the counter's key and the reservation.
+    pub fn hold_field(counter_key: &str, reservation_id: &str) -> String {
+        format!("{counter_key}|{reservation_id}")
     }
 
     /// A reservation record (hash: doc, status, eventId).
@@ -181,9 +187,10 @@ mod tests {
             "qg:{c:cust_1}:dims:mtr_1"
         );
         assert_eq!(keys.event_log(&customer), "qg:{c:cust_1}:events");
+        assert_eq!(keys.holds(&customer), "qg:{c:cust_1}:holds");
         assert_eq!(
-            keys.holds("qg:{c:cust_1}:u:m:_:day:1"),
-            "qg:{c:cust_1}:u:m:_:day:1:holds"
+            Keys::hold_field("qg:{c:cust_1}:u:m:_:day:1", "rsv_1"),
+            "qg:{c:cust_1}:u:m:_:day:1|rsv_1"
         );
         assert_eq!(
             keys.reservation(&customer, "rsv_1"),

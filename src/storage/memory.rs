@@ -20,6 +20,9 @@ use crate::domain::alert::{Crossing, EXCEEDED};
 use crate::domain::ids::CustomerId;
 use crate::domain::usage::CounterId;
 
+/// How long the holds hash outlives its last change (no reservation lasts longer than an hour).
+const HOLDS_TTL_MS: i64 = 3_660_000;
+
 /// How many changes the log keeps; a node further behind does a full reload.
 const CHANGE_LOG_LEN: usize = 10_000;
 
@@ -388,7 +391,8 @@ impl MemoryUsage {
     }
 
     /// Sum of the live holds on a counter; expired holds are dropped on the way.
-    fn reserved_on(&mut self, holds_key: &str, now: i64) -> f64 {
+    /// Sum of the live holds on one counter; expired holds are dropped on the way.
+    fn held_on(&mut self, holds_key: &str, counter_key: &str, now: i64) -> f64 {
         let Some(Entry {
             value: Value::Hash(holds),
             ..
@@ -397,9 +401,14 @@ impl MemoryUsage {
             return 0.0;
         };
         let mut total = 0.0;
-        holds.retain(|_, entry| match entry.split_once(':') {
+        holds.retain(|field, entry| match entry.split_once(':') {
             Some((amount, expires)) if expires.parse::<i64>().is_ok_and(|e| e > now) => {
-                total += amount.parse::<f64>().unwrap_or(0.0);
+                if field
+                    .rsplit_once('|')
+                    .is_some_and(|(counter, _)| counter == counter_key)
+                {
+                    total += amount.parse::<f64>().unwrap_or(0.0);
+                }
                 true
             }
             _ => false,
@@ -422,7 +431,7 @@ impl MemoryUsage {
             let held = op
                 .holds_key
                 .as_deref()
-                .map_or(0.0, |key| self.reserved_on(key, now));
+                .map_or(0.0, |holds_key| self.held_on(holds_key, &op.key, now));
             reserved.push(held);
             let used = self
                 .text(&op.key, now)
@@ -465,13 +474,11 @@ impl MemoryUsage {
                 if let (OpKind::Add, Some(holds_key)) = (op.kind, &op.holds_key) {
                     let holds = self.hash(holds_key, now);
                     holds.insert(
-                        event.event_id.clone(),
+                        Keys::hold_field(&op.key, &event.event_id),
                         format!("{}:{}", op.value, op.hold_expires_ms),
                     );
-                    if op.expire_at_ms != 0
-                        && let Some(entry) = self.entries.get_mut(holds_key)
-                    {
-                        entry.expire_at_ms = Some(op.expire_at_ms);
+                    if let Some(entry) = self.entries.get_mut(holds_key) {
+                        entry.expire_at_ms = Some(now + HOLDS_TTL_MS);
                     }
                     held += op.value.parse::<f64>().unwrap_or(0.0);
                 }
@@ -659,7 +666,7 @@ impl UsageStore for MemoryStore {
                         .text(&key, now_ms)
                         .as_deref()
                         .map_or(0.0, parse_counter),
-                    reserved: usage.reserved_on(&self.keys.holds(&key), now_ms),
+                    reserved: usage.held_on(&self.keys.holds(customer), &key, now_ms),
                 }
             })
             .collect())
@@ -716,14 +723,15 @@ impl UsageStore for MemoryStore {
         if let Some(entry) = usage.entries.get_mut(&key) {
             entry.expire_at_ms = Some(now + RESERVATION_AFTERLIFE_MS);
         }
+        let holds_key = self.keys.holds(customer);
         for counter in counters {
-            let holds_key = self.keys.holds(&self.keys.counter(customer, counter));
+            let field = Keys::hold_field(&self.keys.counter(customer, counter), id);
             if let Some(Entry {
                 value: Value::Hash(holds),
                 ..
             }) = usage.live(&holds_key, now)
             {
-                holds.remove(id);
+                holds.remove(&field);
             }
         }
         Ok(Some((status.to_string(), event_id.to_string())))
@@ -754,13 +762,14 @@ impl UsageStore for MemoryStore {
         if let Some(entry) = usage.entries.get_mut(&key) {
             entry.expire_at_ms = Some(expires_at_ms + RESERVATION_AFTERLIFE_MS);
         }
+        let holds_key = self.keys.holds(customer);
         for (counter, hold_expires) in holds {
-            let holds_key = self.keys.holds(&self.keys.counter(customer, counter));
+            let field = Keys::hold_field(&self.keys.counter(customer, counter), id);
             if let Some(Entry {
                 value: Value::Hash(entries),
                 ..
             }) = usage.live(&holds_key, now)
-                && let Some(entry) = entries.get_mut(id)
+                && let Some(entry) = entries.get_mut(&field)
                 && let Some((amount, _)) = entry.split_once(':')
             {
                 *entry = format!("{amount}:{hold_expires}");

@@ -669,33 +669,28 @@ impl UsageStore for RedisStore {
             .iter()
             .map(|c| self.keys.counter(customer, c))
             .collect();
-        let mut pipe = redis::pipe();
-        pipe.cmd("MGET").arg(&keys);
-        for key in &keys {
-            pipe.cmd("HVALS").arg(self.keys.holds(key));
-        }
         let mut conn = self.conn();
-        let (values, holds): (Vec<Option<String>>, Vec<Vec<String>>) = {
-            let mut answers: Vec<Value> = self
-                .guarded(self.timeout, pipe.query_async(&mut conn))
-                .await?;
-            let rest = answers.split_off(1);
-            let values = redis::from_redis_value(answers.pop().unwrap_or(Value::Nil))
-                .map_err(|e| StoreError::Internal(e.to_string()))?;
-            let holds = rest
-                .into_iter()
-                .map(|v| {
-                    redis::from_redis_value(v).map_err(|e| StoreError::Internal(e.to_string()))
-                })
-                .collect::<StoreResult<_>>()?;
-            (values, holds)
-        };
-        Ok(values
+        let (values, holds): (
+            Vec<Option<String>>,
+            std::collections::HashMap<String, String>,
+        ) = self
+            .guarded(
+                self.timeout,
+                redis::pipe()
+                    .cmd("MGET")
+                    .arg(&keys)
+                    .cmd("HGETALL")
+                    .arg(self.keys.holds(customer))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let held = live_holds(&holds, now_ms);
+        Ok(keys
             .iter()
-            .zip(holds)
-            .map(|(value, holds)| CounterReading {
+            .zip(values)
+            .map(|(key, value)| CounterReading {
                 used: value.as_deref().map_or(0.0, parse_counter),
-                reserved: live_holds(&holds, now_ms),
+                reserved: held.get(key.as_str()).copied().unwrap_or(0.0),
             })
             .collect())
     }
@@ -742,19 +737,19 @@ impl UsageStore for RedisStore {
         status: &str,
         event_id: &str,
     ) -> StoreResult<Option<(String, String)>> {
-        let mut keys = vec![self.keys.reservation(customer, id)];
-        keys.extend(
-            counters
-                .iter()
-                .map(|c| self.keys.holds(&self.keys.counter(customer, c))),
-        );
+        let keys = [
+            self.keys.reservation(customer, id),
+            self.keys.holds(customer),
+        ];
         let afterlife = RESERVATION_AFTERLIFE_MS.to_string();
+        let counter_keys: Vec<String> = counters
+            .iter()
+            .map(|c| self.keys.counter(customer, c))
+            .collect();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let call = evalsha(
-            &self.reservation_finish,
-            &key_refs,
-            &[id, status, event_id, &afterlife],
-        );
+        let mut args: Vec<&str> = vec![id, status, event_id, &afterlife];
+        args.extend(counter_keys.iter().map(String::as_str));
+        let call = evalsha(&self.reservation_finish, &key_refs, &args);
         let answer = self
             .eval_many(&self.reservation_finish, &[call], CONFIG_DEADLINE)
             .await?
@@ -780,18 +775,19 @@ impl UsageStore for RedisStore {
         doc: &str,
         expires_at_ms: i64,
     ) -> StoreResult<bool> {
-        let mut keys = vec![self.keys.reservation(customer, id)];
-        keys.extend(
-            holds
-                .iter()
-                .map(|(c, _)| self.keys.holds(&self.keys.counter(customer, c))),
-        );
+        let keys = [
+            self.keys.reservation(customer, id),
+            self.keys.holds(customer),
+        ];
         let now = chrono::Utc::now().timestamp_millis();
         let ttl = ((expires_at_ms - now).max(1) + RESERVATION_AFTERLIFE_MS).to_string();
-        let expiries: Vec<String> = holds.iter().map(|(_, e)| e.to_string()).collect();
+        let pairs: Vec<String> = holds
+            .iter()
+            .flat_map(|(c, expires)| [self.keys.counter(customer, c), expires.to_string()])
+            .collect();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let mut args: Vec<&str> = vec![id, doc, &ttl];
-        args.extend(expiries.iter().map(String::as_str));
+        args.extend(pairs.iter().map(String::as_str));
         let call = evalsha(&self.reservation_extend, &key_refs, &args);
         let answer = self
             .eval_many(&self.reservation_extend, &[call], CONFIG_DEADLINE)
@@ -853,14 +849,23 @@ impl UsageStore for RedisStore {
     }
 }
 
-/// Sum of hold entries (`amount:expires_at_ms`) still live at `now_ms`.
-fn live_holds(entries: &[String], now_ms: i64) -> f64 {
-    entries
-        .iter()
-        .filter_map(|entry| entry.split_once(':'))
-        .filter(|(_, expires)| expires.parse::<i64>().is_ok_and(|e| e > now_ms))
-        .map(|(amount, _)| amount.parse::<f64>().unwrap_or(0.0))
-        .sum()
+/// Live holds (`amount:expires_at_ms` still in the future) summed per counter key.
+pub fn live_holds(
+    entries: &std::collections::HashMap<String, String>,
+    now_ms: i64,
+) -> std::collections::HashMap<&str, f64> {
+    let mut held = std::collections::HashMap::new();
+    for (field, entry) in entries {
+        let (Some((counter, _)), Some((amount, expires))) =
+            (field.rsplit_once('|'), entry.split_once(':'))
+        else {
+            continue;
+        };
+        if expires.parse::<i64>().is_ok_and(|e| e > now_ms) {
+            *held.entry(counter).or_insert(0.0) += amount.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    held
 }
 
 /// Hides a password in a Redis URL before it is logged.

@@ -74,7 +74,8 @@ pub struct KeyOp {
     pub at_ms: i64,
     /// Absolute expiry set when the key has none yet; 0: never expires.
     pub expire_at_ms: i64,
-    /// Holds (reservations) on this counter; limit counters of sum and count meters only.
+    /// The customer's holds hash, for limit counters of sum and count meters (the only ones
+    /// reservations hold on).
     pub holds_key: Option<String>,
     /// The tightest limit on this counter, checked by consume and reserve.
     pub cap: Option<f64>,
@@ -227,7 +228,7 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
         };
         let counter_key = keys.counter(customer, &write.counter);
         ops.push(KeyOp {
-            holds_key: (kind == OpKind::Add).then(|| keys.holds(&counter_key)),
+            holds_key: (kind == OpKind::Add).then(|| keys.holds(customer)),
             key: counter_key,
             kind,
             field: String::new(),
