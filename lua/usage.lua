@@ -141,6 +141,8 @@ if mode == 'reserve' then
   return out
 end
 
+-- Numeric values before and after each op, for the alert rules below.
+local number_before, number_after = {}, {}
 for i = 1, op_count do
   local kind, field, value, at, expire = op_args(i)
   local key = KEYS[2 + 2 * i]
@@ -150,8 +152,10 @@ for i = 1, op_count do
   local created = nil
   if kind == 'add' then
     after = redis.call('INCRBYFLOAT', key, value)
-    before = tostring(tonumber(after) - tonumber(value))
-    created = tonumber(after) == tonumber(value)
+    local a, v = tonumber(after), tonumber(value)
+    number_before[i], number_after[i] = a - v, a
+    before = tostring(a - v)
+    created = a == v
   elseif kind == 'max' then
     before = redis.call('GET', key)
     if not before or tonumber(value) > tonumber(before) then
@@ -207,6 +211,10 @@ for i = 1, op_count do
   out[#out + 1] = before or ''
   out[#out + 1] = after
   out[#out + 1] = tostring(reserved[i] or 0)
+  if number_after[i] == nil then
+    number_before[i] = tonumber((string.gsub(before or '', '@.*', ''))) or 0
+    number_after[i] = tonumber((string.gsub(after or '', '@.*', ''))) or 0
+  end
 end
 
 -- Threshold crossings, once per (limit, window, threshold).
@@ -214,10 +222,10 @@ local alerts = 0
 for r = 1, rule_count do
   local b = first_rule + 1 + (r - 1) * 8
   local op_index, limit, thresholds, fired_expire = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3]
-  local before = tonumber((string.gsub(out[3 + (op_index - 1) * 3], '@.*', ''))) or 0
-  local after = tonumber((string.gsub(out[4 + (op_index - 1) * 3], '@.*', ''))) or 0
+  local before, after = number_before[op_index], number_after[op_index]
   local fired_key = KEYS[4 + 2 * op_count + r]
-  for threshold in string.gmatch(thresholds, '[^,]+') do
+  -- Most limits watch only "exceeded"; nothing can cross unless usage grew past a level.
+  for threshold in string.gmatch(after > before and thresholds or '', '[^,]+') do
     local percent = threshold == 'x' and 100 or tonumber(threshold)
     local level = limit * percent / 100
     if before < level and after >= level and redis.call('SADD', fired_key, threshold) == 1 then
