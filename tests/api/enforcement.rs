@@ -284,6 +284,23 @@ async fn reservation_lifecycle(app: TestApp) {
     app.get("/v1/reservations/nope")
         .await
         .assert_error(404, "reservation_not_found");
+    for action in ["commit", "release"] {
+        app.post(
+            &format!("/v1/reservations/rsv_00000000000000000000000000/{action}"),
+            json!({}),
+        )
+        .await
+        .assert_error(404, "reservation_not_found");
+        app.post(&format!("/v1/reservations/bad%20id/{action}"), json!({}))
+            .await
+            .assert_error(404, "reservation_not_found");
+    }
+    app.post(
+        "/v1/reservations/rsv_00000000000000000000000000/extend",
+        json!({"ttlSeconds": 60}),
+    )
+    .await
+    .assert_error(404, "reservation_not_found");
 }
 
 async fn reservations_count_as_reserved_everywhere(app: TestApp) {

@@ -208,6 +208,12 @@ async fn endpoints_api(app: TestApp) {
     app.get("/v1/webhooks/nope")
         .await
         .assert_error(404, "webhook_not_found");
+    app.post("/v1/webhooks/wh_00000000000000000000000000/test", json!({}))
+        .await
+        .assert_error(404, "webhook_not_found");
+    app.get("/v1/webhooks/nope/deliveries")
+        .await
+        .assert_error(404, "webhook_not_found");
     app.get(&format!("/v1/webhooks/{id}/deliveries?limit=0"))
         .await
         .assert_field_error("invalid_field_value", "limit");
