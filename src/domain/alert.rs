@@ -44,14 +44,8 @@ pub fn message_id_base(limit_id: &str, customer: &CustomerId, window: Option<Win
 }
 
 pub fn rule(limit: &ResolvedLimit, customer: &CustomerId, window: Option<Window>) -> AlertRule {
-    let mut thresholds = String::new();
-    for threshold in &limit.limit.alert_thresholds {
-        thresholds.push_str(&threshold.to_string());
-        thresholds.push(',');
-    }
-    thresholds.push_str(EXCEEDED);
     AlertRule {
-        thresholds,
+        thresholds: limit.alert_thresholds.clone(),
         limit_value: limit.limit.limit_value.get(),
         fired_until_ms: window.map(|w| w.retain_until().timestamp_millis()),
         id_base: message_id_base(&limit.limit.id, customer, window),

@@ -76,7 +76,11 @@ impl Event {
         let dimensions = input.dimensions.unwrap_or_default();
         validate_dimensions("dimensions", &dimensions)?;
         let properties = input.properties.unwrap_or_default();
-        let size = serde_json::to_string(&properties).map_or(usize::MAX, |s| s.len());
+        // Most events carry no properties; only measure those that do.
+        let size = match properties.is_empty() {
+            true => 2,
+            false => serde_json::to_string(&properties).map_or(usize::MAX, |s| s.len()),
+        };
         if size > MAX_METADATA_BYTES {
             return Err(FieldError::invalid(
                 "properties",

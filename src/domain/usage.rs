@@ -79,26 +79,44 @@ pub fn filters_hash(filters: &Dimensions) -> String {
     super::apikey::hex(&hasher.finalize()[..8])
 }
 
-/// A limit with its meter and effective filters, resolved once when config changes.
+/// A limit with its meter and effective filters, resolved once when config changes. Cheap to
+/// clone: every request that a limit governs carries it.
 #[derive(Debug, Clone)]
-pub struct ResolvedLimit {
+pub struct ResolvedLimit(Arc<Resolved>);
+
+#[derive(Debug)]
+pub struct Resolved {
     pub limit: Arc<Limit>,
     pub meter: Arc<Meter>,
     /// The meter's dimension filter plus the limit's own.
     pub filters: Dimensions,
     pub filters_hash: String,
+    /// `80,100,x`: the alert thresholds, then exceeded, as the counting script reads them.
+    pub alert_thresholds: String,
+}
+
+impl std::ops::Deref for ResolvedLimit {
+    type Target = Resolved;
+
+    fn deref(&self) -> &Resolved {
+        &self.0
+    }
 }
 
 impl ResolvedLimit {
     pub fn new(limit: Arc<Limit>, meter: Arc<Meter>) -> ResolvedLimit {
         let filters = limit.effective_filters(&meter);
         let filters_hash = filters_hash(&filters);
-        ResolvedLimit {
+        let mut alert_thresholds: Vec<String> =
+            limit.alert_thresholds.iter().map(u8::to_string).collect();
+        alert_thresholds.push(super::alert::EXCEEDED.to_string());
+        ResolvedLimit(Arc::new(Resolved {
             limit,
             meter,
             filters,
             filters_hash,
-        }
+            alert_thresholds: alert_thresholds.join(","),
+        }))
     }
 
     /// A customer's own limit replaces a default limit with the same identity.
