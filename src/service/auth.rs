@@ -58,7 +58,7 @@ impl Gateway {
         let op = ConfigOp::Put {
             kind: Kind::ApiKey,
             id: key.id.clone(),
-            doc: to_doc(&key),
+            doc: to_doc(&key)?,
             guard: Guard::Absent,
         };
         self.commit(&[op])

@@ -29,8 +29,14 @@ pub struct LimitQuery {
     pub meter_id: Option<String>,
 }
 
-pub(crate) fn to_doc<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("config entities always serialize")
+/// A value as stored JSON. Failing here is a bug (our own types always serialize), and is
+/// answered as an internal error rather than a panic.
+pub(crate) fn to_doc<T: Serialize>(value: &T) -> ServiceResult<String> {
+    serde_json::to_string(value).map_err(|e| {
+        ServiceError::Storage(crate::storage::StoreError::Internal(format!(
+            "cannot serialize: {e}"
+        )))
+    })
 }
 
 impl Gateway {
@@ -73,7 +79,7 @@ impl Gateway {
         let op = ConfigOp::Put {
             kind: Kind::Customer,
             id: customer.id.to_string(),
-            doc: to_doc(&customer),
+            doc: to_doc(&customer)?,
             guard: Guard::Absent,
         };
         match self.commit(&[op]).await? {
@@ -128,7 +134,7 @@ impl Gateway {
         let op = ConfigOp::Put {
             kind: Kind::Customer,
             id: customer.id.to_string(),
-            doc: to_doc(&customer),
+            doc: to_doc(&customer)?,
             guard: Guard::Always,
         };
         self.commit(&[op])
@@ -154,7 +160,7 @@ impl Gateway {
         let op = ConfigOp::Put {
             kind: Kind::Meter,
             id: meter.id.clone(),
-            doc: to_doc(&meter),
+            doc: to_doc(&meter)?,
             guard: Guard::Absent,
         };
         self.commit(&[op])
@@ -180,7 +186,7 @@ impl Gateway {
         let op = ConfigOp::Put {
             kind: Kind::Meter,
             id: meter.id.clone(),
-            doc: to_doc(&meter),
+            doc: to_doc(&meter)?,
             guard: Guard::Present,
         };
         self.commit(&[op])
@@ -255,13 +261,13 @@ impl Gateway {
             ops.push(ConfigOp::PutIfAbsent {
                 kind: Kind::Customer,
                 id: customer_id.to_string(),
-                doc: to_doc(&customer),
+                doc: to_doc(&customer)?,
             });
         }
         ops.push(ConfigOp::Put {
             kind: Kind::Limit,
             id: limit.id.clone(),
-            doc: to_doc(&limit),
+            doc: to_doc(&limit)?,
             guard: Guard::Absent,
         });
         match self.commit(&ops).await? {
@@ -311,7 +317,7 @@ impl Gateway {
         let op = ConfigOp::Put {
             kind: Kind::Limit,
             id: limit.id.clone(),
-            doc: to_doc(&limit),
+            doc: to_doc(&limit)?,
             guard: Guard::Present,
         };
         self.commit(&[op])

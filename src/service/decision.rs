@@ -242,7 +242,7 @@ impl Gateway {
         &self,
         event: &Event,
         now: DateTime<Utc>,
-        mode_for: impl FnOnce(&EventPlan) -> Result<Mode, Vec<usize>>,
+        mode_for: impl FnOnce(&EventPlan) -> ServiceResult<Result<Mode, Vec<usize>>>,
     ) -> ServiceResult<Result<(EventPlan, Written), Decision>> {
         let customer_id = event.customer_id.clone();
         let (calendar, unknown) = match self.calendar_of(&customer_id, now).await {
@@ -258,7 +258,7 @@ impl Gateway {
             tracing::warn!(%error, "decision degraded");
             Decision::degraded(customer_id.clone(), &plan_windows(&plan))
         };
-        let mode = match mode_for(&plan) {
+        let mode = match mode_for(&plan)? {
             Ok(mode) => mode,
             Err(too_big) => {
                 let current = match self.current_states(&customer_id, &plan, now).await {
@@ -309,7 +309,9 @@ impl Gateway {
         let customer_id = event.customer_id.clone();
         Ok(
             match self
-                .decide(&event, now, |plan| Ok(Mode::Consume { caps: caps(plan) }))
+                .decide(&event, now, |plan| {
+                    Ok(Ok(Mode::Consume { caps: caps(plan) }))
+                })
                 .await?
             {
                 Err(decision) => decision,
@@ -371,7 +373,7 @@ impl Gateway {
                 .map(|(i, _)| i)
                 .collect();
             if !too_big.is_empty() {
-                return Err(too_big);
+                return Ok(Err(too_big));
             }
             let holds = plan
                 .counters
@@ -391,14 +393,14 @@ impl Gateway {
                 reservation: reservation.clone(),
                 holds,
             };
-            Ok(Mode::Reserve {
+            Ok(Ok(Mode::Reserve {
                 caps: caps(plan),
                 reservation: ReservationWrite {
                     id: reservation.id.clone(),
-                    doc: serde_json::to_string(&doc).expect("reservations serialize"),
+                    doc: super::config::to_doc(&doc)?,
                     expires_at_ms: expires_at.timestamp_millis(),
                 },
-            })
+            }))
         };
         Ok(match self.decide(&event, now, mode_for).await? {
             Err(decision) => decision,
@@ -552,7 +554,7 @@ impl Gateway {
             .iter()
             .map(|h| (h.counter.clone(), h.expires_at_ms(expires_ms)))
             .collect();
-        let text = serde_json::to_string(&doc).expect("reservations serialize");
+        let text = super::config::to_doc(&doc)?;
         if !self
             .store
             .extend_reservation(&doc.reservation.customer_id, id, &holds, &text, expires_ms)

@@ -167,14 +167,16 @@ impl Gateway {
         if customers.is_empty() {
             return Ok(());
         }
-        let ops: Vec<ConfigOp> = customers
+        let ops = customers
             .iter()
-            .map(|c| ConfigOp::PutIfAbsent {
-                kind: Kind::Customer,
-                id: c.id.to_string(),
-                doc: super::config::to_doc(c),
+            .map(|c| {
+                Ok(ConfigOp::PutIfAbsent {
+                    kind: Kind::Customer,
+                    id: c.id.to_string(),
+                    doc: super::config::to_doc(c)?,
+                })
             })
-            .collect();
+            .collect::<ServiceResult<Vec<ConfigOp>>>()?;
         self.store
             .apply(&ops)
             .await?

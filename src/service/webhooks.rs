@@ -91,7 +91,7 @@ impl Gateway {
         let op = ConfigOp::Put {
             kind: Kind::Webhook,
             id: webhook.id.clone(),
-            doc: to_doc(&webhook),
+            doc: to_doc(&webhook)?,
             guard: Guard::Absent,
         };
         self.commit(&[op])
@@ -133,7 +133,7 @@ impl Gateway {
         let op = ConfigOp::Put {
             kind: Kind::Webhook,
             id: webhook.id.clone(),
-            doc: to_doc(webhook),
+            doc: to_doc(webhook)?,
             guard: Guard::Present,
         };
         self.commit(&[op])
@@ -165,7 +165,7 @@ impl Gateway {
             created_at_ms: now.timestamp_millis(),
             data: serde_json::json!({"webhookId": webhook.id}),
         };
-        let text = serde_json::to_string(&message).expect("messages serialize");
+        let text = to_doc(&message)?;
         let claim = Claim {
             message_id: message.id.clone(),
             endpoint_id: webhook.id.clone(),
@@ -287,7 +287,7 @@ impl Gateway {
                 endpoints.sort();
                 (message, endpoints)
             };
-            let text = serde_json::to_string(&message).expect("messages serialize");
+            let text = to_doc(&message)?;
             self.store
                 .hand_over(customer, &message.id, &text, entry, &endpoints, now)
                 .await?;
@@ -398,7 +398,7 @@ impl Gateway {
             DeliveryStatus::Failed => "failed",
         };
         metrics::counter!(crate::telemetry::WEBHOOK_DELIVERIES, "status" => status).increment(1);
-        let text = serde_json::to_string(&attempt).expect("attempts serialize");
+        let text = to_doc(&attempt)?;
         let failures = self
             .store
             .finish_attempt(claim, &attempt.id, &text, end, now.timestamp_millis())
