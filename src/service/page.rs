@@ -50,6 +50,25 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
+impl<T> Page<T> {
+    /// A page from up to `limit + 1` items in order, each with the position its cursor names:
+    /// the extra item only says that more follow.
+    pub fn from_items(mut items: Vec<(String, T)>, limit: usize) -> Page<T> {
+        let has_more = items.len() > limit;
+        items.truncate(limit);
+        let next_cursor = if has_more {
+            items.last().map(|(position, _)| encode_cursor(position))
+        } else {
+            None
+        };
+        Page {
+            data: items.into_iter().map(|(_, item)| item).collect(),
+            next_cursor,
+            has_more,
+        }
+    }
+}
+
 pub fn encode_cursor(id: &str) -> String {
     URL_SAFE_NO_PAD.encode(id.as_bytes())
 }
@@ -90,18 +109,7 @@ pub async fn list<T: DeserializeOwned>(
             break;
         }
     }
-    let has_more = items.len() > request.limit;
-    items.truncate(request.limit);
-    let next_cursor = if has_more {
-        items.last().map(|(id, _)| encode_cursor(id))
-    } else {
-        None
-    };
-    Ok(Page {
-        data: items.into_iter().map(|(_, item)| item).collect(),
-        next_cursor,
-        has_more,
-    })
+    Ok(Page::from_items(items, request.limit))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::Gateway;
 use super::error::{ServiceError, ServiceResult, corrupt};
-use super::page::{Page, encode_cursor};
+use super::page::Page;
 use crate::domain::customer::Customer;
 use crate::domain::event::{Event, NewEvent};
 use crate::domain::field::{Dimensions, FieldError, validate_dimensions};
@@ -493,18 +493,7 @@ impl Gateway {
                 }
             }
         }
-        let has_more = items.len() > query.limit;
-        items.truncate(query.limit);
-        let next_cursor = if has_more {
-            items.last().map(|(position, _)| encode_cursor(position))
-        } else {
-            None
-        };
-        Ok(Page {
-            data: items.into_iter().map(|(_, e)| e).collect(),
-            next_cursor,
-            has_more,
-        })
+        Ok(Page::from_items(items, query.limit))
     }
 }
 

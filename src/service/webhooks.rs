@@ -16,7 +16,7 @@ use rand::RngCore;
 use super::Gateway;
 use super::config::to_doc;
 use super::error::{Resource, ServiceError, ServiceResult, corrupt};
-use super::page::{Page, PageRequest, encode_cursor};
+use super::page::{Page, PageRequest};
 use crate::domain::alert::{Crossing, QueuedMessage};
 use crate::domain::ids::{CustomerId, IdKind};
 use crate::domain::time::rfc3339;
@@ -202,18 +202,7 @@ impl Gateway {
                 serde_json::from_str(json).map_err(|e| corrupt("deliveries", e))?;
             items.push((attempt_id.to_string(), attempt));
         }
-        let has_more = items.len() > request.limit;
-        items.truncate(request.limit);
-        let next_cursor = if has_more {
-            items.last().map(|(id, _)| encode_cursor(id))
-        } else {
-            None
-        };
-        Ok(Page {
-            data: items.into_iter().map(|(_, a)| a).collect(),
-            next_cursor,
-            has_more,
-        })
+        Ok(Page::from_items(items, request.limit))
     }
 
     /// Schedules the message of an earlier attempt again for this endpoint, now.

@@ -80,12 +80,16 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave a half-applied batch (batches are
-        // checked before any write), so the state is still consistent.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        guard(&self.state)
     }
+}
+
+/// Locks one part of the store. A panic while holding a lock cannot leave a half-applied
+/// change (every change checks before it writes), so a poisoned lock is still consistent.
+fn guard<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn guard_holds(guard: Guard, exists: bool) -> bool {
@@ -500,11 +504,7 @@ impl MemoryUsage {
                 }
             }
             after.truncate(event.counters);
-            return RecordOutcome::Written {
-                before: readings,
-                after,
-                alerts: 0,
-            };
+            return RecordOutcome::Written { after, alerts: 0 };
         }
         let mut after = Vec::with_capacity(event.counters);
         for (index, op) in event.ops.iter().enumerate() {
@@ -530,11 +530,7 @@ impl MemoryUsage {
             }
         }
         let alerts = self.detect_crossings(event, &readings, &after);
-        RecordOutcome::Written {
-            before: readings,
-            after,
-            alerts,
-        }
+        RecordOutcome::Written { after, alerts }
     }
 
     /// Queues a message for each threshold a counter crossed, once per window (see
@@ -615,9 +611,7 @@ impl MemoryUsage {
 
 impl MemoryStore {
     fn usage(&self) -> std::sync::MutexGuard<'_, MemoryUsage> {
-        self.usage
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        guard(&self.usage)
     }
 }
 
@@ -845,9 +839,7 @@ pub struct MemoryAlerts {
 
 impl MemoryStore {
     fn alerts(&self) -> std::sync::MutexGuard<'_, MemoryAlerts> {
-        self.alerts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        guard(&self.alerts)
     }
 }
 

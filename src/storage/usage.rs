@@ -152,10 +152,9 @@ pub struct CounterReading {
 /// What one write did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordOutcome {
-    /// Written. The plan's counters before and after (reserved after a reserve), and how many
+    /// Written. The plan's counters after the write (reserved after a reserve), and how many
     /// alert messages the write queued in the customer's outbox.
     Written {
-        before: Vec<CounterReading>,
         after: Vec<CounterReading>,
         alerts: usize,
     },
@@ -368,13 +367,6 @@ pub fn decode_answer(tag: i64, values: &[String], counters: usize) -> Option<Rec
                 .collect();
             Some(RecordOutcome::Written {
                 alerts,
-                before: triples
-                    .iter()
-                    .map(|t| CounterReading {
-                        used: number(&t[0]),
-                        reserved: t.get(2).map_or(0.0, |r| number(r)),
-                    })
-                    .collect(),
                 after: triples
                     .iter()
                     .map(|t| CounterReading {
