@@ -26,6 +26,8 @@ pub struct AlertRule {
     /// `80,100,x`: the limit's thresholds, then exceeded (every limit has that one).
     pub thresholds: String,
     pub limit_value: f64,
+    /// Usage below this crosses nothing: the lowest threshold's level.
+    pub lowest_level: f64,
     /// When the record of fired thresholds of this window may go; `None` for all-time.
     pub fired_until_ms: Option<i64>,
     pub id_base: String,
@@ -47,6 +49,17 @@ pub fn rule(limit: &ResolvedLimit, customer: &CustomerId, window: Option<Window>
     AlertRule {
         thresholds: limit.alert_thresholds.clone(),
         limit_value: limit.limit.limit_value.get(),
+        lowest_level: limit.limit.limit_value.get()
+            * f64::from(
+                limit
+                    .limit
+                    .alert_thresholds
+                    .iter()
+                    .copied()
+                    .min()
+                    .unwrap_or(100),
+            )
+            / 100.0,
         fired_until_ms: window.map(|w| w.retain_until().timestamp_millis()),
         id_base: message_id_base(&limit.limit.id, customer, window),
         limit_id: limit.limit.id.clone(),

@@ -432,10 +432,11 @@ impl MemoryUsage {
         let mut readings = Vec::with_capacity(event.counters);
         let mut refused = false;
         for op in &event.ops {
-            let held = op
-                .holds_key
-                .as_deref()
-                .map_or(0.0, |holds_key| self.held_on(holds_key, &op.key, now));
+            let held = if op.holds {
+                self.held_on(&event.holds_key, &op.key, now)
+            } else {
+                0.0
+            };
             reserved.push(held);
             let used = self
                 .text(&op.key, now)
@@ -475,7 +476,8 @@ impl MemoryUsage {
             let mut after = Vec::with_capacity(event.counters);
             for (op, held) in event.ops.iter().zip(&reserved) {
                 let mut held = *held;
-                if let (OpKind::Add, Some(holds_key)) = (op.kind, &op.holds_key) {
+                if op.holds {
+                    let holds_key = &event.holds_key;
                     let holds = self.hash(holds_key, now);
                     holds.insert(
                         Keys::hold_field(&op.key, &event.event_id),

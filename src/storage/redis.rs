@@ -16,8 +16,8 @@ use super::alerts::{
 };
 use super::keys::Keys;
 use super::usage::{
-    CounterReading, EventOps, EventWrite, Mode, RESERVATION_AFTERLIFE_MS, RecordOutcome, Retention,
-    Rollups, StoredReservation, UsageStore, decode_answer, decode_rollup, event_ops, parse_counter,
+    CounterReading, EventOps, EventWrite, Mode, OpKind, RESERVATION_AFTERLIFE_MS, RecordOutcome,
+    Retention, Rollups, StoredReservation, UsageStore, decode_rollup, event_ops, parse_counter,
 };
 use super::{
     ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreError, StoreResult,
@@ -539,15 +539,15 @@ fn usage_call(script: &Script, event: &EventOps) -> Cmd {
     let placeholder = &event.log_key;
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(script.get_hash())
-        .arg(3 + 2 * event.ops.len() + 1 + event.alerts.len())
+        .arg(5 + event.ops.len() + event.alerts.len())
         .arg(event.dedupe_key.as_deref().unwrap_or(placeholder))
         .arg(&event.log_key)
-        .arg(event.reservation_key.as_deref().unwrap_or(placeholder));
+        .arg(event.reservation_key.as_deref().unwrap_or(placeholder))
+        .arg(&event.holds_key)
+        .arg(&event.outbox_key);
     for op in &event.ops {
-        cmd.arg(&op.key)
-            .arg(op.holds_key.as_deref().unwrap_or(&op.key));
+        cmd.arg(&op.key);
     }
-    cmd.arg(&event.outbox_key);
     for alert in &event.alerts {
         cmd.arg(&alert.fired_key);
     }
@@ -565,28 +565,41 @@ fn usage_call(script: &Script, event: &EventOps) -> Cmd {
         .arg(event.log_ttl_ms)
         .arg(&event.reservation_doc)
         .arg(event.reservation_ttl_ms)
-        .arg(event.ops.len());
+        .arg(event.ops.len())
+        .arg(event.counters)
+        .arg(event.alerts.len());
     for op in &event.ops {
-        cmd.arg(op.kind.code())
-            .arg(&op.field)
-            .arg(&op.value)
-            .arg(op.at_ms)
-            .arg(op.expire_at_ms)
-            .arg(op.cap.map(|c| format!("{c}")).unwrap_or_default())
-            .arg(op.hold_expires_ms);
+        cmd.arg(op.kind.code()).arg(&op.field);
+        match op.kind {
+            OpKind::Latest | OpKind::HashLatest => cmd.arg(format!("{}@{}", op.value, op.at_ms)),
+            _ => cmd.arg(&op.value),
+        };
+        cmd.arg(op.expire_at_ms);
+        match op.cap {
+            Some(cap) => cmd.arg(cap),
+            None => cmd.arg(""),
+        };
     }
-    cmd.arg(event.alerts.len());
     for alert in &event.alerts {
         let rule = &alert.rule;
         let (start, end) = rule.window_ms.unwrap_or((0, 0));
+        let message = serde_json::json!({
+            "idBase": rule.id_base,
+            "limitId": rule.limit_id,
+            "windowStartMs": start,
+            "windowEndMs": end,
+            "limit": rule.limit_value,
+        });
         cmd.arg(alert.op_index + 1)
-            .arg(format!("{}", rule.limit_value))
+            .arg(rule.limit_value)
+            .arg(rule.lowest_level)
             .arg(&rule.thresholds)
-            .arg(rule.fired_until_ms.unwrap_or(0))
-            .arg(&rule.id_base)
-            .arg(&rule.limit_id)
-            .arg(start)
-            .arg(end);
+            .arg(message.to_string());
+    }
+    if event.mode == "reserve" {
+        for op in &event.ops[..event.counters] {
+            cmd.arg(op.hold_expires_ms);
+        }
     }
     cmd
 }
@@ -601,19 +614,48 @@ fn text(value: &Value) -> Option<String> {
     }
 }
 
+/// A number in the usage script's answer: an integer, or the text of a number or counter.
+fn answer_number(value: &Value) -> f64 {
+    match value {
+        Value::Int(n) => *n as f64,
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).map_or(0.0, parse_counter),
+        Value::SimpleString(text) => parse_counter(text),
+        Value::Double(n) => *n,
+        _ => 0.0,
+    }
+}
+
 fn decode_outcome(value: Value, counters: usize) -> StoreResult<RecordOutcome> {
     let bad = || StoreError::Internal("unexpected usage script answer".into());
     let Value::Array(items) = value else {
         return Err(bad());
     };
-    let Some(Value::Int(tag)) = items.first() else {
-        return Err(bad());
+    let readings = |pairs: &[Value]| -> Vec<CounterReading> {
+        pairs
+            .chunks(2)
+            .take(counters)
+            .map(|pair| CounterReading {
+                used: answer_number(&pair[0]),
+                reserved: pair.get(1).map_or(0.0, answer_number),
+            })
+            .collect()
     };
-    let values: Vec<String> = items[1..]
-        .iter()
-        .map(|v| text(v).unwrap_or_default())
-        .collect();
-    decode_answer(*tag, &values, counters).ok_or_else(bad)
+    match items.as_slice() {
+        [Value::Int(1), first, ..] => Ok(RecordOutcome::Duplicate {
+            event_id: match first {
+                Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => return Err(bad()),
+            },
+        }),
+        [Value::Int(2), pairs @ ..] => Ok(RecordOutcome::Refused {
+            counters: readings(pairs),
+        }),
+        [Value::Int(0), alerts, pairs @ ..] => Ok(RecordOutcome::Written {
+            alerts: answer_number(alerts) as usize,
+            after: readings(pairs),
+        }),
+        _ => Err(bad()),
+    }
 }
 
 #[async_trait]
@@ -839,9 +881,10 @@ impl UsageStore for RedisStore {
         let mut conn = self.conn();
         self.guarded(
             CONFIG_DEADLINE,
+            // The usage script lets the log outgrow its cap a little before trimming it.
             redis::cmd("LRANGE")
                 .arg(self.keys.event_log(customer))
-                .arg(0)
+                .arg(-(self.retention.events_per_customer as i64))
                 .arg(-1)
                 .query_async(&mut conn),
         )

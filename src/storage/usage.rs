@@ -74,9 +74,8 @@ pub struct KeyOp {
     pub at_ms: i64,
     /// Absolute expiry set when the key has none yet; 0: never expires.
     pub expire_at_ms: i64,
-    /// The customer's holds hash, for limit counters of sum and count meters (the only ones
-    /// reservations hold on).
-    pub holds_key: Option<String>,
+    /// Whether reservations hold on this key: limit counters of sum and count meters.
+    pub holds: bool,
     /// The tightest limit on this counter, checked by consume and reserve.
     pub cap: Option<f64>,
     /// Reserve: when this op's hold ends (the reservation's expiry, or the window's end if sooner).
@@ -128,6 +127,8 @@ pub struct EventOps {
     pub counters: usize,
     /// The customer's alert outbox.
     pub outbox_key: String,
+    /// The customer's holds hash (see [`KeyOp::holds`]).
+    pub holds_key: String,
     /// Alert rules (record and consume only), each watching one of the first `counters` ops.
     pub alerts: Vec<AlertOp>,
 }
@@ -227,7 +228,7 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
         };
         let counter_key = keys.counter(customer, &write.counter);
         ops.push(KeyOp {
-            holds_key: (kind == OpKind::Add).then(|| keys.holds(customer)),
+            holds: kind == OpKind::Add,
             key: counter_key,
             kind,
             field: String::new(),
@@ -259,7 +260,7 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
                 value,
                 at_ms,
                 expire_at_ms,
-                holds_key: None,
+                holds: false,
                 cap: None,
                 hold_expires_ms: 0,
             };
@@ -321,6 +322,7 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
         ops,
         counters: plan.counters.len(),
         outbox_key: keys.outbox(customer),
+        holds_key: keys.holds(customer),
         alerts: match reservation {
             Some(_) => Vec::new(),
             None => plan
@@ -337,46 +339,6 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
                 })
                 .collect(),
         },
-    }
-}
-
-/// Turns the script's flat answer (already split into strings) into an outcome.
-pub fn decode_answer(tag: i64, values: &[String], counters: usize) -> Option<RecordOutcome> {
-    let number = |raw: &str| parse_counter(raw);
-    match tag {
-        1 => values.first().map(|id| RecordOutcome::Duplicate {
-            event_id: id.clone(),
-        }),
-        2 => Some(RecordOutcome::Refused {
-            counters: values
-                .chunks(2)
-                .take(counters)
-                .map(|pair| CounterReading {
-                    used: number(&pair[0]),
-                    reserved: pair.get(1).map_or(0.0, |r| number(r)),
-                })
-                .collect(),
-        }),
-        0 => {
-            let alerts = values.first().and_then(|a| a.parse().ok()).unwrap_or(0);
-            let triples: Vec<&[String]> = values
-                .get(1..)
-                .unwrap_or_default()
-                .chunks(3)
-                .take(counters)
-                .collect();
-            Some(RecordOutcome::Written {
-                alerts,
-                after: triples
-                    .iter()
-                    .map(|t| CounterReading {
-                        used: t.get(1).map_or(0.0, |v| number(v)),
-                        reserved: t.get(2).map_or(0.0, |r| number(r)),
-                    })
-                    .collect(),
-            })
-        }
-        _ => None,
     }
 }
 
