@@ -24,10 +24,10 @@
 -- ARGV[12]  number of alert rules m
 -- ARGV[13..] ops, 5 values each: kind, field, value ("value@at_ms" for latest kinds),
 --           expire_at_ms (set when the op creates the key; 0: none), cap ('' for none)
--- then      rules, 5 values each: index of the counter op it watches, limit value, the lowest
+-- then      rules, 7 values each: index of the counter op it watches, limit value, the lowest
 --           threshold's level (absolute), thresholds ("80,100,x": percents, x = exceeded),
---           message fields (JSON: idBase, limitId, windowStartMs, windowEndMs, limit); a
---           rule's fired-set expires with its counter
+--           limit ID, window start and end (unix ms, 0 for all-time); a rule's fired-set
+--           expires with its counter
 -- then      (reserve only) c hold expiries, unix ms, one per counter op
 --   kinds: add | max | latest (string keys; latest holds "value@at_ms")
 --          hadd | hmax | hlatest | hsetnx (hash fields; hlatest keeps at_ms in "<field>@")
@@ -153,7 +153,7 @@ end
 local out = {0, 0}
 
 if mode == 'reserve' then
-  local first_expiry = RULES + 5 * m
+  local first_expiry = RULES + 7 * m
   local holding = false
   for i = 1, c do
     local b = OPS + 5 * (i - 1)
@@ -271,7 +271,7 @@ end
 -- Threshold crossings, once per (limit, window, threshold).
 local alerts = 0
 for r = 1, m do
-  local b = RULES + 5 * (r - 1)
+  local b = RULES + 7 * (r - 1)
   local op_index = tonumber(ARGV[b])
   local before, after = before_of[op_index], after_of[op_index]
   -- Nothing can cross unless usage grew to at least the lowest level.
@@ -286,14 +286,17 @@ for r = 1, m do
         if expire ~= '0' then
           redis.call('PEXPIREAT', fired_key, expire)
         end
-        local message = cjson.decode(ARGV[b + 4])
-        message.id = 'msg_' .. message.idBase .. threshold
-        message.idBase = nil
-        message.exceeded = threshold == 'x'
-        message.threshold = percent
-        message.usage = after
-        message.atMs = now
-        redis.call('RPUSH', KEYS[5], cjson.encode(message))
+        -- The node names the message when it hands the outbox over (the ID is a hash).
+        redis.call('RPUSH', KEYS[5], cjson.encode({
+          exceeded = threshold == 'x',
+          threshold = percent,
+          limitId = ARGV[b + 4],
+          windowStartMs = tonumber(ARGV[b + 5]),
+          windowEndMs = tonumber(ARGV[b + 6]),
+          limit = limit,
+          usage = after,
+          atMs = now,
+        }))
         alerts = alerts + 1
       end
     end

@@ -30,22 +30,21 @@ pub struct AlertRule {
     pub lowest_level: f64,
     /// When the record of fired thresholds of this window may go; `None` for all-time.
     pub fired_until_ms: Option<i64>,
-    pub id_base: String,
     pub limit_id: String,
     /// The window (unix ms); `None` for all-time limits.
     pub window_ms: Option<(i64, i64)>,
 }
 
-/// The stable part of a message ID: the same (limit, customer, window) gives the same base
-/// on every replica; the threshold is appended to it.
-pub fn message_id_base(limit_id: &str, customer: &CustomerId, window: Option<Window>) -> String {
-    let window_start =
-        window.map_or_else(|| "all".to_string(), |w| w.start.timestamp().to_string());
+/// The stable part of a message ID: the same (limit, customer, window start in unix
+/// seconds; `None` for all-time) gives the same base on every replica; the threshold is
+/// appended to it.
+pub fn message_id_base(limit_id: &str, customer: &CustomerId, window_start: Option<i64>) -> String {
+    let window_start = window_start.map_or_else(|| "all".to_string(), |s| s.to_string());
     let digest = Sha256::digest(format!("{limit_id}\n{customer}\n{window_start}").as_bytes());
     super::apikey::hex(&digest[..12])
 }
 
-pub fn rule(limit: &ResolvedLimit, customer: &CustomerId, window: Option<Window>) -> AlertRule {
+pub fn rule(limit: &ResolvedLimit, window: Option<Window>) -> AlertRule {
     AlertRule {
         thresholds: limit.alert_thresholds.clone(),
         limit_value: limit.limit.limit_value.get(),
@@ -61,17 +60,16 @@ pub fn rule(limit: &ResolvedLimit, customer: &CustomerId, window: Option<Window>
             )
             / 100.0,
         fired_until_ms: window.map(|w| w.retain_until().timestamp_millis()),
-        id_base: message_id_base(&limit.limit.id, customer, window),
         limit_id: limit.limit.id.clone(),
         window_ms: window.map(|w| (w.start.timestamp_millis(), w.end.timestamp_millis())),
     }
 }
 
-/// A crossing as the counting step queued it in the customer's outbox.
+/// A crossing as the counting step queued it in the customer's outbox. It carries no message
+/// ID: naming it costs a hash, which only the rare crossing should pay, not every count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Crossing {
-    pub id: String,
     pub exceeded: bool,
     pub threshold: f64,
     pub limit_id: String,
@@ -95,11 +93,24 @@ fn instant(ms: i64) -> Value {
 }
 
 impl Crossing {
+    /// The message ID: the same crossing gets the same ID on every replica, whichever node
+    /// hands it over, however often.
+    pub fn message_id(&self, customer: &CustomerId) -> String {
+        let window_start =
+            (self.window_start_ms != 0).then(|| self.window_start_ms.div_euclid(1000));
+        let base = message_id_base(&self.limit_id, customer, window_start);
+        if self.exceeded {
+            format!("msg_{base}{EXCEEDED}")
+        } else {
+            format!("msg_{base}{}", self.threshold)
+        }
+    }
+
     /// The message for this crossing (API.md §7), named from the limit's current config
     /// when it still exists.
     pub fn message(&self, customer: &CustomerId, limit: Option<&Limit>) -> QueuedMessage {
         QueuedMessage {
-            id: self.id.clone(),
+            id: self.message_id(customer),
             kind: if self.exceeded {
                 "limit.exceeded"
             } else {
@@ -161,10 +172,15 @@ mod tests {
             start: window.end,
             end: window.end + chrono::TimeDelta::days(1),
         };
-        let base = message_id_base("lmt_1", &customer, Some(window));
-        assert_eq!(base, message_id_base("lmt_1", &customer, Some(window)));
-        assert_ne!(base, message_id_base("lmt_1", &customer, Some(next)));
-        assert_ne!(base, message_id_base("lmt_2", &customer, Some(window)));
+        let start = Some(window.start.timestamp());
+        let base = message_id_base("lmt_1", &customer, start);
+        assert_eq!(base, message_id_base("lmt_1", &customer, start));
+        assert_ne!(
+            base,
+            message_id_base("lmt_1", &customer, Some(next.start.timestamp()))
+        );
+        assert_ne!(base, message_id_base("lmt_2", &customer, start));
+        assert_ne!(base, message_id_base("lmt_1", &customer, None));
         assert_eq!(base.len(), 24);
         assert!(base.bytes().all(|b| b.is_ascii_alphanumeric()));
     }
@@ -173,7 +189,6 @@ mod tests {
     fn crossings_become_full_messages() {
         let customer = CustomerId::parse("c", "c1").unwrap();
         let crossing = Crossing {
-            id: "msg_abc80".into(),
             exceeded: false,
             threshold: 80.0,
             limit_id: "lmt_1".into(),
@@ -184,6 +199,14 @@ mod tests {
             at_ms: 1_795_219_300_000,
         };
         let message = crossing.message(&customer, None);
+        let base = message_id_base("lmt_1", &customer, Some(1_795_219_200));
+        assert_eq!(message.id, format!("msg_{base}80"));
+        let exceeded = Crossing {
+            exceeded: true,
+            threshold: 100.0,
+            ..crossing.clone()
+        };
+        assert_eq!(exceeded.message_id(&customer), format!("msg_{base}x"));
         assert_eq!(message.kind, "limit.threshold_reached");
         let data = &message.data;
         assert_eq!(data["threshold"], 80);

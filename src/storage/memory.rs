@@ -573,7 +573,6 @@ impl MemoryUsage {
                 let rule = &alert.rule;
                 let (window_start_ms, window_end_ms) = rule.window_ms.unwrap_or((0, 0));
                 let crossing = Crossing {
-                    id: format!("msg_{}{threshold}", rule.id_base),
                     exceeded: threshold == EXCEEDED,
                     threshold: percent,
                     limit_id: rule.limit_id.clone(),

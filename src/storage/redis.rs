@@ -583,18 +583,13 @@ fn usage_call(script: &Script, event: &EventOps) -> Cmd {
     for alert in &event.alerts {
         let rule = &alert.rule;
         let (start, end) = rule.window_ms.unwrap_or((0, 0));
-        let message = serde_json::json!({
-            "idBase": rule.id_base,
-            "limitId": rule.limit_id,
-            "windowStartMs": start,
-            "windowEndMs": end,
-            "limit": rule.limit_value,
-        });
         cmd.arg(alert.op_index + 1)
             .arg(rule.limit_value)
             .arg(rule.lowest_level)
             .arg(&rule.thresholds)
-            .arg(message.to_string());
+            .arg(&rule.limit_id)
+            .arg(start)
+            .arg(end);
     }
     if event.mode == "reserve" {
         for op in &event.ops[..event.counters] {

@@ -330,7 +330,7 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
                 .iter()
                 .map(|(limit, window, index)| AlertOp {
                     op_index: *index,
-                    rule: alert::rule(limit, customer, *window),
+                    rule: alert::rule(limit, *window),
                     fired_key: keys.fired(
                         customer,
                         &limit.limit.id,
