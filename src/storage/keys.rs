@@ -64,46 +64,49 @@ impl Keys {
         format!("{}:{{wh}}:attempts:{endpoint_id}", self.prefix)
     }
 
-    fn customer(&self, customer: &CustomerId) -> String {
-        format!("{}:{{c:{}}}", self.prefix, customer)
+    /// `<prefix>:{c:<customerId>}:<suffix>`, in one allocation: these are built for every
+    /// counted event.
+    fn customer_key(&self, customer: &CustomerId, suffix: std::fmt::Arguments<'_>) -> String {
+        format!("{}:{{c:{}}}:{}", self.prefix, customer, suffix)
     }
 
     /// A usage counter of one window: `…:u:<meterId>:<filtersHash>:<period>:<windowStart|all>`.
     /// The limit value is not in the key, so changing a limit keeps its usage.
     pub fn counter(&self, customer: &CustomerId, counter: &CounterId) -> String {
-        let window = counter
-            .window_start
-            .map_or_else(|| "all".to_string(), |start| start.to_string());
-        format!(
-            "{}:u:{}:{}:{}:{}",
-            self.customer(customer),
-            counter.meter_id,
-            counter.filters_hash,
-            counter.period.as_str(),
-            window
+        self.customer_key(
+            customer,
+            format_args!(
+                "u:{}:{}:{}:{}",
+                counter.meter_id,
+                counter.filters_hash,
+                counter.period.as_str(),
+                Bucket(counter.window_start)
+            ),
         )
     }
 
     /// Hourly roll-up hash of a meter (`None`: all time): dimension-set hash → aggregate.
     pub fn rollup(&self, customer: &CustomerId, meter_id: &str, hour_start: Option<i64>) -> String {
-        let bucket = hour_start.map_or_else(|| "all".to_string(), |h| h.to_string());
-        format!("{}:h:{meter_id}:{bucket}", self.customer(customer))
+        self.customer_key(
+            customer,
+            format_args!("h:{meter_id}:{}", Bucket(hour_start)),
+        )
     }
 
     /// Dimension-set hash → the dimensions themselves, for narrowing meter queries.
     pub fn rollup_dimensions(&self, customer: &CustomerId, meter_id: &str) -> String {
-        format!("{}:dims:{meter_id}", self.customer(customer))
+        self.customer_key(customer, format_args!("dims:{meter_id}"))
     }
 
-    /// The customer's event log (sorted set ordered by time, then event ID).
+    /// The customer's event log (list, oldest written first).
     pub fn event_log(&self, customer: &CustomerId) -> String {
-        format!("{}:events", self.customer(customer))
+        self.customer_key(customer, format_args!("events"))
     }
 
     /// Every hold of a customer's reservations, in one hash so that one read finds the holds
     /// on all of an event's counters: `hold_field` → `amount:expires_at_ms`.
     pub fn holds(&self, customer: &CustomerId) -> String {
-        format!("{}:holds", self.customer(customer))
+        self.customer_key(customer, format_args!("holds"))
     }
 
     /// A hold's field in the holds hash: the counter's key and the reservation.
@@ -113,7 +116,7 @@ impl Keys {
 
     /// A reservation record (hash: doc, status, eventId).
     pub fn reservation(&self, customer: &CustomerId, id: &str) -> String {
-        format!("{}:rsv:{id}", self.customer(customer))
+        self.customer_key(customer, format_args!("rsv:{id}"))
     }
 
     /// Which customer a reservation belongs to: paths name only the reservation.
@@ -124,7 +127,7 @@ impl Keys {
     /// The customer's alert outbox: messages queued by the counting script until they are
     /// handed to the webhook queue.
     pub fn outbox(&self, customer: &CustomerId) -> String {
-        format!("{}:outbox", self.customer(customer))
+        self.customer_key(customer, format_args!("outbox"))
     }
 
     /// Thresholds of one limit that already fired in one window.
@@ -134,15 +137,29 @@ impl Keys {
         limit_id: &str,
         window_start: Option<i64>,
     ) -> String {
-        let window = window_start.map_or_else(|| "all".to_string(), |s| s.to_string());
-        format!("{}:fired:{limit_id}:{window}", self.customer(customer))
+        self.customer_key(
+            customer,
+            format_args!("fired:{limit_id}:{}", Bucket(window_start)),
+        )
     }
 
     /// An idempotency record; the caller's key is hashed so any key fits.
     pub fn idempotency(&self, customer: &CustomerId, key: &str) -> String {
         use sha2::{Digest, Sha256};
         let digest = crate::domain::apikey::hex(&Sha256::digest(key.as_bytes())[..16]);
-        format!("{}:idem:{digest}", self.customer(customer))
+        self.customer_key(customer, format_args!("idem:{digest}"))
+    }
+}
+
+/// A window's or hour's start in a key (unix seconds), or `all` for all-time.
+struct Bucket(Option<i64>);
+
+impl std::fmt::Display for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(start) => write!(f, "{start}"),
+            None => f.write_str("all"),
+        }
     }
 }
 
@@ -204,6 +221,10 @@ mod tests {
         assert_eq!(
             keys.fired(&customer, "lmt_1", Some(60)),
             "qg:{c:cust_1}:fired:lmt_1:60"
+        );
+        assert_eq!(
+            keys.fired(&customer, "lmt_1", None),
+            "qg:{c:cust_1}:fired:lmt_1:all"
         );
         let idem = keys.idempotency(&customer, "retry-1");
         assert!(

@@ -255,7 +255,7 @@ impl RedisStore {
         let mut pending: Vec<usize> = (0..calls.len()).collect();
         for attempt in 0..2 {
             let answers = self
-                .concurrently(deadline, pending.iter().map(|&i| calls[i].clone()))
+                .concurrently(deadline, pending.iter().map(|&i| &calls[i]))
                 .await?;
             let mut missing = Vec::new();
             for (&index, answer) in pending.iter().zip(answers) {
@@ -291,10 +291,10 @@ impl RedisStore {
     /// Sends independent commands at once. The multiplexed connection writes them together
     /// (one round trip on one server); on a cluster each goes to its own shard, which a
     /// pipeline could not do across slots.
-    async fn concurrently(
+    async fn concurrently<'a>(
         &self,
         deadline: Duration,
-        commands: impl Iterator<Item = Cmd>,
+        commands: impl Iterator<Item = &'a Cmd>,
     ) -> StoreResult<Vec<Result<Value, RedisError>>> {
         let calls = commands.map(|cmd| {
             let mut conn = self.conn();
@@ -537,8 +537,10 @@ fn evalsha(script: &Script, keys: &[&str], args: &[&str]) -> Cmd {
 /// One `EVALSHA` of `lua/usage.lua` for one event (see the script's header for the layout).
 fn usage_call(script: &Script, event: &EventOps) -> Cmd {
     let placeholder = &event.log_key;
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash())
+    let args = 20 + 6 * event.ops.len() + 8 * event.alerts.len();
+    let mut cmd = Cmd::with_capacity(args, 64 * args + event.log_member.len());
+    cmd.arg("EVALSHA")
+        .arg(script.get_hash())
         .arg(5 + event.ops.len() + event.alerts.len())
         .arg(event.dedupe_key.as_deref().unwrap_or(placeholder))
         .arg(&event.log_key)
@@ -680,7 +682,7 @@ impl UsageStore for RedisStore {
                 _ => None,
             })
             .collect();
-        for answer in self.concurrently(self.timeout, owners.into_iter()).await? {
+        for answer in self.concurrently(self.timeout, owners.iter()).await? {
             answer.map_err(store_error)?;
         }
         let answers = self
@@ -955,12 +957,15 @@ impl AlertStore for RedisStore {
     async fn outbox_lengths(&self, customers: &[CustomerId]) -> StoreResult<Vec<usize>> {
         let mut lengths = Vec::with_capacity(customers.len());
         for chunk in customers.chunks(1000) {
-            let commands = chunk.iter().map(|customer| {
-                redis::cmd("LLEN")
-                    .arg(self.keys.outbox(customer))
-                    .to_owned()
-            });
-            for answer in self.concurrently(CONFIG_DEADLINE, commands).await? {
+            let commands: Vec<Cmd> = chunk
+                .iter()
+                .map(|customer| {
+                    redis::cmd("LLEN")
+                        .arg(self.keys.outbox(customer))
+                        .to_owned()
+                })
+                .collect();
+            for answer in self.concurrently(CONFIG_DEADLINE, commands.iter()).await? {
                 let length: usize = redis::from_redis_value(answer.map_err(store_error)?)
                     .map_err(|e| StoreError::Internal(e.to_string()))?;
                 lengths.push(length);
