@@ -6,6 +6,9 @@
                                       check one consume answer (fetched with curl by run.sh):
                                       200, allowed, not degraded, counted on every limit
   check-state BASE KEY CUSTOMER       print a check's answer for CUSTOMER (JSON)
+  limits  BASE KEY N                  replace every limit with N default limits: 5 periods
+                                      (minute, hour, day, week, month) per sum meter, on as many
+                                      meters as N needs
   capture MONITOR_FILE CUSTOMER KIND  extract the command the gateway sent for one request from
                                       a `redis-cli MONITOR` capture, print it NUL-separated
   scripts SHA LUA_DIR                 print the lua/*.lua file whose SHA-1 is SHA (or nothing)
@@ -95,6 +98,40 @@ def setup(base, key, customers):
         raise SystemExit(f"bench setup: c0 should have used 1 on each limit, got {used}")
 
 
+LIMIT_PERIODS = ("minute", "hour", "day", "week", "month")
+
+
+def limits(base, key, n):
+    n = int(n)
+    listed = must(api(base, key, "GET", "/v1/limits?limit=100"), "list limits")
+    for limit in listed.get("data", []):
+        must(api(base, key, "DELETE", f"/v1/limits/{limit['id']}"), "delete limit", ok=(200, 204))
+    for meter in must(api(base, key, "GET", "/v1/meters?limit=100"), "list meters").get("data", []):
+        must(api(base, key, "DELETE", f"/v1/meters/{meter['id']}"), "delete meter", ok=(200, 204))
+    meters = []
+    for index in range(0, n):
+        if index % len(LIMIT_PERIODS) == 0:
+            meters.append(must(
+                api(base, key, "POST", "/v1/meters",
+                    {"name": f"tokens {len(meters)}", "aggregation": "sum",
+                     "field": "values.tokens"}),
+                "create meter")["id"])
+        period = LIMIT_PERIODS[index % len(LIMIT_PERIODS)]
+        must(api(base, key, "POST", "/v1/limits",
+                 {"name": f"limit {index}", "meterId": meters[-1], "limitValue": 1e12,
+                  "period": period}),
+             f"create limit {index}")
+    deadline = time.time() + 15
+    while True:
+        body = must(api(base, key, "POST", "/v1/limits/check", {"customerId": "c0"}), "check")
+        if len(body.get("limits", [])) == n:
+            break
+        if time.time() > deadline:
+            raise SystemExit(f"bench limits: check lists {len(body.get('limits', []))}, not {n}")
+        time.sleep(0.2)
+    log(f"{n} limits on {len(meters)} meter(s)")
+
+
 def check_state(base, key, customer):
     body = must(api(base, key, "POST", "/v1/limits/check", {"customerId": customer}), "check")
     print(json.dumps(body))
@@ -175,17 +212,18 @@ def monitor_commands(path):
 
 def capture(path, customer, kind):
     """Prints the command the gateway sent for `customer`, NUL-separated, verbatim.
-    kind: 'record' or 'consume' (the EVALSHA, whose mode ARGV[1] must be the kind) or 'check'
-    (MGET if there is one, else the first command)."""
+    kind: 'record' or 'consume' (the EVALSHA, whose mode ARGV[1] must be the kind), 'batch' (a
+    record EVALSHA) or 'check' (MGET if there is one, else the first command)."""
     tag = f"{{c:{customer}}}".encode()
     mine = [args for _, _, args in monitor_commands(path) if any(tag in a for a in args)]
     if not mine:
         raise SystemExit(f"bench: no command for {customer} in the MONITOR capture {path}")
     names = [a[0].upper().decode() for a in mine]
-    if kind in ("record", "consume"):
+    if kind in ("record", "consume", "batch"):
+        mode = b"record" if kind == "batch" else kind.encode()
         picked = [a for a in mine if a[0].upper() == b"EVALSHA" and len(a) > 3
                   and a[2].isdigit() and len(a) > 3 + int(a[2])
-                  and a[3 + int(a[2])] == kind.encode()]
+                  and a[3 + int(a[2])] == mode]
     else:
         picked = [a for a in mine if a[0].upper() == b"MGET"] or [mine[0]]
     if not picked:
@@ -285,7 +323,7 @@ KIND_PATTERNS = [
     ("roll-up, hourly (hash)", re.compile(r":\{c:[^}]*\}:h:[^:]+:\d+$")),
     ("roll-up, all-time (hash)", re.compile(r":\{c:[^}]*\}:h:[^:]+:all$")),
     ("dimension registry (hash)", re.compile(r":\{c:[^}]*\}:dims:")),
-    ("event log (sorted set)", re.compile(r":\{c:[^}]*\}:events$")),
+    ("event log (list)", re.compile(r":\{c:[^}]*\}:events$")),
     ("other customer key", re.compile(r":\{c:[^}]*\}:")),
     ("config ({cfg})", re.compile(r":\{cfg\}")),
 ]
@@ -322,7 +360,7 @@ def memory(port, baseline, out_path):
         if name.startswith("event log"):
             cards = []
             for i in range(0, len(members), 1000):
-                cards += r.pipeline([("ZCARD", k) for k in members[i:i + 1000]])
+                cards += r.pipeline([("LLEN", k) for k in members[i:i + 1000]])
             entry["events"] = sum(c for c in cards if isinstance(c, int))
         kinds[name] = entry
     result = {
@@ -502,9 +540,12 @@ def report(results, out_md):
         others = {c: sent[1:].count(c) for c in sent[1:]}
         check_label += (" (the gateway also sends "
                         + ", ".join(f"{c} ×{k}" for c, k in others.items()) + "; not replayed)")
+    bat = json.loads(read(os.path.join(results, "capture-batch.json"), "{}") or "{}")
+    batch_label = (f"batch: the record call pipelined {env.get('batch_events', '100')} deep "
+                   f"(`-P`), {bat.get('numkeys', '?')} keys, {bat.get('argv', '?')} ARGV")
     raw = {}
     for name, label in (("record", record_label), ("check", check_label),
-                        ("consume", consume_label)):
+                        ("consume", consume_label), ("batch", batch_label)):
         res = rb_result(os.path.join(results, f"rb-{name}.csv"))
         raw[name] = res
         if name == "consume" and env.get("consume_skipped"):
@@ -516,7 +557,7 @@ def report(results, out_md):
                 f"| {label} | {num(int(env.get(f'rb_{name}_n', 0)))} | {num(res['rps'])} "
                 f"| {res['p50']:.3f} | {res['p99']:.3f} | {res['max']:.3f} |"
             )
-    for name in ("record", "consume"):
+    for name in ("record", "consume", "batch"):
         if env.get(f"rb_{name}_verified"):
             what = "every call counted" + (", so every call was admitted" if name == "consume" else "")
             lines += ["", f"{name.capitalize()} replay verified ({what}): "
@@ -554,6 +595,41 @@ def report(results, out_md):
         lines += ["", best_line]
     else:
         lines.append("(missing results)")
+    batch_rates = []
+    for c in conns:
+        res = wrk_result(os.path.join(results, f"wrk-batch-{c}.txt"))
+        if res:
+            batch_rates.append(res["requests"] / (res["duration_us"] / 1e6) * 100)
+    if batch_rates and raw.get("batch"):
+        lines += ["", f"Batch ingestion: best {num(max(batch_rates))} events/s ÷ raw pipelined "
+                  f"record script {num(raw['batch']['rps'])} calls/s = "
+                  f"**{max(batch_rates) / raw['batch']['rps']:.3f}**"]
+    counts = env.get("limit_counts", "").split()
+    if counts:
+        top = conns[-1]
+        lines += [
+            "",
+            f"## Cost vs limits per customer (consume, {top} connections)",
+            "",
+            "Every limit is a default limit (so every customer has them all); 5 periods per sum "
+            "meter (minute, hour, day, week, month), so 20 limits span 4 meters, each with its "
+            "own hourly and all-time roll-ups.",
+            "",
+            "| limits | meters | req/s | p50 ms | p99 ms | p99.9 ms | errors |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for n in counts:
+            res = wrk_result(os.path.join(results, f"wrk-limits-{n}.txt"))
+            meters = -(-int(n) // 5)
+            if res is None:
+                lines.append(f"| {n} | {meters} | (no result) | | | | |")
+                continue
+            rps = res["requests"] / (res["duration_us"] / 1e6)
+            errors = sum(res[k] for k in res if k.startswith("errors_"))
+            errors += res.get("answers_refused", 0) + res.get("answers_degraded", 0) + res.get(
+                "answers_other", 0)
+            lines.append(f"| {n} | {meters} | {num(rps)} | {ms(res['p50_us'])} "
+                         f"| {ms(res['p99_us'])} | {ms(res['p999_us'])} | {num(errors)} |")
     mem = json.loads(read(os.path.join(results, "memory.json"), "null") or "null")
     if mem:
         grown = mem["used_memory"] - mem["baseline_used_memory"]
@@ -606,11 +682,10 @@ def report(results, out_md):
         "- wrk (not wrk2) is closed-loop: latency percentiles do not account for coordinated "
         "omission, and wrk itself competes with the gateway and Redis for the same CPUs.",
         "- The raw rows hit one customer's keys over and over (record and check: c7777, "
-        "consume: c7778), not 10 000 customers: "
+        "consume: c7778, batch: c7779), not 10 000 customers: "
         "redis-benchmark 7.0 draws a separate number for every `__rand_int__` of a command, "
-        "and the record script compares its keys (an op's key with its holds key, which is "
-        "the op's key repeated when it has none), so mixing customers within one call breaks "
-        "it. A hot key set is, if anything, slightly kind to Redis (cache locality).",
+        "so one call's keys would belong to different customers (and slots). A hot key set "
+        "is, if anything, slightly kind to Redis (cache locality).",
         "- The replay re-adds the same event-log member, so that customer's log stays at one "
         "member, where the gateway's logs grow with every event.",
         "- The consume replay runs against the limits captured with the call (1e12), so it is "
@@ -635,7 +710,7 @@ def main():
     command, args = sys.argv[1], sys.argv[2:]
     {"setup": setup, "check-state": check_state, "consume-sanity": consume_sanity,
      "capture": capture, "scripts": scripts, "scripts-at-head": scripts_at_head,
-     "memory": memory, "report": report}[command](*args)
+     "memory": memory, "report": report, "limits": limits}[command](*args)
 
 
 if __name__ == "__main__":

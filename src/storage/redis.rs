@@ -288,22 +288,38 @@ impl RedisStore {
             .collect())
     }
 
-    /// Sends independent commands at once. The multiplexed connection writes them together
-    /// (one round trip on one server); on a cluster each goes to its own shard, which a
-    /// pipeline could not do across slots.
+    /// Sends independent commands at once, each answered on its own (one failing fails only
+    /// itself). One server gets them as one pipeline (one message, one round trip); a cluster
+    /// gets each on its own shard, which a pipeline could not do across slots.
     async fn concurrently<'a>(
         &self,
         deadline: Duration,
         commands: impl Iterator<Item = &'a Cmd>,
     ) -> StoreResult<Vec<Result<Value, RedisError>>> {
-        let calls = commands.map(|cmd| {
-            let mut conn = self.conn();
-            async move { cmd.query_async::<Value>(&mut conn).await }
-        });
-        self.guarded(deadline, async {
-            Ok(futures_util::future::join_all(calls).await)
-        })
-        .await
+        let mut conn = self.conn();
+        match conn {
+            RedisConnection::Single(_) => {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                for cmd in commands {
+                    pipe.add_command(cmd.clone());
+                }
+                if pipe.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.guarded(deadline, pipe.query_async(&mut conn)).await
+            }
+            RedisConnection::Cluster(_) => {
+                let calls = commands.map(|cmd| {
+                    let mut conn = self.conn();
+                    async move { cmd.query_async::<Value>(&mut conn).await }
+                });
+                self.guarded(deadline, async {
+                    Ok(futures_util::future::join_all(calls).await)
+                })
+                .await
+            }
+        }
     }
 
     fn conn(&self) -> RedisConnection {
