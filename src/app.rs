@@ -85,6 +85,10 @@ pub async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot bind {}: {e}", config.listen))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%address, store = %gateway.describe_store(), "quotagate ready on http://{address}");
+    // Answers are small and written whole: Nagle's algorithm would only delay them.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        let _ = stream.set_nodelay(true);
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await
