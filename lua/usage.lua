@@ -1,7 +1,13 @@
--- One usage decision or write for one event, atomically: de-duplication, optional limit
--- checks against caps, then every counter, roll-up and the event log (or, for a reservation,
--- holds on the counters instead of usage). It runs on every hot request, so it stays lean:
--- one MGET for the capped counters, one call per write, PEXPIREAT only on a key it created.
+-- Usage decisions or writes for one or more events, each atomically: de-duplication, optional
+-- limit checks against caps, then every counter, roll-up and the event log (or, for a
+-- reservation, holds on the counters instead of usage). It runs on every hot request, so it
+-- stays lean: one MGET for the capped counters, one call per write, PEXPIREAT only on a key it
+-- created. Several events in one call share its fixed cost (the node sends a batch, or
+-- concurrent requests, together); they run one after the other, as separate calls would.
+--
+-- ARGV[1] is the number of events; then, per event, how many keys and how many arguments it
+-- has, then its arguments. KEYS holds the events' keys one event after the other. Within one
+-- event's keys and arguments (numbered from 1 below):
 --
 -- KEYS[1]   idempotency record (any key of the customer's slot when ARGV[3] is 0)
 -- KEYS[2]   the customer's event log (list, oldest first)
@@ -35,19 +41,24 @@
 -- Alerts (record and consume only): when a counter moves from below a threshold to at least
 -- it, and the rule's fired-set had not seen that threshold in this window, a message is
 -- appended to the outbox, so the crossing survives whatever happens to the node after.
--- Returns {1, first_id} for a duplicate;
+-- Returns one answer per event:
+--         {1, first_id} for a duplicate;
 --         {2, used1, reserved1, ...} when a cap does not hold (nothing written);
 --         {0, alerts, used1, reserved1, ...} otherwise (after the write; reserved after a
 --         reserve), for the c counter ops. Integers come back as integers, other numbers and
 --         stored values as strings.
 
-local mode, now = ARGV[1], tonumber(ARGV[2])
-local n, c, m = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
-local OPS, RULES = 13, 13 + 5 * n
+-- Globals and library functions as locals: a global lookup on every use costs, and this
+-- runs for every counted event.
+local KEYS, ARGV = KEYS, ARGV
+local call, try_call = redis.call, redis.pcall
+local tonumber, tostring, type, unpack = tonumber, tostring, type, unpack
+local match, gmatch = string.match, string.gmatch
+local floor, ceil, max = math.floor, math.ceil, math.max
 
 -- An exact integer reply when it is one, else its text (a Lua number would be truncated).
 local function reply_number(x)
-  if x == math.floor(x) and x > -1e15 and x < 1e15 then
+  if x == floor(x) and x > -1e15 and x < 1e15 then
     return x
   end
   return tostring(x)
@@ -58,265 +69,283 @@ local function stored_number(raw)
   if not raw then
     return 0
   end
-  return tonumber(raw) or tonumber(string.match(raw, '^[^@]*')) or 0
+  return tonumber(raw) or tonumber(match(raw, '^[^@]*')) or 0
 end
 
--- Live holds per counter key, read once; expired holds are dropped.
-local held_by_counter = nil
-local function held_on(key)
-  if held_by_counter == nil then
-    held_by_counter = {}
-    local entries = redis.call('HGETALL', KEYS[4])
-    for j = 1, #entries, 2 do
-      local counter = string.match(entries[j], '^(.*)|[^|]*$')
-      local amount, expires = string.match(entries[j + 1], '^(.+):(%d+)$')
-      if tonumber(expires) > now then
-        held_by_counter[counter] = (held_by_counter[counter] or 0) + tonumber(amount)
-      else
-        redis.call('HDEL', KEYS[4], entries[j])
-      end
+-- Live holds per counter key in a customer's holds hash; expired holds are dropped.
+local function live_holds(holds_key, now)
+  local held_by_counter = {}
+  local entries = call('HGETALL', holds_key)
+  for j = 1, #entries, 2 do
+    local counter = match(entries[j], '^(.*)|[^|]*$')
+    local amount, expires = match(entries[j + 1], '^(.+):(%d+)$')
+    if tonumber(expires) > now then
+      held_by_counter[counter] = (held_by_counter[counter] or 0) + tonumber(amount)
+    else
+      call('HDEL', holds_key, entries[j])
     end
   end
-  return held_by_counter[key] or 0
-end
-
--- Recording never refuses, so it claims the idempotency key at once (one call); decisions
--- claim it only once they know they write.
-local dedupe = ARGV[3] ~= '0'
-if dedupe then
-  local first
-  if mode == 'record' then
-    first = redis.call('SET', KEYS[1], ARGV[4], 'NX', 'PX', ARGV[3], 'GET')
-  else
-    first = redis.call('GET', KEYS[1])
-  end
-  if first then
-    return {1, first}
-  end
-end
-
--- Current values of the counters, and what is held on each.
-local current, held = {}, {}
-if mode ~= 'record' then
-  local capped = {}
-  for i = 1, c do
-    if ARGV[OPS + 5 * i - 1] ~= '' then
-      capped[#capped + 1] = KEYS[5 + i]
-    end
-  end
-  if #capped > 0 then
-    local values = redis.call('MGET', unpack(capped))
-    local j = 0
-    for i = 1, c do
-      if ARGV[OPS + 5 * i - 1] ~= '' then
-        j = j + 1
-        current[i] = values[j]
-      end
-    end
-  end
-end
-for i = 1, c do
-  held[i] = ARGV[OPS + 5 * (i - 1)] == 'add' and held_on(KEYS[5 + i]) or 0
-end
-
-if mode ~= 'record' then
-  local refused = false
-  for i = 1, c do
-    local b = OPS + 5 * (i - 1)
-    local cap = ARGV[b + 4]
-    if cap ~= '' then
-      local kind, limit = ARGV[b], tonumber(cap)
-      local v = stored_number(ARGV[b + 2])
-      local used = stored_number(current[i])
-      if kind == 'add' then
-        refused = refused or used + held[i] + v > limit
-      elseif kind == 'max' then
-        refused = refused or math.max(used, v) > limit
-      else
-        refused = refused or v > limit
-      end
-    end
-  end
-  if refused then
-    local state = {2}
-    for i = 1, c do
-      state[#state + 1] = current[i] or ''
-      state[#state + 1] = reply_number(held[i])
-    end
-    return state
-  end
-  if dedupe then
-    redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
-  end
-end
-
-local out = {0, 0}
-
-if mode == 'reserve' then
-  local first_expiry = RULES + 7 * m
-  local holding = false
-  for i = 1, c do
-    local b = OPS + 5 * (i - 1)
-    local key = KEYS[5 + i]
-    local h = held[i]
-    if ARGV[b] == 'add' then
-      local amount = ARGV[b + 2]
-      redis.call('HSET', KEYS[4], key .. '|' .. ARGV[4], amount .. ':' .. ARGV[first_expiry + i - 1])
-      h = h + tonumber(amount)
-      holding = true
-    end
-    out[#out + 1] = current[i] or redis.call('GET', key) or ''
-    out[#out + 1] = reply_number(h)
-  end
-  -- No hold lives longer than the longest reservation (an hour) from its last change.
-  if holding then
-    redis.call('PEXPIRE', KEYS[4], 3660000)
-  end
-  redis.call('HSET', KEYS[3], 'doc', ARGV[8], 'status', 'held')
-  redis.call('PEXPIRE', KEYS[3], ARGV[9])
-  return out
+  return held_by_counter
 end
 
 -- Adds value to a string key (field nil) or a hash field. Integer arithmetic is much cheaper
 -- in Redis than float, so whole values try it first; a counter that already holds a fraction
 -- (or would overflow) refuses it, and the float command does the work.
 local function increment(key, field, value)
-  if not string.find(value, '[.eE]') then
+  if tonumber(value) % 1 == 0 then
     local result
     if field then
-      result = redis.pcall('HINCRBY', key, field, value)
+      result = try_call('HINCRBY', key, field, value)
     else
-      result = redis.pcall('INCRBY', key, value)
+      result = try_call('INCRBY', key, value)
     end
     if type(result) == 'number' then
       return result
     end
   end
   if field then
-    return redis.call('HINCRBYFLOAT', key, field, value)
+    return call('HINCRBYFLOAT', key, field, value)
   end
-  return redis.call('INCRBYFLOAT', key, value)
+  return call('INCRBYFLOAT', key, value)
 end
 
--- Numeric values before and after each counter op, for the alert rules.
-local before_of, after_of = {}, {}
-for i = 1, n do
-  local b = OPS + 5 * (i - 1)
-  local kind, field, value, expire = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-  local key = KEYS[5 + i]
-  local before, after, result
-  -- Sums learn whether they created the key from their result, which saves a read.
-  local created = nil
-  if kind == 'add' then
-    result = increment(key, nil, value)
-    after = tonumber(result)
-    before = after - tonumber(value)
-    created = after == tonumber(value)
-  elseif kind == 'hadd' then
-    after = tonumber(increment(key, field, value))
-    created = after == tonumber(value)
-  elseif kind == 'max' then
-    local old = current[i] or redis.call('GET', key)
-    before = stored_number(old)
-    if not old or tonumber(value) > before then
-      redis.call('SET', key, value, 'KEEPTTL')
-      result, after = value, tonumber(value)
-    else
-      result, after = old, before
-    end
-    created = not old
-  elseif kind == 'latest' then
-    local old = current[i] or redis.call('GET', key)
-    before = stored_number(old)
-    local old_at = old and tonumber(string.match(old, '@(.+)$'))
-    local at = tonumber(string.match(value, '@(.+)$'))
-    if not old_at or at >= old_at then
-      redis.call('SET', key, value, 'KEEPTTL')
-      result = value
-    else
-      result = old
-    end
-    after = stored_number(result)
-    created = not old
-  elseif kind == 'hmax' then
-    local old = redis.call('HGET', key, field)
-    if not old or tonumber(value) > tonumber(old) then
-      redis.call('HSET', key, field, value)
-    end
-    created = not old
-  elseif kind == 'hlatest' then
-    local v, at = string.match(value, '^(.*)@(.+)$')
-    local old_at = tonumber(redis.call('HGET', key, field .. '@'))
-    if not old_at or tonumber(at) >= old_at then
-      redis.call('HSET', key, field, v, field .. '@', at)
-    end
-    created = not old_at
-  elseif kind == 'hsetnx' then
-    created = redis.call('HSETNX', key, field, value) == 1
-  else
-    return redis.error_reply('unknown op ' .. kind)
-  end
-  -- Expiries are fixed per key (its window's or hour's end), so setting one again when a
-  -- "created" guess is wrong changes nothing.
-  if expire ~= '0' and created then
-    redis.call('PEXPIREAT', key, expire)
-  end
-  if i <= c then
-    before_of[i], after_of[i] = before, after
-    out[#out + 1] = result
-    out[#out + 1] = reply_number(held[i])
-  end
-end
+-- One event: its keys are KEYS[kb + 1 ..], its arguments ARGV[ab + 1 ..] (laid out as above).
+local function run(kb, ab)
+  local mode, now = ARGV[ab + 1], tonumber(ARGV[ab + 2])
+  local n, c, m = tonumber(ARGV[ab + 10]), tonumber(ARGV[ab + 11]), tonumber(ARGV[ab + 12])
+  local OPS, RULES = ab + 13, ab + 13 + 5 * n
 
--- Threshold crossings, once per (limit, window, threshold).
-local alerts = 0
-for r = 1, m do
-  local b = RULES + 7 * (r - 1)
-  local op_index = tonumber(ARGV[b])
-  local before, after = before_of[op_index], after_of[op_index]
-  -- Nothing can cross unless usage grew to at least the lowest level.
-  if after > before and after >= tonumber(ARGV[b + 2]) then
-    local limit = tonumber(ARGV[b + 1])
-    for threshold in string.gmatch(ARGV[b + 3], '[^,]+') do
-      local percent = threshold == 'x' and 100 or tonumber(threshold)
-      local level = limit * percent / 100
-      local fired_key = KEYS[5 + n + r]
-      if before < level and after >= level and redis.call('SADD', fired_key, threshold) == 1 then
-        local expire = ARGV[OPS + 5 * (op_index - 1) + 3]
-        if expire ~= '0' then
-          redis.call('PEXPIREAT', fired_key, expire)
+  -- Recording never refuses, so it claims the idempotency key at once (one call); decisions
+  -- claim it only once they know they write.
+  local dedupe = ARGV[ab + 3] ~= '0'
+  if dedupe then
+    local first
+    if mode == 'record' then
+      first = call('SET', KEYS[kb + 1], ARGV[ab + 4], 'NX', 'PX', ARGV[ab + 3], 'GET')
+    else
+      first = call('GET', KEYS[kb + 1])
+    end
+    if first then
+      return {1, first}
+    end
+  end
+
+  -- Current values of the counters, and what is held on each.
+  local current, held = {}, {}
+  if mode ~= 'record' then
+    local capped = {}
+    for i = 1, c do
+      if ARGV[OPS + 5 * i - 1] ~= '' then
+        capped[#capped + 1] = KEYS[kb + 5 + i]
+      end
+    end
+    if #capped > 0 then
+      local values = call('MGET', unpack(capped))
+      local j = 0
+      for i = 1, c do
+        if ARGV[OPS + 5 * i - 1] ~= '' then
+          j = j + 1
+          current[i] = values[j]
         end
-        -- The node names the message when it hands the outbox over (the ID is a hash).
-        redis.call('RPUSH', KEYS[5], cjson.encode({
-          exceeded = threshold == 'x',
-          threshold = percent,
-          limitId = ARGV[b + 4],
-          windowStartMs = tonumber(ARGV[b + 5]),
-          windowEndMs = tonumber(ARGV[b + 6]),
-          limit = limit,
-          usage = after,
-          atMs = now,
-        }))
-        alerts = alerts + 1
       end
     end
   end
-end
-out[2] = alerts
-
--- The log is trimmed once it outgrows its cap by an eighth, and its TTL refreshed now and
--- then: an active customer's log never expires, an idle one's goes ARGV[7] ms after its
--- last refresh. Readers take the newest ARGV[6] members.
-if ARGV[5] ~= '' then
-  local length = redis.call('RPUSH', KEYS[2], ARGV[5])
-  local cap = tonumber(ARGV[6])
-  if length > cap + math.ceil(cap / 8) then
-    redis.call('LTRIM', KEYS[2], -cap, -1)
+  local holds = nil
+  for i = 1, c do
+    held[i] = 0
+    if ARGV[OPS + 5 * (i - 1)] == 'add' then
+      holds = holds or live_holds(KEYS[kb + 4], now)
+      held[i] = holds[KEYS[kb + 5 + i]] or 0
+    end
   end
-  -- About one write in 64 (by the clock's last digits), and always for a new log.
-  if length == 1 or now % 64 == 0 then
-    redis.call('PEXPIRE', KEYS[2], ARGV[7])
+
+  if mode ~= 'record' then
+    local refused = false
+    for i = 1, c do
+      local b = OPS + 5 * (i - 1)
+      local cap = ARGV[b + 4]
+      if cap ~= '' then
+        local kind, limit = ARGV[b], tonumber(cap)
+        local v = stored_number(ARGV[b + 2])
+        local used = stored_number(current[i])
+        if kind == 'add' then
+          refused = refused or used + held[i] + v > limit
+        elseif kind == 'max' then
+          refused = refused or max(used, v) > limit
+        else
+          refused = refused or v > limit
+        end
+      end
+    end
+    if refused then
+      local state = {2}
+      for i = 1, c do
+        state[#state + 1] = current[i] or ''
+        state[#state + 1] = reply_number(held[i])
+      end
+      return state
+    end
+    if dedupe then
+      call('SET', KEYS[kb + 1], ARGV[ab + 4], 'PX', ARGV[ab + 3])
+    end
   end
+
+  local out = {0, 0}
+
+  if mode == 'reserve' then
+    local first_expiry = RULES + 7 * m
+    local holding = false
+    for i = 1, c do
+      local b = OPS + 5 * (i - 1)
+      local key = KEYS[kb + 5 + i]
+      local h = held[i]
+      if ARGV[b] == 'add' then
+        local amount = ARGV[b + 2]
+        call('HSET', KEYS[kb + 4], key .. '|' .. ARGV[ab + 4], amount .. ':' .. ARGV[first_expiry + i - 1])
+        h = h + tonumber(amount)
+        holding = true
+      end
+      out[#out + 1] = current[i] or call('GET', key) or ''
+      out[#out + 1] = reply_number(h)
+    end
+    -- No hold lives longer than the longest reservation (an hour) from its last change.
+    if holding then
+      call('PEXPIRE', KEYS[kb + 4], 3660000)
+    end
+    call('HSET', KEYS[kb + 3], 'doc', ARGV[ab + 8], 'status', 'held')
+    call('PEXPIRE', KEYS[kb + 3], ARGV[ab + 9])
+    return out
+  end
+
+  -- Numeric values before and after each counter op, for the alert rules.
+  local before_of, after_of = {}, {}
+  for i = 1, n do
+    local b = OPS + 5 * (i - 1)
+    local kind, field, value, expire = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+    local key = KEYS[kb + 5 + i]
+    local before, after, result
+    -- Sums learn whether they created the key from their result, which saves a read.
+    local created = nil
+    if kind == 'add' then
+      result = increment(key, nil, value)
+      after = tonumber(result)
+      before = after - tonumber(value)
+      created = after == tonumber(value)
+    elseif kind == 'hadd' then
+      after = tonumber(increment(key, field, value))
+      created = after == tonumber(value)
+    elseif kind == 'max' then
+      local old = current[i] or call('GET', key)
+      before = stored_number(old)
+      if not old or tonumber(value) > before then
+        call('SET', key, value, 'KEEPTTL')
+        result, after = value, tonumber(value)
+      else
+        result, after = old, before
+      end
+      created = not old
+    elseif kind == 'latest' then
+      local old = current[i] or call('GET', key)
+      before = stored_number(old)
+      local old_at = old and tonumber(match(old, '@(.+)$'))
+      local at = tonumber(match(value, '@(.+)$'))
+      if not old_at or at >= old_at then
+        call('SET', key, value, 'KEEPTTL')
+        result = value
+      else
+        result = old
+      end
+      after = stored_number(result)
+      created = not old
+    elseif kind == 'hmax' then
+      local old = call('HGET', key, field)
+      if not old or tonumber(value) > tonumber(old) then
+        call('HSET', key, field, value)
+      end
+      created = not old
+    elseif kind == 'hlatest' then
+      local v, at = match(value, '^(.*)@(.+)$')
+      local old_at = tonumber(call('HGET', key, field .. '@'))
+      if not old_at or tonumber(at) >= old_at then
+        call('HSET', key, field, v, field .. '@', at)
+      end
+      created = not old_at
+    elseif kind == 'hsetnx' then
+      created = call('HSETNX', key, field, value) == 1
+    else
+      return redis.error_reply('unknown op ' .. kind)
+    end
+    -- Expiries are fixed per key (its window's or hour's end), so setting one again when a
+    -- "created" guess is wrong changes nothing.
+    if expire ~= '0' and created then
+      call('PEXPIREAT', key, expire)
+    end
+    if i <= c then
+      before_of[i], after_of[i] = before, after
+      out[#out + 1] = result
+      out[#out + 1] = reply_number(held[i])
+    end
+  end
+
+  -- Threshold crossings, once per (limit, window, threshold).
+  local alerts = 0
+  for r = 1, m do
+    local b = RULES + 7 * (r - 1)
+    local op_index = tonumber(ARGV[b])
+    local before, after = before_of[op_index], after_of[op_index]
+    -- Nothing can cross unless usage grew to at least the lowest level.
+    if after > before and after >= tonumber(ARGV[b + 2]) then
+      local limit = tonumber(ARGV[b + 1])
+      for threshold in gmatch(ARGV[b + 3], '[^,]+') do
+        local percent = threshold == 'x' and 100 or tonumber(threshold)
+        local level = limit * percent / 100
+        local fired_key = KEYS[kb + 5 + n + r]
+        if before < level and after >= level and call('SADD', fired_key, threshold) == 1 then
+          local expire = ARGV[OPS + 5 * (op_index - 1) + 3]
+          if expire ~= '0' then
+            call('PEXPIREAT', fired_key, expire)
+          end
+          -- The node names the message when it hands the outbox over (the ID is a hash).
+          call('RPUSH', KEYS[kb + 5], cjson.encode({
+            exceeded = threshold == 'x',
+            threshold = percent,
+            limitId = ARGV[b + 4],
+            windowStartMs = tonumber(ARGV[b + 5]),
+            windowEndMs = tonumber(ARGV[b + 6]),
+            limit = limit,
+            usage = after,
+            atMs = now,
+          }))
+          alerts = alerts + 1
+        end
+      end
+    end
+  end
+  out[2] = alerts
+
+  -- The log is trimmed once it outgrows its cap by an eighth, and its TTL refreshed now and
+  -- then: an active customer's log never expires, an idle one's goes ARGV[ab + 7] ms after its
+  -- last refresh. Readers take the newest ARGV[ab + 6] members.
+  if ARGV[ab + 5] ~= '' then
+    local length = call('RPUSH', KEYS[kb + 2], ARGV[ab + 5])
+    local cap = tonumber(ARGV[ab + 6])
+    if length > cap + ceil(cap / 8) then
+      call('LTRIM', KEYS[kb + 2], -cap, -1)
+    end
+    -- About one write in 64 (by the clock's last digits), and always for a new log.
+    if length == 1 or now % 64 == 0 then
+      call('PEXPIRE', KEYS[kb + 2], ARGV[ab + 7])
+    end
+  end
+
+  return out
 end
 
-return out
+local answers = {}
+local kb, ab = 0, 1
+for e = 1, tonumber(ARGV[1]) do
+  local keys, args = tonumber(ARGV[ab + 1]), tonumber(ARGV[ab + 2])
+  answers[e] = run(kb, ab + 2)
+  kb, ab = kb + keys, ab + 2 + args
+end
+return answers

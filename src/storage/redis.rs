@@ -325,6 +325,35 @@ impl RedisStore {
     fn conn(&self) -> RedisConnection {
         self.conn.clone()
     }
+
+    /// Which events share one usage script call (indexes into `writes`, in order). One
+    /// server takes any events together; on a cluster a script's keys must share a slot, so
+    /// only one customer's events do.
+    fn call_groups(&self, writes: &[EventWrite<'_>]) -> Vec<Vec<usize>> {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        match self.conn {
+            RedisConnection::Single(_) => {
+                let indexes: Vec<usize> = (0..writes.len()).collect();
+                groups.extend(indexes.chunks(EVENTS_PER_CALL).map(<[usize]>::to_vec));
+            }
+            RedisConnection::Cluster(_) => {
+                let mut open: std::collections::HashMap<&str, usize> = Default::default();
+                for (index, write) in writes.iter().enumerate() {
+                    let customer = write.event.customer_id.as_str();
+                    match open.get(customer) {
+                        Some(&group) if groups[group].len() < EVENTS_PER_CALL => {
+                            groups[group].push(index)
+                        }
+                        _ => {
+                            open.insert(customer, groups.len());
+                            groups.push(vec![index]);
+                        }
+                    }
+                }
+            }
+        }
+        groups
+    }
 }
 
 fn opcode(op: &ConfigOp) -> &'static str {
@@ -550,25 +579,36 @@ fn evalsha(script: &Script, keys: &[&str], args: &[&str]) -> Cmd {
     cmd
 }
 
-/// One `EVALSHA` of `lua/usage.lua` for one event (see the script's header for the layout).
-fn usage_call(script: &Script, event: &EventOps) -> Cmd {
-    let placeholder = &event.log_key;
-    let args = 20 + 6 * event.ops.len() + 8 * event.alerts.len();
-    let mut cmd = Cmd::with_capacity(args, 64 * args + event.log_member.len());
-    cmd.arg("EVALSHA")
-        .arg(script.get_hash())
-        .arg(5 + event.ops.len() + event.alerts.len())
-        .arg(event.dedupe_key.as_deref().unwrap_or(placeholder))
-        .arg(&event.log_key)
-        .arg(event.reservation_key.as_deref().unwrap_or(placeholder))
-        .arg(&event.holds_key)
-        .arg(&event.outbox_key);
-    for op in &event.ops {
-        cmd.arg(&op.key);
-    }
-    for alert in &event.alerts {
-        cmd.arg(&alert.fired_key);
-    }
+/// Most events one usage script call carries: enough to share its fixed cost, few enough to
+/// keep one call short (Redis runs nothing else meanwhile).
+const EVENTS_PER_CALL: usize = 32;
+
+/// One event's keys, in the usage script's layout (see `lua/usage.lua`).
+fn usage_keys(event: &EventOps) -> impl Iterator<Item = &str> {
+    let placeholder = event.log_key.as_str();
+    [
+        event.dedupe_key.as_deref().unwrap_or(placeholder),
+        placeholder,
+        event.reservation_key.as_deref().unwrap_or(placeholder),
+        event.holds_key.as_str(),
+        event.outbox_key.as_str(),
+    ]
+    .into_iter()
+    .chain(event.ops.iter().map(|op| op.key.as_str()))
+    .chain(event.alerts.iter().map(|alert| alert.fired_key.as_str()))
+}
+
+fn usage_arg_count(event: &EventOps) -> usize {
+    let hold_expiries = if event.mode == "reserve" {
+        event.counters
+    } else {
+        0
+    };
+    12 + 5 * event.ops.len() + 7 * event.alerts.len() + hold_expiries
+}
+
+/// One event's arguments, in the usage script's layout.
+fn push_usage_args(cmd: &mut Cmd, event: &EventOps) {
     let dedupe_ttl = if event.dedupe_key.is_some() {
         event.dedupe_ttl_ms
     } else {
@@ -613,6 +653,35 @@ fn usage_call(script: &Script, event: &EventOps) -> Cmd {
         for op in &event.ops[..event.counters] {
             cmd.arg(op.hold_expires_ms);
         }
+    }
+}
+
+/// One `EVALSHA` of `lua/usage.lua` for several events (see the script's header).
+fn usage_call<'a>(script: &Script, events: impl Iterator<Item = &'a EventOps> + Clone) -> Cmd {
+    let keys: usize = events
+        .clone()
+        .map(|e| 5 + e.ops.len() + e.alerts.len())
+        .sum();
+    let args: usize = events.clone().map(|e| 2 + usage_arg_count(e)).sum();
+    let log_bytes: usize = events.clone().map(|e| e.log_member.len()).sum();
+    let mut cmd = Cmd::with_capacity(4 + keys + args, 64 * (keys + args) + log_bytes);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
+    for event in events.clone() {
+        for key in usage_keys(event) {
+            cmd.arg(key);
+        }
+    }
+    cmd.arg(events.clone().count());
+    for event in events {
+        let before = cmd.args_iter().count();
+        cmd.arg(5 + event.ops.len() + event.alerts.len())
+            .arg(usage_arg_count(event));
+        push_usage_args(&mut cmd, event);
+        debug_assert_eq!(
+            cmd.args_iter().count() - before,
+            2 + usage_arg_count(event),
+            "usage_arg_count is out of step with push_usage_args"
+        );
     }
     cmd
 }
@@ -678,9 +747,10 @@ impl UsageStore for RedisStore {
             .iter()
             .map(|w| event_ops(&self.keys, &self.retention, *w))
             .collect();
-        let calls: Vec<Cmd> = events
+        let groups = self.call_groups(writes);
+        let calls: Vec<Cmd> = groups
             .iter()
-            .map(|event| usage_call(&self.usage, event))
+            .map(|group| usage_call(&self.usage, group.iter().map(|&i| &events[i])))
             .collect();
         // The owner pointer goes first: a reservation must be findable by its ID alone.
         let owners: Vec<Cmd> = writes
@@ -702,12 +772,27 @@ impl UsageStore for RedisStore {
             answer.map_err(store_error)?;
         }
         let answers = self
-            .eval_many(&self.usage, &calls, self.deadline_for(calls.len()))
+            .eval_many(&self.usage, &calls, self.deadline_for(writes.len()))
             .await?;
-        answers
+        let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; writes.len()];
+        for (group, answer) in groups.iter().zip(answers) {
+            let Value::Array(per_event) = answer else {
+                return Err(StoreError::Internal(
+                    "unexpected usage script answer".into(),
+                ));
+            };
+            if per_event.len() != group.len() {
+                return Err(StoreError::Internal(
+                    "unexpected usage script answer".into(),
+                ));
+            }
+            for (&index, answer) in group.iter().zip(per_event) {
+                outcomes[index] = Some(decode_outcome(answer, events[index].counters)?);
+            }
+        }
+        outcomes
             .into_iter()
-            .zip(&events)
-            .map(|(answer, event)| decode_outcome(answer, event.counters))
+            .map(|o| o.ok_or_else(|| StoreError::Internal("an event got no answer".into())))
             .collect()
     }
 

@@ -17,6 +17,7 @@ every_store!(
     changing_limit_value_keeps_usage,
     unknown_customers,
     batch_validates_whole_batch_first,
+    large_mixed_batches_count_every_event,
     meter_query_with_and_without_dates,
     events_list_pages_newest_first,
     reset_matches_independent_computation,
@@ -352,6 +353,49 @@ async fn unknown_customers(app: TestApp) {
     .await;
     let created = app.get("/v1/customers/newbie").await;
     assert_eq!(created.assert_status(200)["timezone"], "UTC");
+}
+
+/// A batch larger than one storage call, mixing customers (one with more events than a call
+/// carries), with a replayed idempotency key far from its first use: every event counts once,
+/// on its own customer, and the answer says what was recorded.
+async fn large_mixed_batches_count_every_event(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let total = app
+        .limit(json!({"name": "t", "meterId": meter, "limitValue": 1e9, "period": "all_time"}))
+        .await;
+    let customer_of = |i: usize| {
+        if i % 5 < 2 {
+            "lb-a".to_string()
+        } else {
+            format!("lb-{}", i % 5)
+        }
+    };
+    let mut events = Vec::new();
+    let mut expected: std::collections::BTreeMap<String, i64> = Default::default();
+    for i in 0..100usize {
+        let customer = customer_of(i);
+        let mut event =
+            json!({"customerId": customer, "eventType": "llm", "values": {"tokens": i + 1}});
+        // Event 90 replays event 5's key (both lb-a); event 7 uses the same key for lb-2.
+        if i == 5 || i == 7 || i == 90 {
+            event["idempotencyKey"] = json!("k1");
+        }
+        if i != 90 {
+            *expected.entry(customer).or_default() += i as i64 + 1;
+        }
+        events.push(event);
+    }
+    let answer = app
+        .post("/v1/events/batch", json!({"events": events}))
+        .await;
+    assert_eq!(
+        answer.assert_status(200),
+        &json!({"count": 99, "duplicates": 1})
+    );
+    for (customer, used) in expected {
+        let state_now = check(&app, json!({"customerId": customer})).await;
+        assert_eq!(state(&state_now, &total)["used"], used, "{customer}");
+    }
 }
 
 async fn batch_validates_whole_batch_first(app: TestApp) {
