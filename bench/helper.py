@@ -221,9 +221,11 @@ def capture(path, customer, kind):
     names = [a[0].upper().decode() for a in mine]
     if kind in ("record", "consume", "batch"):
         mode = b"record" if kind == "batch" else kind.encode()
+        # ARGV: the number of events, then per event its key and argument counts and its
+        # arguments, the mode first (lua/usage.lua).
         picked = [a for a in mine if a[0].upper() == b"EVALSHA" and len(a) > 3
-                  and a[2].isdigit() and len(a) > 3 + int(a[2])
-                  and a[3 + int(a[2])] == mode]
+                  and a[2].isdigit() and len(a) > 6 + int(a[2])
+                  and a[6 + int(a[2])] == mode]
     else:
         picked = [a for a in mine if a[0].upper() == b"MGET"] or [mine[0]]
     if not picked:
