@@ -1,5 +1,6 @@
 //! Usage events: what callers record, validated once at the edge.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -50,7 +51,64 @@ pub struct Event {
     pub idempotency_key: Option<String>,
 }
 
+/// An event as its customer's log keeps it: only what the entry's position (time and ID) and
+/// the log's key (the customer) do not already say, which halves the log's memory.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LoggedEvent<'a> {
+    event_type: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    values: Cow<'a, BTreeMap<String, Quantity>>,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    dimensions: Cow<'a, Dimensions>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    properties: Cow<'a, Map<String, Value>>,
+    received_at_ms: i64,
+}
+
+fn is_empty<V>(map: &BTreeMap<String, V>) -> bool {
+    map.is_empty()
+}
+
 impl Event {
+    /// The event's entry in its customer's log (see [`LoggedEvent`]).
+    pub fn log_entry(&self) -> String {
+        let logged = LoggedEvent {
+            event_type: Cow::Borrowed(&self.event_type),
+            values: Cow::Borrowed(&self.values),
+            dimensions: Cow::Borrowed(&self.dimensions),
+            properties: Cow::Borrowed(&self.properties),
+            received_at_ms: self.received_at.timestamp_millis(),
+        };
+        serde_json::to_string(&logged).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// Rebuilds a logged event from its entry and what its position and log say. Entries
+    /// written before the compact form (the full event JSON) are read too.
+    pub fn from_log_entry(
+        customer: &CustomerId,
+        id: &str,
+        timestamp_ms: i64,
+        entry: &str,
+    ) -> Result<Event, serde_json::Error> {
+        let logged: LoggedEvent<'_> = match serde_json::from_str(entry) {
+            Ok(logged) => logged,
+            Err(error) => return serde_json::from_str(entry).map_err(|_| error),
+        };
+        let instant = |ms: i64| DateTime::from_timestamp_millis(ms).unwrap_or_default();
+        Ok(Event {
+            id: id.to_string(),
+            customer_id: customer.clone(),
+            event_type: logged.event_type.into_owned(),
+            values: logged.values.into_owned(),
+            dimensions: logged.dimensions.into_owned(),
+            properties: logged.properties.into_owned(),
+            timestamp: instant(timestamp_ms),
+            received_at: instant(logged.received_at_ms),
+            idempotency_key: None,
+        })
+    }
+
     /// Validates `input` received at `now`. `header_key` is the `Idempotency-Key` header,
     /// the same key as the body's `idempotencyKey` (the body wins if both are given).
     pub fn validate(
@@ -194,5 +252,60 @@ mod tests {
                 .field(),
             "idempotencyKey"
         );
+    }
+
+    #[test]
+    fn log_entries_keep_what_position_and_key_do_not_say() {
+        let mut input = input();
+        input.properties =
+            Some(serde_json::from_value(serde_json::json!({"k": [1, "two"]})).unwrap());
+        input.timestamp = Some("2026-11-21T11:59:58.123Z".into());
+        let event = Event::validate("evt_1".into(), input, Some("retry-1"), now()).unwrap();
+        let entry = event.log_entry();
+        assert!(
+            !entry.contains("evt_1") && !entry.contains("\"c1\""),
+            "{entry}"
+        );
+        let back = Event::from_log_entry(
+            &event.customer_id,
+            "evt_1",
+            event.timestamp.timestamp_millis(),
+            &entry,
+        )
+        .unwrap();
+        assert_eq!(
+            Event {
+                idempotency_key: Some("retry-1".into()),
+                ..back
+            },
+            event
+        );
+        // Empty maps are left out, and come back empty.
+        let bare = Event::validate(
+            "evt_2".into(),
+            serde_json::from_value(serde_json::json!({"customerId": "c1", "eventType": "x"}))
+                .unwrap(),
+            None,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(
+            bare.log_entry(),
+            format!(
+                "{{\"eventType\":\"x\",\"receivedAtMs\":{}}}",
+                now().timestamp_millis()
+            )
+        );
+    }
+
+    #[test]
+    fn log_entries_of_the_full_form_are_still_read() {
+        let event = Event::validate("evt_1".into(), input(), None, now()).unwrap();
+        let full = serde_json::to_string(&event).unwrap();
+        let back =
+            Event::from_log_entry(&event.customer_id, "evt_1", now().timestamp_millis(), &full)
+                .unwrap();
+        assert_eq!(back, event);
+        assert!(Event::from_log_entry(&event.customer_id, "evt_1", 0, "{\"nope\":1}").is_err());
     }
 }

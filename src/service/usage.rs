@@ -480,8 +480,15 @@ impl Gateway {
             .collect();
         entries.sort_unstable_by(|a, b| b.0.cmp(a.0));
         let mut items: Vec<(String, Event)> = Vec::new();
-        for (position, json) in entries {
-            let event: Event = serde_json::from_str(json).map_err(|e| corrupt("events", e))?;
+        for (position, entry) in entries {
+            let (at_ms, id) = position
+                .split_once(':')
+                .and_then(|(ts, id)| Some((ts.parse::<i64>().ok()?, id)))
+                .ok_or_else(|| {
+                    corrupt("events", serde::de::Error::custom("malformed log position"))
+                })?;
+            let event = Event::from_log_entry(&query.customer_id, id, at_ms, entry)
+                .map_err(|e| corrupt("events", e))?;
             if query
                 .event_type
                 .as_ref()

@@ -114,8 +114,9 @@ pub struct EventOps {
     pub dedupe_key: Option<String>,
     pub dedupe_ttl_ms: i64,
     pub log_key: String,
-    /// Member of the event log (`<ts13>:<eventId>:<json>`), ordered by time then ID; empty
-    /// for a reservation, which logs nothing.
+    /// Member of the event log (`<ts13>:<eventId>:<entry>`, the entry from
+    /// [`Event::log_entry`]), ordered by time then ID; empty for a reservation, which logs
+    /// nothing.
     pub log_member: String,
     pub log_ttl_ms: i64,
     pub log_cap: usize,
@@ -293,13 +294,11 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
     let events_ms = retention.events.as_millis() as i64;
     let log_member = match reservation {
         Some(_) => String::new(),
-        None => {
-            let json = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
-            format!(
-                "{}:{json}",
-                log_position(event.timestamp.timestamp_millis(), &event.id)
-            )
-        }
+        None => format!(
+            "{}:{}",
+            log_position(event.timestamp.timestamp_millis(), &event.id),
+            event.log_entry()
+        ),
     };
     EventOps {
         mode: mode_name,
