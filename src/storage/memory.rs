@@ -243,7 +243,7 @@ impl ConfigStore for MemoryStore {
 // --- usage -------------------------------------------------------------------------------
 
 /// The embedded store's usage data: the same keys and operations as Redis, interpreted in
-/// process (see `lua/record.lua` for the reference semantics).
+/// process (see `lua/usage.lua` for the reference semantics).
 #[derive(Default)]
 pub struct MemoryUsage {
     entries: HashMap<String, Entry>,

@@ -2,7 +2,7 @@
 //!
 //! Both stores execute the same flat list of key operations built here from a domain
 //! [`EventPlan`], so their semantics cannot drift: the Redis store hands the list to
-//! `lua/record.lua`, the memory store interprets it in process.
+//! `lua/usage.lua`, the memory store interprets it in process.
 
 use std::collections::HashMap;
 use std::time::Duration;
