@@ -276,6 +276,14 @@ impl MemoryUsage {
         self.entries.get_mut(key)
     }
 
+    /// A live hash, if the key holds one.
+    fn live_hash(&mut self, key: &str, now: i64) -> Option<&mut HashMap<String, String>> {
+        match self.live(key, now).map(|e| &mut e.value) {
+            Some(Value::Hash(hash)) => Some(hash),
+            _ => None,
+        }
+    }
+
     fn text(&mut self, key: &str, now: i64) -> Option<String> {
         match self.live(key, now).map(|e| &e.value) {
             Some(Value::Text(text)) => Some(text.clone()),
@@ -394,14 +402,9 @@ impl MemoryUsage {
         (before.unwrap_or_default(), after)
     }
 
-    /// Sum of the live holds on a counter; expired holds are dropped on the way.
     /// Sum of the live holds on one counter; expired holds are dropped on the way.
     fn held_on(&mut self, holds_key: &str, counter_key: &str, now: i64) -> f64 {
-        let Some(Entry {
-            value: Value::Hash(holds),
-            ..
-        }) = self.live(holds_key, now)
-        else {
+        let Some(holds) = self.live_hash(holds_key, now) else {
             return 0.0;
         };
         let mut total = 0.0;
@@ -674,11 +677,7 @@ impl UsageStore for MemoryStore {
     ) -> StoreResult<Option<StoredReservation>> {
         let mut usage = self.usage();
         let key = self.keys.reservation(customer, id);
-        let Some(Entry {
-            value: Value::Hash(record),
-            ..
-        }) = usage.live(&key, now_ms())
-        else {
+        let Some(record) = usage.live_hash(&key, now_ms()) else {
             return Ok(None);
         };
         Ok(Some(StoredReservation {
@@ -699,11 +698,7 @@ impl UsageStore for MemoryStore {
         let now = now_ms();
         let mut usage = self.usage();
         let key = self.keys.reservation(customer, id);
-        let Some(Entry {
-            value: Value::Hash(record),
-            ..
-        }) = usage.live(&key, now)
-        else {
+        let Some(record) = usage.live_hash(&key, now) else {
             return Ok(None);
         };
         let current = record.get("status").cloned().unwrap_or_default();
@@ -721,11 +716,7 @@ impl UsageStore for MemoryStore {
         let holds_key = self.keys.holds(customer);
         for counter in counters {
             let field = Keys::hold_field(&self.keys.counter(customer, counter), id);
-            if let Some(Entry {
-                value: Value::Hash(holds),
-                ..
-            }) = usage.live(&holds_key, now)
-            {
+            if let Some(holds) = usage.live_hash(&holds_key, now) {
                 holds.remove(&field);
             }
         }
@@ -743,11 +734,7 @@ impl UsageStore for MemoryStore {
         let now = now_ms();
         let mut usage = self.usage();
         let key = self.keys.reservation(customer, id);
-        let Some(Entry {
-            value: Value::Hash(record),
-            ..
-        }) = usage.live(&key, now)
-        else {
+        let Some(record) = usage.live_hash(&key, now) else {
             return Ok(false);
         };
         if record.get("status").map(String::as_str) != Some("held") {
@@ -760,10 +747,7 @@ impl UsageStore for MemoryStore {
         let holds_key = self.keys.holds(customer);
         for (counter, hold_expires) in holds {
             let field = Keys::hold_field(&self.keys.counter(customer, counter), id);
-            if let Some(Entry {
-                value: Value::Hash(entries),
-                ..
-            }) = usage.live(&holds_key, now)
+            if let Some(entries) = usage.live_hash(&holds_key, now)
                 && let Some(entry) = entries.get_mut(&field)
                 && let Some((amount, _)) = entry.split_once(':')
             {
@@ -782,10 +766,7 @@ impl UsageStore for MemoryStore {
         let now = now_ms();
         let mut usage = self.usage();
         let mut read = |key: String| -> HashMap<String, String> {
-            match usage.live(&key, now).map(|e| &e.value) {
-                Some(Value::Hash(hash)) => hash.clone(),
-                _ => HashMap::new(),
-            }
+            usage.live_hash(&key, now).cloned().unwrap_or_default()
         };
         let buckets = match hours {
             None => vec![(
