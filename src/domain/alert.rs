@@ -48,17 +48,7 @@ pub fn rule(limit: &ResolvedLimit, window: Option<Window>) -> AlertRule {
     AlertRule {
         thresholds: limit.alert_thresholds.clone(),
         limit_value: limit.limit.limit_value.get(),
-        lowest_level: limit.limit.limit_value.get()
-            * f64::from(
-                limit
-                    .limit
-                    .alert_thresholds
-                    .iter()
-                    .copied()
-                    .min()
-                    .unwrap_or(100),
-            )
-            / 100.0,
+        lowest_level: limit.limit.limit_value.get() * limit.lowest_alert_percent / 100.0,
         fired_until_ms: window.map(|w| w.retain_until().timestamp_millis()),
         limit_id: limit.limit.id.clone(),
         window_ms: window.map(|w| (w.start.timestamp_millis(), w.end.timestamp_millis())),

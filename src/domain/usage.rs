@@ -93,6 +93,8 @@ pub struct Resolved {
     pub filters_hash: String,
     /// `80,100,x`: the alert thresholds, then exceeded, as the counting script reads them.
     pub alert_thresholds: String,
+    /// The lowest of them, in percent (100 when only exceeded is watched).
+    pub lowest_alert_percent: f64,
 }
 
 impl std::ops::Deref for ResolvedLimit {
@@ -110,12 +112,15 @@ impl ResolvedLimit {
         let mut alert_thresholds: Vec<String> =
             limit.alert_thresholds.iter().map(u8::to_string).collect();
         alert_thresholds.push(super::alert::EXCEEDED.to_string());
+        let lowest_alert_percent =
+            f64::from(limit.alert_thresholds.iter().copied().min().unwrap_or(100));
         ResolvedLimit(Arc::new(Resolved {
             limit,
             meter,
             filters,
             filters_hash,
             alert_thresholds: alert_thresholds.join(","),
+            lowest_alert_percent,
         }))
     }
 
