@@ -6,16 +6,17 @@
 -- concurrent requests, together); they run one after the other, as separate calls would.
 --
 -- ARGV[1] is the number of events; then, per event, how many keys and how many arguments it
--- has, then its arguments. KEYS holds the events' keys one event after the other. Within one
--- event's keys and arguments (numbered from 1 below):
+-- has, then its arguments. KEYS holds the events' keys one event after the other. Every
+-- argument costs Redis and Lua an object per call, so the layout passes only what the event
+-- needs and packs what is read rarely (an alert rule's details) into one string.
+-- Within one event's keys and arguments (numbered from 1 below):
 --
--- KEYS[1]   idempotency record (any key of the customer's slot when ARGV[3] is 0)
--- KEYS[2]   the customer's event log (list, oldest first)
--- KEYS[3]   reservation record (hash; any key of the slot unless ARGV[1] is 'reserve')
--- KEYS[4]   the customer's holds hash ("<counter key>|<reservation id>" -> "amount:expires_at_ms")
--- KEYS[5]   the customer's alert outbox (list)
--- KEYS[6 .. 5+n]     one key per op below
--- KEYS[6+n .. 5+n+m] one fired-set per alert rule below
+-- KEYS[1]   the customer's event log (list, oldest first)
+-- KEYS[2]   the customer's holds hash ("<counter key>|<reservation id>" -> "amount:expires_at_ms")
+-- KEYS[3]   the customer's alert outbox (list)
+-- KEYS[4 .. 3+n]  one key per op below
+-- then      the idempotency record, when ARGV[3] is not 0
+-- then      the reservation record (hash), when reserving
 -- ARGV[1]   mode: 'record' (always writes), 'consume' (writes only if every cap holds),
 --           'reserve' (if every cap holds, adds holds instead of usage)
 -- ARGV[2]   now, unix ms (the node's calibrated clock: holds expire against it)
@@ -24,17 +25,18 @@
 -- ARGV[5]   event log member ('' for none)
 -- ARGV[6]   how many events the log keeps (it is trimmed back to that when 1/8 over)
 -- ARGV[7]   event log TTL in ms (refreshed on about one write in 64)
--- ARGV[8]   reservation record: JSON document ('' unless reserving)
--- ARGV[9]   reservation record TTL in ms
--- ARGV[10]  number of ops n; ARGV[11] how many of them (the first) are limit counters, c;
--- ARGV[12]  number of alert rules m
--- ARGV[13..] ops, 5 values each: kind, field, value ("value@at_ms" for latest kinds),
---           expire_at_ms (set when the op creates the key; 0: none), cap ('' for none)
--- then      rules, 7 values each: index of the counter op it watches, limit value, the lowest
---           threshold's level (absolute), thresholds ("80,100,x": percents, x = exceeded),
---           limit ID, window start and end (unix ms, 0 for all-time); a rule's fired-set
---           expires with its counter
--- then      (reserve only) c hold expiries, unix ms, one per counter op
+-- ARGV[8]   number of ops n; ARGV[9] how many of them (the first) are limit counters, c;
+-- ARGV[10]  number of alert rules m
+-- ARGV[11..] ops, 4 values each: kind, value ("value@at_ms" for latest kinds), expire_at_ms
+--           (set when the op creates the key; 0: none), then the cap ('' for none) for string
+--           kinds or the field for hash kinds
+-- then      rules, 3 values each: index of the counter op it watches, the lowest threshold's
+--           level (absolute), and "limit|thresholds|limit ID|window start|window end|fired
+--           set": thresholds as "80,100,x" (percents, x = exceeded), the window in unix ms
+--           (0 for all-time), the set of thresholds that fired in this window, which
+--           expires with its counter; only read when usage reaches the lowest level
+-- then      (reserve only) the reservation record's JSON document and TTL in ms, and c hold
+--           expiries, unix ms, one per counter op
 --   kinds: add | max | latest (string keys; latest holds "value@at_ms")
 --          hadd | hmax | hlatest | hsetnx (hash fields; hlatest keeps at_ms in "<field>@")
 -- Only 'add' counters carry holds.
@@ -88,11 +90,12 @@ local function live_holds(holds_key, now)
   return held_by_counter
 end
 
--- Adds value to a string key (field nil) or a hash field. Integer arithmetic is much cheaper
--- in Redis than float, so whole values try it first; a counter that already holds a fraction
--- (or would overflow) refuses it, and the float command does the work.
-local function increment(key, field, value)
-  if tonumber(value) % 1 == 0 then
+-- Adds value (its text, and number, the same parsed once: tonumber on a string costs two
+-- strtod calls) to a string key (field nil) or a hash field. Integer arithmetic is much
+-- cheaper in Redis than float, so whole values try it first; a counter that already holds a
+-- fraction (or would overflow) refuses it, and the float command does the work.
+local function increment(key, field, value, number)
+  if number % 1 == 0 then
     local result
     if field then
       result = try_call('HINCRBY', key, field, value)
@@ -104,7 +107,7 @@ local function increment(key, field, value)
     end
   end
   if field then
-    return call('HINCRBYFLOAT', key, field, value)
+    return tonumber(call('HINCRBYFLOAT', key, field, value))
   end
   return call('INCRBYFLOAT', key, value)
 end
@@ -112,18 +115,21 @@ end
 -- One event: its keys are KEYS[kb + 1 ..], its arguments ARGV[ab + 1 ..] (laid out as above).
 local function run(kb, ab)
   local mode, now = ARGV[ab + 1], tonumber(ARGV[ab + 2])
-  local n, c, m = tonumber(ARGV[ab + 10]), tonumber(ARGV[ab + 11]), tonumber(ARGV[ab + 12])
-  local OPS, RULES = ab + 13, ab + 13 + 5 * n
+  local n, c, m = tonumber(ARGV[ab + 8]), tonumber(ARGV[ab + 9]), tonumber(ARGV[ab + 10])
+  local OPS, RULES = ab + 11, ab + 11 + 4 * n
+  local log_key, holds_key, outbox_key = KEYS[kb + 1], KEYS[kb + 2], KEYS[kb + 3]
+  local OP_KEYS = kb + 3
+  local dedupe = ARGV[ab + 3] ~= '0'
+  local dedupe_key = dedupe and KEYS[OP_KEYS + n + 1]
 
   -- Recording never refuses, so it claims the idempotency key at once (one call); decisions
   -- claim it only once they know they write.
-  local dedupe = ARGV[ab + 3] ~= '0'
   if dedupe then
     local first
     if mode == 'record' then
-      first = call('SET', KEYS[kb + 1], ARGV[ab + 4], 'NX', 'PX', ARGV[ab + 3], 'GET')
+      first = call('SET', dedupe_key, ARGV[ab + 4], 'NX', 'PX', ARGV[ab + 3], 'GET')
     else
-      first = call('GET', KEYS[kb + 1])
+      first = call('GET', dedupe_key)
     end
     if first then
       return {1, first}
@@ -135,15 +141,15 @@ local function run(kb, ab)
   if mode ~= 'record' then
     local capped = {}
     for i = 1, c do
-      if ARGV[OPS + 5 * i - 1] ~= '' then
-        capped[#capped + 1] = KEYS[kb + 5 + i]
+      if ARGV[OPS + 4 * i - 1] ~= '' then
+        capped[#capped + 1] = KEYS[OP_KEYS + i]
       end
     end
     if #capped > 0 then
       local values = call('MGET', unpack(capped))
       local j = 0
       for i = 1, c do
-        if ARGV[OPS + 5 * i - 1] ~= '' then
+        if ARGV[OPS + 4 * i - 1] ~= '' then
           j = j + 1
           current[i] = values[j]
         end
@@ -153,20 +159,20 @@ local function run(kb, ab)
   local holds = nil
   for i = 1, c do
     held[i] = 0
-    if ARGV[OPS + 5 * (i - 1)] == 'add' then
-      holds = holds or live_holds(KEYS[kb + 4], now)
-      held[i] = holds[KEYS[kb + 5 + i]] or 0
+    if ARGV[OPS + 4 * (i - 1)] == 'add' then
+      holds = holds or live_holds(holds_key, now)
+      held[i] = holds[KEYS[OP_KEYS + i]] or 0
     end
   end
 
   if mode ~= 'record' then
     local refused = false
     for i = 1, c do
-      local b = OPS + 5 * (i - 1)
-      local cap = ARGV[b + 4]
+      local b = OPS + 4 * (i - 1)
+      local cap = ARGV[b + 3]
       if cap ~= '' then
         local kind, limit = ARGV[b], tonumber(cap)
-        local v = stored_number(ARGV[b + 2])
+        local v = stored_number(ARGV[b + 1])
         local used = stored_number(current[i])
         if kind == 'add' then
           refused = refused or used + held[i] + v > limit
@@ -186,22 +192,23 @@ local function run(kb, ab)
       return state
     end
     if dedupe then
-      call('SET', KEYS[kb + 1], ARGV[ab + 4], 'PX', ARGV[ab + 3])
+      call('SET', dedupe_key, ARGV[ab + 4], 'PX', ARGV[ab + 3])
     end
   end
 
   local out = {0, 0}
 
   if mode == 'reserve' then
-    local first_expiry = RULES + 7 * m
+    local reservation_key = KEYS[OP_KEYS + n + (dedupe and 2 or 1)]
+    local doc, ttl, first_expiry = ARGV[RULES + 3 * m], ARGV[RULES + 3 * m + 1], RULES + 3 * m + 2
     local holding = false
     for i = 1, c do
-      local b = OPS + 5 * (i - 1)
-      local key = KEYS[kb + 5 + i]
+      local b = OPS + 4 * (i - 1)
+      local key = KEYS[OP_KEYS + i]
       local h = held[i]
       if ARGV[b] == 'add' then
-        local amount = ARGV[b + 2]
-        call('HSET', KEYS[kb + 4], key .. '|' .. ARGV[ab + 4], amount .. ':' .. ARGV[first_expiry + i - 1])
+        local amount = ARGV[b + 1]
+        call('HSET', holds_key, key .. '|' .. ARGV[ab + 4], amount .. ':' .. ARGV[first_expiry + i - 1])
         h = h + tonumber(amount)
         holding = true
       end
@@ -210,30 +217,32 @@ local function run(kb, ab)
     end
     -- No hold lives longer than the longest reservation (an hour) from its last change.
     if holding then
-      call('PEXPIRE', KEYS[kb + 4], 3660000)
+      call('PEXPIRE', holds_key, 3660000)
     end
-    call('HSET', KEYS[kb + 3], 'doc', ARGV[ab + 8], 'status', 'held')
-    call('PEXPIRE', KEYS[kb + 3], ARGV[ab + 9])
+    call('HSET', reservation_key, 'doc', doc, 'status', 'held')
+    call('PEXPIRE', reservation_key, ttl)
     return out
   end
 
   -- Numeric values before and after each counter op, for the alert rules.
   local before_of, after_of = {}, {}
   for i = 1, n do
-    local b = OPS + 5 * (i - 1)
-    local kind, field, value, expire = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-    local key = KEYS[kb + 5 + i]
+    local b = OPS + 4 * (i - 1)
+    local kind, value, expire, field = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+    local key = KEYS[OP_KEYS + i]
     local before, after, result
     -- Sums learn whether they created the key from their result, which saves a read.
     local created = nil
     if kind == 'add' then
-      result = increment(key, nil, value)
+      local v = tonumber(value)
+      result = increment(key, nil, value, v)
       after = tonumber(result)
-      before = after - tonumber(value)
-      created = after == tonumber(value)
+      before = after - v
+      created = after == v
     elseif kind == 'hadd' then
-      after = tonumber(increment(key, field, value))
-      created = after == tonumber(value)
+      local v = tonumber(value)
+      after = increment(key, field, value, v)
+      created = after == v
     elseif kind == 'max' then
       local old = current[i] or call('GET', key)
       before = stored_number(old)
@@ -290,28 +299,29 @@ local function run(kb, ab)
   -- Threshold crossings, once per (limit, window, threshold).
   local alerts = 0
   for r = 1, m do
-    local b = RULES + 7 * (r - 1)
+    local b = RULES + 3 * (r - 1)
     local op_index = tonumber(ARGV[b])
     local before, after = before_of[op_index], after_of[op_index]
     -- Nothing can cross unless usage grew to at least the lowest level.
-    if after > before and after >= tonumber(ARGV[b + 2]) then
-      local limit = tonumber(ARGV[b + 1])
-      for threshold in gmatch(ARGV[b + 3], '[^,]+') do
+    if after > before and after >= tonumber(ARGV[b + 1]) then
+      local limit, thresholds, limit_id, window_start, window_end, fired_key =
+        match(ARGV[b + 2], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+      limit = tonumber(limit)
+      for threshold in gmatch(thresholds, '[^,]+') do
         local percent = threshold == 'x' and 100 or tonumber(threshold)
         local level = limit * percent / 100
-        local fired_key = KEYS[kb + 5 + n + r]
         if before < level and after >= level and call('SADD', fired_key, threshold) == 1 then
-          local expire = ARGV[OPS + 5 * (op_index - 1) + 3]
+          local expire = ARGV[OPS + 4 * (op_index - 1) + 2]
           if expire ~= '0' then
             call('PEXPIREAT', fired_key, expire)
           end
           -- The node names the message when it hands the outbox over (the ID is a hash).
-          call('RPUSH', KEYS[kb + 5], cjson.encode({
+          call('RPUSH', outbox_key, cjson.encode({
             exceeded = threshold == 'x',
             threshold = percent,
-            limitId = ARGV[b + 4],
-            windowStartMs = tonumber(ARGV[b + 5]),
-            windowEndMs = tonumber(ARGV[b + 6]),
+            limitId = limit_id,
+            windowStartMs = tonumber(window_start),
+            windowEndMs = tonumber(window_end),
             limit = limit,
             usage = after,
             atMs = now,
@@ -327,14 +337,14 @@ local function run(kb, ab)
   -- then: an active customer's log never expires, an idle one's goes ARGV[ab + 7] ms after its
   -- last refresh. Readers take the newest ARGV[ab + 6] members.
   if ARGV[ab + 5] ~= '' then
-    local length = call('RPUSH', KEYS[kb + 2], ARGV[ab + 5])
+    local length = call('RPUSH', log_key, ARGV[ab + 5])
     local cap = tonumber(ARGV[ab + 6])
     if length > cap + ceil(cap / 8) then
-      call('LTRIM', KEYS[kb + 2], -cap, -1)
+      call('LTRIM', log_key, -cap, -1)
     end
     -- About one write in 64 (by the clock's last digits), and always for a new log.
     if length == 1 or now % 64 == 0 then
-      call('PEXPIRE', KEYS[kb + 2], ARGV[ab + 7])
+      call('PEXPIRE', log_key, ARGV[ab + 7])
     end
   end
 

@@ -585,26 +585,30 @@ const EVENTS_PER_CALL: usize = 32;
 
 /// One event's keys, in the usage script's layout (see `lua/usage.lua`).
 fn usage_keys(event: &EventOps) -> impl Iterator<Item = &str> {
-    let placeholder = event.log_key.as_str();
     [
-        event.dedupe_key.as_deref().unwrap_or(placeholder),
-        placeholder,
-        event.reservation_key.as_deref().unwrap_or(placeholder),
+        event.log_key.as_str(),
         event.holds_key.as_str(),
         event.outbox_key.as_str(),
     ]
     .into_iter()
     .chain(event.ops.iter().map(|op| op.key.as_str()))
-    .chain(event.alerts.iter().map(|alert| alert.fired_key.as_str()))
+    .chain(event.dedupe_key.as_deref())
+    .chain(event.reservation_key.as_deref())
+}
+
+fn usage_key_count(event: &EventOps) -> usize {
+    3 + event.ops.len()
+        + usize::from(event.dedupe_key.is_some())
+        + usize::from(event.reservation_key.is_some())
 }
 
 fn usage_arg_count(event: &EventOps) -> usize {
-    let hold_expiries = if event.mode == "reserve" {
-        event.counters
+    let reservation = if event.mode == "reserve" {
+        2 + event.counters
     } else {
         0
     };
-    12 + 5 * event.ops.len() + 7 * event.alerts.len() + hold_expiries
+    10 + 4 * event.ops.len() + 3 * event.alerts.len() + reservation
 }
 
 /// One event's arguments, in the usage script's layout.
@@ -621,35 +625,35 @@ fn push_usage_args(cmd: &mut Cmd, event: &EventOps) {
         .arg(&event.log_member)
         .arg(event.log_cap)
         .arg(event.log_ttl_ms)
-        .arg(&event.reservation_doc)
-        .arg(event.reservation_ttl_ms)
         .arg(event.ops.len())
         .arg(event.counters)
         .arg(event.alerts.len());
     for op in &event.ops {
-        cmd.arg(op.kind.code()).arg(&op.field);
+        cmd.arg(op.kind.code());
         match op.kind {
             OpKind::Latest | OpKind::HashLatest => cmd.arg(format!("{}@{}", op.value, op.at_ms)),
             _ => cmd.arg(&op.value),
         };
         cmd.arg(op.expire_at_ms);
-        match op.cap {
-            Some(cap) => cmd.arg(cap),
-            None => cmd.arg(""),
+        match (op.kind.is_hash(), op.cap) {
+            (true, _) => cmd.arg(&op.field),
+            (false, Some(cap)) => cmd.arg(cap),
+            (false, None) => cmd.arg(""),
         };
     }
     for alert in &event.alerts {
         let rule = &alert.rule;
         let (start, end) = rule.window_ms.unwrap_or((0, 0));
         cmd.arg(alert.op_index + 1)
-            .arg(rule.limit_value)
             .arg(rule.lowest_level)
-            .arg(&rule.thresholds)
-            .arg(&rule.limit_id)
-            .arg(start)
-            .arg(end);
+            .arg(format!(
+                "{}|{}|{}|{start}|{end}|{}",
+                rule.limit_value, rule.thresholds, rule.limit_id, alert.fired_key
+            ));
     }
     if event.mode == "reserve" {
+        cmd.arg(&event.reservation_doc)
+            .arg(event.reservation_ttl_ms);
         for op in &event.ops[..event.counters] {
             cmd.arg(op.hold_expires_ms);
         }
@@ -658,10 +662,7 @@ fn push_usage_args(cmd: &mut Cmd, event: &EventOps) {
 
 /// One `EVALSHA` of `lua/usage.lua` for several events (see the script's header).
 fn usage_call<'a>(script: &Script, events: impl Iterator<Item = &'a EventOps> + Clone) -> Cmd {
-    let keys: usize = events
-        .clone()
-        .map(|e| 5 + e.ops.len() + e.alerts.len())
-        .sum();
+    let keys: usize = events.clone().map(usage_key_count).sum();
     let args: usize = events.clone().map(|e| 2 + usage_arg_count(e)).sum();
     let log_bytes: usize = events.clone().map(|e| e.log_member.len()).sum();
     let mut cmd = Cmd::with_capacity(4 + keys + args, 64 * (keys + args) + log_bytes);
@@ -674,8 +675,7 @@ fn usage_call<'a>(script: &Script, events: impl Iterator<Item = &'a EventOps> + 
     cmd.arg(events.clone().count());
     for event in events {
         let before = cmd.args_iter().count();
-        cmd.arg(5 + event.ops.len() + event.alerts.len())
-            .arg(usage_arg_count(event));
+        cmd.arg(usage_key_count(event)).arg(usage_arg_count(event));
         push_usage_args(&mut cmd, event);
         debug_assert_eq!(
             cmd.args_iter().count() - before,

@@ -50,6 +50,14 @@ pub enum OpKind {
 }
 
 impl OpKind {
+    /// Whether the op writes a field of a hash (roll-ups) rather than a string key.
+    pub fn is_hash(self) -> bool {
+        matches!(
+            self,
+            OpKind::HashAdd | OpKind::HashMax | OpKind::HashLatest | OpKind::HashSetIfAbsent
+        )
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             OpKind::Add => "add",
