@@ -1,6 +1,6 @@
 //! Check, consume and reservations: decisions answer 200 whether allowed or not.
 
-use axum::Json;
+use super::json::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};

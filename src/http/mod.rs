@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod json;
 pub mod limits;
 pub mod meters;
 pub mod request_id;
@@ -95,7 +96,7 @@ pub fn build_router(gateway: AppState, max_body_bytes: usize) -> Router {
             "/v1/openapi.json",
             get(move |_: auth::Authorized<auth::Read>| {
                 let document = std::sync::Arc::clone(&document);
-                async move { axum::Json((*document).clone()) }
+                async move { json::Json((*document).clone()) }
             }),
         )
         .fallback(not_found)
