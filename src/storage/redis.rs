@@ -16,8 +16,9 @@ use super::alerts::{
 };
 use super::keys::Keys;
 use super::usage::{
-    CounterReading, EventOps, EventWrite, Mode, OpKind, RESERVATION_AFTERLIFE_MS, RecordOutcome,
-    Retention, Rollups, StoredReservation, UsageStore, decode_rollup, event_ops, parse_counter,
+    AlertOp, CounterReading, EventOps, EventWrite, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
+    RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, decode_rollup, event_ops,
+    number_text, parse_counter,
 };
 use super::{
     ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreError, StoreResult,
@@ -637,19 +638,14 @@ fn push_usage_args(cmd: &mut Cmd, event: &EventOps) {
         cmd.arg(op.expire_at_ms);
         match (op.kind.is_hash(), op.cap) {
             (true, _) => cmd.arg(&op.field),
-            (false, Some(cap)) => cmd.arg(cap),
+            (false, Some(cap)) => cmd.arg(number_text(cap)),
             (false, None) => cmd.arg(""),
         };
     }
     for alert in &event.alerts {
-        let rule = &alert.rule;
-        let (start, end) = rule.window_ms.unwrap_or((0, 0));
         cmd.arg(alert.op_index + 1)
-            .arg(rule.lowest_level)
-            .arg(format!(
-                "{}|{}|{}|{start}|{end}|{}",
-                rule.limit_value, rule.thresholds, rule.limit_id, alert.fired_key
-            ));
+            .arg(number_text(alert.rule.lowest_level))
+            .arg(rule_details(alert));
     }
     if event.mode == "reserve" {
         cmd.arg(&event.reservation_doc)
@@ -658,6 +654,25 @@ fn push_usage_args(cmd: &mut Cmd, event: &EventOps) {
             cmd.arg(op.hold_expires_ms);
         }
     }
+}
+
+/// An alert rule's packed details: "limit|thresholds|limit ID|window start|window end|fired
+/// set", read by the script only when usage reaches the rule's lowest level.
+fn rule_details(alert: &AlertOp) -> String {
+    let rule = &alert.rule;
+    let (start, end) = rule.window_ms.unwrap_or((0, 0));
+    let mut details = number_text(rule.limit_value);
+    for part in [
+        rule.thresholds.as_str(),
+        rule.limit_id.as_str(),
+        itoa::Buffer::new().format(start),
+        itoa::Buffer::new().format(end),
+        alert.fired_key.as_str(),
+    ] {
+        details.push('|');
+        details.push_str(part);
+    }
+    details
 }
 
 /// One `EVALSHA` of `lua/usage.lua` for several events (see the script's header).
@@ -674,14 +689,8 @@ fn usage_call<'a>(script: &Script, events: impl Iterator<Item = &'a EventOps> + 
     }
     cmd.arg(events.clone().count());
     for event in events {
-        let before = cmd.args_iter().count();
         cmd.arg(usage_key_count(event)).arg(usage_arg_count(event));
         push_usage_args(&mut cmd, event);
-        debug_assert_eq!(
-            cmd.args_iter().count() - before,
-            2 + usage_arg_count(event),
-            "usage_arg_count is out of step with push_usage_args"
-        );
     }
     cmd
 }
@@ -1258,6 +1267,90 @@ impl AlertStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(mode: &'static str, dedupe: bool, alerts: usize) -> EventOps {
+        let op = |kind, cap| super::super::usage::KeyOp {
+            key: "qg:{c:a}:u:m:_:day:0".into(),
+            kind,
+            field: if kind.is_hash() {
+                "_".into()
+            } else {
+                String::new()
+            },
+            value: "2".into(),
+            at_ms: 0,
+            expire_at_ms: 5,
+            holds: kind == OpKind::Add,
+            cap,
+            hold_expires_ms: 5,
+        };
+        let rule = crate::domain::alert::AlertRule {
+            thresholds: "80,x".into(),
+            limit_value: 10.0,
+            lowest_level: 8.0,
+            fired_until_ms: Some(5),
+            limit_id: "lmt_1".into(),
+            window_ms: Some((0, 5)),
+        };
+        EventOps {
+            mode,
+            now_ms: 1,
+            event_id: "evt_1".into(),
+            dedupe_key: dedupe.then(|| "qg:{c:a}:idem:x".into()),
+            dedupe_ttl_ms: 9,
+            log_key: "qg:{c:a}:events".into(),
+            log_member: "entry".into(),
+            log_ttl_ms: 9,
+            log_cap: 10,
+            reservation_key: (mode == "reserve").then(|| "qg:{c:a}:rsv:r".into()),
+            reservation_doc: "{}".into(),
+            reservation_ttl_ms: 9,
+            ops: vec![
+                op(OpKind::Add, Some(10.0)),
+                op(OpKind::Max, None),
+                op(OpKind::HashAdd, None),
+            ],
+            counters: 2,
+            outbox_key: "qg:{c:a}:outbox".into(),
+            holds_key: "qg:{c:a}:holds".into(),
+            alerts: (0..alerts)
+                .map(|_| AlertOp {
+                    op_index: 0,
+                    rule: rule.clone(),
+                    fired_key: "qg:{c:a}:fired:lmt_1:0".into(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The script finds each event's keys and arguments by the counts sent before them.
+    #[test]
+    fn usage_counts_match_what_is_sent() {
+        for mode in ["record", "consume", "reserve"] {
+            for dedupe in [false, true] {
+                for alerts in [0, 2] {
+                    let event = event(mode, dedupe, alerts);
+                    let mut cmd = redis::Cmd::new();
+                    push_usage_args(&mut cmd, &event);
+                    assert_eq!(cmd.args_iter().count(), usage_arg_count(&event), "{mode}");
+                    assert_eq!(
+                        usage_keys(&event).count(),
+                        usage_key_count(&event),
+                        "{mode}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rule_details_pack_what_the_script_splits() {
+        let event = event("record", false, 1);
+        assert_eq!(
+            rule_details(&event.alerts[0]),
+            "10|80,x|lmt_1|0|5|qg:{c:a}:fired:lmt_1:0"
+        );
+    }
 
     #[test]
     fn passwords_never_reach_the_log() {

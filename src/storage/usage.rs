@@ -186,7 +186,7 @@ pub struct EventWrite<'a> {
 
 /// A value as the usage script reads it. Whole values (nearly all) skip float formatting,
 /// which costs several times more on a path that writes a few numbers per event.
-fn number_text(value: f64) -> String {
+pub fn number_text(value: f64) -> String {
     if value.fract() == 0.0 && value.abs() < 1e15 {
         itoa::Buffer::new().format(value as i64).to_owned()
     } else {
