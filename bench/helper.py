@@ -15,6 +15,10 @@
   scripts-at-head SHA                 the same among the files committed at HEAD
   memory  PORT BASELINE OUT_JSON      memory figures of db 0 after the gateway runs
   report  RESULTS_DIR OUT_MD          turn the raw results into the markdown report
+  drive   BASE KEY MODE N             send N requests (consume, check, record, or batch of 100
+                                      events) one after the other on one keep-alive connection,
+                                      as wrk does, to customers c0, c1, ...; fails on any answer
+                                      but 200
 """
 
 import hashlib
@@ -706,13 +710,40 @@ def report(results, out_md):
     sys.stdout.write(text)
 
 
+def drive(base, key, mode, n):
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    path = {"consume": "/v1/limits/consume", "check": "/v1/limits/check",
+            "record": "/v1/events/record", "batch": "/v1/events/batch"}[mode]
+
+    def event(i):
+        return {"customerId": f"c{i % 10000}", "eventType": "llm", "values": {"tokens": 10}}
+
+    for i in range(int(n)):
+        if mode == "check":
+            body = {"customerId": f"c{i % 10000}"}
+        elif mode == "batch":
+            body = {"events": [event(i * 100 + j) for j in range(100)]}
+        else:
+            body = event(i)
+        conn.request("POST", path, json.dumps(body), headers)
+        resp = conn.getresponse()
+        answer = resp.read()
+        if resp.status != 200:
+            raise SystemExit(f"bench drive: {mode} answered {resp.status}: {answer[:200]!r}")
+
+
 def main():
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
     command, args = sys.argv[1], sys.argv[2:]
     {"setup": setup, "check-state": check_state, "consume-sanity": consume_sanity,
      "capture": capture, "scripts": scripts, "scripts-at-head": scripts_at_head,
-     "memory": memory, "report": report, "limits": limits}[command](*args)
+     "memory": memory, "report": report, "limits": limits, "drive": drive}[command](*args)
 
 
 if __name__ == "__main__":
