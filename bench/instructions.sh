@@ -39,18 +39,10 @@ WARM=200    # requests before counting starts: caches, connections, script load
 log() { printf '[instructions] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-missing=()
-command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-{ command -v redis-cli && command -v redis-benchmark; } >/dev/null 2>&1 || missing+=(redis-tools)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-if ((${#missing[@]})); then
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
-    log "installing ${missing[*]} with apt-get"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=bench/require.sh
+source bench/require.sh
+require valgrind:valgrind callgrind_annotate:valgrind redis-server:redis-server \
+    redis-cli:redis-tools redis-benchmark:redis-tools curl:curl python3:python3
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ] && [ -z "${BENCH_BIN:-}" ]; then
     log "cargo build --release"
     cargo build --release >&2
