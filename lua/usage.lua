@@ -2,8 +2,8 @@
 -- limit checks against caps, then every counter, roll-up and the event log (or, for a
 -- reservation, holds on the counters instead of usage). It runs on every hot request, so it
 -- stays lean: one MGET for the capped counters, one call per write, PEXPIREAT only on a key it
--- created. Several events in one call share its fixed cost (the node sends a batch, or
--- concurrent requests, together); they run one after the other, as separate calls would.
+-- created. Several events in one call share its fixed cost (the node sends a batch's events
+-- together); they run one after the other, as separate calls would.
 --
 -- ARGV[1] is the number of events; then, per event, how many keys and how many arguments it
 -- has, then its arguments. KEYS holds the events' keys one event after the other. Every
