@@ -711,10 +711,13 @@ fn answer_number(value: &Value) -> f64 {
     }
 }
 
+fn unexpected_answer() -> StoreError {
+    StoreError::Internal("unexpected usage script answer".into())
+}
+
 fn decode_outcome(value: Value, counters: usize) -> StoreResult<RecordOutcome> {
-    let bad = || StoreError::Internal("unexpected usage script answer".into());
     let Value::Array(items) = value else {
-        return Err(bad());
+        return Err(unexpected_answer());
     };
     let readings = |pairs: &[Value]| -> Vec<CounterReading> {
         pairs
@@ -730,7 +733,7 @@ fn decode_outcome(value: Value, counters: usize) -> StoreResult<RecordOutcome> {
         [Value::Int(1), first, ..] => Ok(RecordOutcome::Duplicate {
             event_id: match first {
                 Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                _ => return Err(bad()),
+                _ => return Err(unexpected_answer()),
             },
         }),
         [Value::Int(2), pairs @ ..] => Ok(RecordOutcome::Refused {
@@ -740,7 +743,7 @@ fn decode_outcome(value: Value, counters: usize) -> StoreResult<RecordOutcome> {
             alerts: answer_number(alerts) as usize,
             after: readings(pairs),
         }),
-        _ => Err(bad()),
+        _ => Err(unexpected_answer()),
     }
 }
 
@@ -780,16 +783,10 @@ impl UsageStore for RedisStore {
             .await?;
         let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; writes.len()];
         for (group, answer) in groups.iter().zip(answers) {
-            let Value::Array(per_event) = answer else {
-                return Err(StoreError::Internal(
-                    "unexpected usage script answer".into(),
-                ));
+            let per_event = match answer {
+                Value::Array(per_event) if per_event.len() == group.len() => per_event,
+                _ => return Err(unexpected_answer()),
             };
-            if per_event.len() != group.len() {
-                return Err(StoreError::Internal(
-                    "unexpected usage script answer".into(),
-                ));
-            }
             for (&index, answer) in group.iter().zip(per_event) {
                 outcomes[index] = Some(decode_outcome(answer, events[index].counters)?);
             }
