@@ -28,8 +28,6 @@ pub struct AlertRule {
     pub limit_value: f64,
     /// Usage below this crosses nothing: the lowest threshold's level.
     pub lowest_level: f64,
-    /// When the record of fired thresholds of this window may go; `None` for all-time.
-    pub fired_until_ms: Option<i64>,
     pub limit_id: String,
     /// The window (unix ms); `None` for all-time limits.
     pub window_ms: Option<(i64, i64)>,
@@ -49,7 +47,6 @@ pub fn rule(limit: &ResolvedLimit, window: Option<Window>) -> AlertRule {
         thresholds: limit.alert_thresholds.clone(),
         limit_value: limit.limit.limit_value.get(),
         lowest_level: limit.limit.limit_value.get() * limit.lowest_alert_percent / 100.0,
-        fired_until_ms: window.map(|w| w.retain_until().timestamp_millis()),
         limit_id: limit.limit.id.clone(),
         window_ms: window.map(|w| (w.start.timestamp_millis(), w.end.timestamp_millis())),
     }

@@ -567,10 +567,14 @@ impl MemoryUsage {
                 if fired.insert(threshold.to_string(), String::new()).is_some() {
                     continue;
                 }
-                if let (Some(until), Some(entry)) = (
-                    alert.rule.fired_until_ms,
-                    self.entries.get_mut(&alert.fired_key),
-                ) {
+                // A rule's fired-set expires with the counter it watches (as in the script).
+                let until = event
+                    .ops
+                    .get(alert.op_index)
+                    .map_or(0, |op| op.expire_at_ms);
+                if until != 0
+                    && let Some(entry) = self.entries.get_mut(&alert.fired_key)
+                {
                     entry.expire_at_ms = Some(until);
                 }
                 let rule = &alert.rule;

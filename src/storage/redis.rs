@@ -1280,7 +1280,6 @@ mod tests {
             thresholds: "80,x".into(),
             limit_value: 10.0,
             lowest_level: 8.0,
-            fired_until_ms: Some(5),
             limit_id: "lmt_1".into(),
             window_ms: Some((0, 5)),
         };
