@@ -79,6 +79,11 @@ pub struct Config {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "QUOTAGATE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Threads serving requests; one per CPU when unset. Fewer pay off when Redis (or the
+    /// clients) share this machine's CPUs: each thread handing work to another costs CPU.
+    #[arg(long, env = "QUOTAGATE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 }
 
 impl Config {
@@ -168,5 +173,16 @@ mod tests {
     fn bad_values_are_refused() {
         assert!(parse(&["--default-timezone", "Mars/Olympus"]).is_err());
         assert!(parse(&["--key-prefix", "a{b}"]).is_err());
+        assert!(parse(&["--worker-threads", "0"]).is_err());
+        assert!(parse(&["--worker-threads", "two"]).is_err());
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_cpu() {
+        assert_eq!(parse(&[]).unwrap().worker_threads, None);
+        assert_eq!(
+            parse(&["--worker-threads", "1"]).unwrap().worker_threads,
+            Some(1)
+        );
     }
 }
