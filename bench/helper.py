@@ -14,6 +14,8 @@
   scripts SHA LUA_DIR                 print the lua/*.lua file whose SHA-1 is SHA (or nothing)
   scripts-at-head SHA                 the same among the files committed at HEAD
   memory  PORT BASELINE OUT_JSON      memory figures of db 0 after the gateway runs
+  spread-total PORT DB                sum of the counters of the spread replays' customers
+                                      (12-digit names, as redis-benchmark's __rand_int__)
   report  RESULTS_DIR OUT_MD          turn the raw results into the markdown report
   drive   BASE KEY MODE N             send N requests (consume, check, record, or batch of 100
                                       events) one after the other on one keep-alive connection,
@@ -342,6 +344,19 @@ def kind_of(key):
     return "other"
 
 
+def spread_total(port, db):
+    redis = Resp(port)
+    redis.call("SELECT", db)
+    total, cursor = 0, b"0"
+    while True:
+        cursor, keys = redis.call("SCAN", cursor, "MATCH", "*{c:[0-9]*}:u:*", "COUNT", 1000)
+        if keys:
+            total += sum(int(float(v)) for v in redis.call("MGET", *keys) if v is not None)
+        if cursor == b"0":
+            break
+    print(total)
+
+
 def memory(port, baseline, out_path):
     r = Resp(port)
     r.call("SELECT", 0)
@@ -426,7 +441,8 @@ def report(results, out_md):
     lines += [
         f"Command: `{env.get('command', 'bench/run.sh')}`: {secs} s per wrk run (after a "
         f"{env.get('warmup', '?')} s warm-up per endpoint), wrk threads = min(2, connections), "
-        f"one gateway node, Redis {env.get('redis_short', '')} on loopback "
+        f"one gateway node ({env.get('gateway_workers', '?')} worker thread(s), see below), "
+        f"Redis {env.get('redis_short', '')} on loopback "
         f"(`--save '' --appendonly no`), {env.get('customers', '?')} customers, 1 sum meter with "
         "3 default limits (minute, day, month), so every event writes 3 counters.",
         "",
@@ -525,10 +541,11 @@ def report(results, out_md):
     rb_c = env.get("rb_clients", "50")
     lines += [
         "",
-        f"## Raw Redis (redis-benchmark -c {rb_c}, same redis-server, db 1)",
+        f"## Raw Redis (redis-benchmark -c {rb_c}, same redis-server, db 1 and 2)",
         "",
-        "Each row replays verbatim the command the gateway sent for one request (captured with "
-        "MONITOR; see below), for one customer.",
+        "Each row replays the command the gateway sent for one request (captured with MONITOR; "
+        "see below): verbatim, for one customer, or spread over the customers (see below the "
+        "table).",
         "",
         "| command | requests | req/s | p50 ms | p99 ms | max ms |",
         "|---|---:|---:|---:|---:|---:|",
@@ -549,12 +566,16 @@ def report(results, out_md):
     bat = json.loads(read(os.path.join(results, "capture-batch.json"), "{}") or "{}")
     batch_label = (f"batch: the record call pipelined {env.get('batch_events', '100')} deep "
                    f"(`-P`), {bat.get('numkeys', '?')} keys, {bat.get('argv', '?')} ARGV")
+    customers = env.get("customers", "?")
+    spread = f", spread over {customers} customers"
     raw = {}
-    for name, label in (("record", record_label), ("check", check_label),
-                        ("consume", consume_label), ("batch", batch_label)):
+    for name, label in (("record", record_label), ("record-spread", record_label + spread),
+                        ("check", check_label),
+                        ("consume", consume_label), ("consume-spread", consume_label + spread),
+                        ("batch", batch_label), ("batch-spread", batch_label + spread)):
         res = rb_result(os.path.join(results, f"rb-{name}.csv"))
         raw[name] = res
-        if name == "consume" and env.get("consume_skipped"):
+        if name.startswith("consume") and env.get("consume_skipped"):
             lines.append(f"| raw consume script | | (not run: {env['consume_skipped']}) | | | |")
         elif res is None:
             lines.append(f"| {label} | | (no result) | | | |")
@@ -563,42 +584,51 @@ def report(results, out_md):
                 f"| {label} | {num(int(env.get(f'rb_{name}_n', 0)))} | {num(res['rps'])} "
                 f"| {res['p50']:.3f} | {res['p99']:.3f} | {res['max']:.3f} |"
             )
-    for name in ("record", "consume", "batch"):
+    lines += [
+        "",
+        f"Rows marked *spread* replay the same call with each key's customer drawn at random among "
+        f"{customers} customers (`redis-benchmark -r {customers}`, db 2, after a calibration of "
+        "10 calls per customer), so Redis touches as many keys, over as many customers, as "
+        "under the gateway's load; the verbatim rows keep one customer's keys hot in the CPU "
+        "caches. One call's keys belong to different customers there (each `__rand_int__` is "
+        "drawn on its own), which one server accepts.",
+    ]
+    for name in ("record", "record-spread", "consume", "consume-spread", "batch", "batch-spread"):
         if env.get(f"rb_{name}_verified"):
-            what = "every call counted" + (", so every call was admitted" if name == "consume" else "")
+            what = "every call counted" + (", so every call was admitted"
+                                           if name.startswith("consume") else "")
             lines += ["", f"{name.capitalize()} replay verified ({what}): "
                       f"`{env[f'rb_{name}_verified']}` (calibration calls included)."]
     lines += ["", "## Gateway ÷ raw script (record, consume)", ""]
 
-    def ratio(mode, c):
-        if raw.get(mode) and c in gateway_rps[mode]:
-            return f"{gateway_rps[mode][c] / raw[mode]['rps']:.3f}"
+    def ratio(mode, c, kind=None):
+        kind = kind or mode
+        if raw.get(kind) and c in gateway_rps[mode]:
+            return f"{gateway_rps[mode][c] / raw[kind]['rps']:.3f}"
         return "–"
 
     def rate(mode, c):
         return num(gateway_rps[mode][c]) if c in gateway_rps[mode] else "–"
 
     if raw.get("record") and record_rps:
-        raw_consume = num(raw["consume"]["rps"]) if raw.get("consume") else "–"
         lines += [
-            "| conns | gateway record req/s | raw record script req/s | record ratio "
-            "| gateway consume req/s | raw consume script req/s | consume ratio |",
+            "| conns | gateway record req/s | ÷ raw record | ÷ raw record, spread "
+            "| gateway consume req/s | ÷ raw consume | ÷ raw consume, spread |",
             "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for c in conns:
-            lines.append(f"| {c} | {rate('record', c)} | {num(raw['record']['rps'])} "
-                         f"| {ratio('record', c)} | {rate('consume', c)} | {raw_consume} "
-                         f"| {ratio('consume', c)} |")
-        best = max(record_rps.values())
-        best_line = (f"Best gateway rate ÷ raw script rate: record "
-                     f"**{best / raw['record']['rps']:.3f}**")
-        if raw.get("consume") and gateway_rps["consume"]:
-            best_c = max(gateway_rps["consume"].values())
-            best_line += f", consume **{best_c / raw['consume']['rps']:.3f}**"
-        else:
-            best_line += (", consume (not run)" if env.get("consume_skipped")
-                          else ", consume (missing results)")
-        lines += ["", best_line]
+            lines.append(f"| {c} | {rate('record', c)} | {ratio('record', c)} "
+                         f"| {ratio('record', c, 'record-spread')} | {rate('consume', c)} "
+                         f"| {ratio('consume', c)} | {ratio('consume', c, 'consume-spread')} |")
+        for mode in ("record", "consume"):
+            if not gateway_rps[mode]:
+                lines += ["", f"Best gateway {mode} rate: (not run)"]
+                continue
+            best = max(gateway_rps[mode].values())
+            parts = [f"÷ raw {mode} script {num(raw[kind]['rps'])} = **{best / raw[kind]['rps']:.3f}**"
+                     + (" (spread)" if kind.endswith("spread") else " (verbatim)")
+                     for kind in (mode, f"{mode}-spread") if raw.get(kind)]
+            lines += ["", f"Best gateway {mode} rate {num(best)} req/s " + ", ".join(parts)]
     else:
         lines.append("(missing results)")
     batch_rates = []
@@ -606,10 +636,36 @@ def report(results, out_md):
         res = wrk_result(os.path.join(results, f"wrk-batch-{c}.txt"))
         if res:
             batch_rates.append(res["requests"] / (res["duration_us"] / 1e6) * 100)
-    if batch_rates and raw.get("batch"):
-        lines += ["", f"Batch ingestion: best {num(max(batch_rates))} events/s ÷ raw pipelined "
-                  f"record script {num(raw['batch']['rps'])} calls/s = "
-                  f"**{max(batch_rates) / raw['batch']['rps']:.3f}**"]
+    for kind, what in (("batch", "verbatim"), ("batch-spread", "spread")):
+        if batch_rates and raw.get(kind):
+            lines += ["", f"Batch ingestion: best {num(max(batch_rates))} events/s ÷ raw pipelined "
+                      f"record script ({what}) {num(raw[kind]['rps'])} calls/s = "
+                      f"**{max(batch_rates) / raw[kind]['rps']:.3f}**"]
+    workers = env.get("worker_counts", "").split()
+    if workers:
+        top = conns[-1]
+        lines += [
+            "",
+            f"## Worker threads (`QUOTAGATE_WORKER_THREADS`, {top} connections)",
+            "",
+            f"The rows above ran with {env.get('gateway_workers', '?')} worker thread(s). Here the "
+            "gateway was restarted with each count, on the same data.",
+            "",
+            "| workers | endpoint | req/s | p50 ms | p99 ms | p99.9 ms | errors |",
+            "|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for w in workers:
+            for mode in ("consume", "check"):
+                res = wrk_result(os.path.join(results, f"wrk-workers-{w}-{mode}.txt"))
+                if res is None:
+                    lines.append(f"| {w} | {mode} | (no result) | | | | |")
+                    continue
+                rps = res["requests"] / (res["duration_us"] / 1e6)
+                errors = sum(res[k] for k in res if k.startswith("errors_"))
+                errors += res.get("answers_refused", 0) + res.get("answers_degraded", 0) + res.get(
+                    "answers_other", 0)
+                lines.append(f"| {w} | {mode} | {num(rps)} | {ms(res['p50_us'])} "
+                             f"| {ms(res['p99_us'])} | {ms(res['p999_us'])} | {num(errors)} |")
     counts = env.get("limit_counts", "").split()
     if counts:
         top = conns[-1]
@@ -687,13 +743,14 @@ def report(results, out_md):
         "",
         "- wrk (not wrk2) is closed-loop: latency percentiles do not account for coordinated "
         "omission, and wrk itself competes with the gateway and Redis for the same CPUs.",
-        "- The raw rows hit one customer's keys over and over (record and check: c7777, "
-        "consume: c7778, batch: c7779), not 10 000 customers: "
-        "redis-benchmark 7.0 draws a separate number for every `__rand_int__` of a command, "
-        "so one call's keys would belong to different customers (and slots). A hot key set "
-        "is, if anything, slightly kind to Redis (cache locality).",
-        "- The replay re-adds the same event-log member, so that customer's log stays at one "
-        "member, where the gateway's logs grow with every event.",
+        "- The verbatim raw rows hit one customer's keys over and over (record and check: c7777, "
+        "consume: c7778, batch: c7779), which stay in the CPU caches; the gateway's load and the "
+        "spread rows touch keys of all the customers, and Redis spends more per call on them.",
+        "- The spread rows start their customers from empty keys in db 2 (the calibration fills "
+        "them), so their event logs are shorter than the gateway's; a push only touches a log's "
+        "tail.",
+        "- The verbatim replay re-adds the same event-log member, so that customer's log stays "
+        "at one member, where the gateway's logs grow with every event.",
         "- The consume replay runs against the limits captured with the call (1e12), so it is "
         "always admitted, like the gateway's consumes here: the rows measure the admitting path "
         "(checks, then writes), not refusals. The wrk script's `response()` (consume mode only) "
@@ -743,7 +800,7 @@ def main():
     command, args = sys.argv[1], sys.argv[2:]
     {"setup": setup, "check-state": check_state, "consume-sanity": consume_sanity,
      "capture": capture, "scripts": scripts, "scripts-at-head": scripts_at_head,
-     "memory": memory, "report": report, "limits": limits, "drive": drive}[command](*args)
+     "memory": memory, "spread-total": spread_total, "report": report, "limits": limits, "drive": drive}[command](*args)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,11 @@ RB_CLIENTS=50       # redis-benchmark connections
 RB_MAX_SECS=45      # cap on a redis-benchmark run: the captured call's minute counter expires
                     # 60 to 120 s after the capture, and the replay must not outlive it
 WRK_TIMEOUT=10s
+# Worker threads of the gateway (QUOTAGATE_WORKER_THREADS). One: wrk and Redis share the two
+# CPUs, and a second worker costs more CPU per request than it adds (the workers section of
+# the report measures 1 against one per CPU).
+GATEWAY_WORKERS=1
+WORKER_COUNTS=(1 "$(nproc)")
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -61,6 +66,7 @@ RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/quotagate-bench.XXXXXX")
 RESULTS=$RUN_DIR/results
 mkdir -p "$RESULTS"
 PIDS=()      # long-lived children, stopped in reverse order on exit
+GW_PID=""    # the gateway, stopped first
 CHILD=""     # the foreground job being waited for (wrk, redis-benchmark, MONITOR)
 
 running() { # pid: alive and not a zombie
@@ -87,6 +93,7 @@ cleanup() {
     set +e
     exec 1>&3 2>&4
     if [ -n "$CHILD" ]; then stop_pid "$CHILD"; fi
+    if [ -n "$GW_PID" ]; then stop_pid "$GW_PID"; fi
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
     if ((rc == 130 || rc == 143)); then
         log "interrupted; everything it started is stopped"
@@ -153,16 +160,23 @@ log "redis-server $REDIS_PID on 127.0.0.1:$REDIS_PORT"
 GW_PORT=$(free_port)
 BASE=http://127.0.0.1:$GW_PORT
 while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^QUOTAGATE_' || true)
-QUOTAGATE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
-    QUOTAGATE_ADMIN_KEY=$ADMIN_KEY \
-    QUOTAGATE_LISTEN=127.0.0.1:$GW_PORT \
-    QUOTAGATE_LOG=warn \
-    "$BIN" >"$RUN_DIR/gateway.log" 2>&1 &
-PIDS+=($!)
-GW_PID=$!
 gateway_up() { curl -fsS --max-time 1 "$BASE/healthz"; }
-wait_until "gateway $BIN on $BASE" 30 "$GW_PID" gateway_up
-log "gateway $GW_PID on $BASE"
+start_gateway() { # worker-threads: (re)starts the gateway; its log is appended to gateway.log
+    if [ -n "$GW_PID" ]; then
+        stop_pid "$GW_PID"
+        GW_PID=""
+    fi
+    QUOTAGATE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
+        QUOTAGATE_ADMIN_KEY=$ADMIN_KEY \
+        QUOTAGATE_LISTEN=127.0.0.1:$GW_PORT \
+        QUOTAGATE_LOG=warn \
+        QUOTAGATE_WORKER_THREADS=$1 \
+        "$BIN" >>"$RUN_DIR/gateway.log" 2>&1 &
+    GW_PID=$!
+    wait_until "gateway $BIN on $BASE" 30 "$GW_PID" gateway_up
+    log "gateway $GW_PID on $BASE, $1 worker thread(s)"
+}
+start_gateway "$GATEWAY_WORKERS"
 
 # --------------------------------------------------------------------------- setup
 python3 "$BENCH/helper.py" setup "$BASE" "$ADMIN_KEY" "$CUSTOMERS"
@@ -175,6 +189,7 @@ python3 "$BENCH/helper.py" setup "$BASE" "$ADMIN_KEY" "$CUSTOMERS"
     echo "customers=$CUSTOMERS"
     echo "batch_events=$BATCH_EVENTS"
     echo "conns=${CONNS[*]}"
+    echo "gateway_workers=$GATEWAY_WORKERS"
     echo "rb_clients=$RB_CLIENTS"
     echo "nproc=$(nproc)"
     cpu=$(grep -m1 -E '^(model name|Model)' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
@@ -243,6 +258,25 @@ for mode in "${MODES[@]}"; do
     done
 done
 
+# ------------------------------------------------------------------- worker threads
+# Consume and check at the highest connection count with each worker count, the gateway
+# restarted for each (same data); then back to GATEWAY_WORKERS for the rest of the run.
+if [[ " ${MODES[*]} " == *" consume "* ]]; then
+    top=${CONNS[-1]}
+    for workers in $(printf '%s\n' "${WORKER_COUNTS[@]}" | sort -nu); do
+        start_gateway "$workers"
+        for mode in consume check; do
+            wrk_run "$mode" 16 "$WARMUP" "$RUN_DIR/warmup-workers-$workers-$mode.txt" "workers-$workers-warm-up"
+            out=$RESULTS/wrk-workers-$workers-$mode.txt
+            wrk_run "$mode" "$top" "$SECS" "$out" "workers-$workers-$mode"
+            line=$(grep '^BENCH_RESULT' "$out") || die "no BENCH_RESULT in $out"
+            log "wrk $mode -c $top with $workers worker thread(s): ${line#BENCH_RESULT }"
+        done
+    done
+    echo "worker_counts=$(printf '%s\n' "${WORKER_COUNTS[@]}" | sort -nu | tr '\n' ' ')" >>"$RESULTS/env.txt"
+    start_gateway "$GATEWAY_WORKERS"
+fi
+
 # ---------------------------------------------------------------- memory (db 0 only)
 python3 "$BENCH/helper.py" memory "$REDIS_PORT" "$BASELINE_MEMORY" "$RESULTS/memory.json"
 log "memory: $(tr -d '\n ' <"$RESULTS/memory.json" | cut -c1-200)..."
@@ -306,12 +340,15 @@ SCRIPT_NAME=$SCRIPT_LABEL
 log "record call: EVALSHA of $SCRIPT_NAME, ${RB_RECORD[2]} keys, $((${#RB_RECORD[@]} - 3 - RB_RECORD[2])) ARGV"
 
 # --------------------------------------------------------------------- redis-benchmark
-# db 1, so the replay's writes stay out of the gateway's data (db 0).
+# db 1 (verbatim replays) and db 2 (spread replays), so the replays' writes stay out of the
+# gateway's data (db 0) and out of each other's counts.
+RB_DB=1
+RB_CAL=20000   # calibration calls before each measured replay
 rb() { # n output-file command...
     local n=$1 out=$2
     shift 2
     run_child redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$RB_CLIENTS" -n "$n" \
-        --dbnum 1 --csv "$@" >"$out" 2>"$out.err" || die "redis-benchmark failed: $(tail -n 5 "$out.err")"
+        --dbnum "$RB_DB" --csv "$@" >"$out" 2>"$out.err" || die "redis-benchmark failed: $(tail -n 5 "$out.err")"
     grep -q '^"' "$out" || die "redis-benchmark printed no CSV row: $(cat "$out" "$out.err" | tail -n 5)"
     if grep -q '^Error' "$out" "$out.err"; then die "redis-benchmark: $(grep -h '^Error' "$out" "$out.err" | head -n 3)"; fi
 }
@@ -324,14 +361,14 @@ rb_n_for() { # calibration-csv -> request count for min(SECS, RB_MAX_SECS) secon
 rb_replay() { # kind label command...
     local kind=$1 label=$2
     shift 2
-    log "redis-benchmark $label: calibrating"
-    rb 20000 "$RUN_DIR/rb-$kind-cal.csv" "$@"
+    log "redis-benchmark $label: calibrating ($RB_CAL calls)"
+    rb "$RB_CAL" "$RUN_DIR/rb-$kind-cal.csv" "$@"
     local n
     n=$(rb_n_for "$RUN_DIR/rb-$kind-cal.csv")
     log "redis-benchmark $label: $n calls"
     rb "$n" "$RESULTS/rb-$kind.csv" "$@"
     echo "rb_${kind}_n=$n" >>"$RESULTS/env.txt"
-    RB_CALLS=$((20000 + n))
+    RB_CALLS=$((RB_CAL + n))
 }
 # Check the replayed script really did the work: a counter it adds 1 to must equal the number
 # of calls (the minute counter may have rolled over, so any one of the counters will do). For
@@ -353,8 +390,43 @@ verify_replay() { # kind slack command...: slack = extra calls a pipelined run m
     log "$kind replay verified: $verified after $RB_CALLS calls"
     echo "rb_${kind}_verified=$verified after $RB_CALLS calls" >>"$RESULTS/env.txt"
 }
+# The spread replay: the same call with each key's customer drawn at random among the
+# CUSTOMERS customers (`-r`: redis-benchmark draws a 12-digit number for every `__rand_int__`,
+# so one call's keys belong to different customers, which one server accepts). Per second it
+# touches as many keys, spread over as many customers, as the gateway's load does, where the
+# verbatim replay keeps one customer's keys hot in the CPU caches. In db 2, after a
+# calibration of 10 calls per customer, so that nearly every key exists before the measured
+# run. Verified by the sum of the spread customers' counters: each call adds 1 to each
+# counter it names.
+spread_total() { python3 "$BENCH/helper.py" spread-total "$REDIS_PORT" 2; }
+spread_replay() { # kind label customer pipeline-depth command...
+    local kind=$1 label=$2 customer=$3 depth=$4 i counters=0 before after expected slack
+    shift 4
+    local call=("$@")
+    for ((i = 3; i < 3 + call[2]; i++)); do
+        [[ ${call[i]} == *:u:* ]] && counters=$((counters + 1))
+        call[i]=${call[i]//"{c:$customer}"/"{c:__rand_int__}"}
+    done
+    ((counters > 0)) || die "$kind spread replay: the call names no counter"
+    before=$(spread_total)
+    local options=(-r "$CUSTOMERS")
+    ((depth > 1)) && options+=(-P "$depth")
+    RB_DB=2 RB_CAL=$((10 * CUSTOMERS)) rb_replay "$kind-spread" "$label, spread" \
+        "${options[@]}" "${call[@]}"
+    after=$(spread_total)
+    # redis-benchmark finishes the pipelines in flight when it reaches -n: up to one more
+    # pipeline per connection, per run (calibration and measurement).
+    slack=$((depth > 1 ? 2 * RB_CLIENTS * depth : 0))
+    expected=$((counters * RB_CALLS))
+    if ((after - before < expected || after - before > expected + counters * slack)); then
+        die "$kind spread replay: counters grew by $((after - before)), expected $expected ($counters per call × $RB_CALLS calls)"
+    fi
+    log "$kind spread replay verified: counters grew by $((after - before)) over $RB_CALLS calls"
+    echo "rb_${kind}-spread_verified=the spread customers' counters grew by $((after - before)) over $RB_CALLS calls ($counters per call)" >>"$RESULTS/env.txt"
+}
 rb_replay record "record script" "${RB_RECORD[@]}"
 verify_replay record 0 "${RB_RECORD[@]}"
+spread_replay record "record script" "$REPLAY_CUSTOMER" 1 "${RB_RECORD[@]}"
 rb_replay check "${RB_CHECK[0]}" "${RB_CHECK[@]}"
 
 if [[ " ${MODES[*]} " == *" consume "* ]]; then
@@ -371,6 +443,7 @@ if [[ " ${MODES[*]} " == *" consume "* ]]; then
     echo "consume_script_name=$CONSUME_SCRIPT_NAME" >>"$RESULTS/env.txt"
     rb_replay consume "raw consume script" "${RB_CONSUME[@]}"
     verify_replay consume 0 "${RB_CONSUME[@]}"
+    spread_replay consume "raw consume script" "$CONSUME_REPLAY_CUSTOMER" 1 "${RB_CONSUME[@]}"
 fi
 
 # Batch ingestion's raw counterpart: the record call pipelined BATCH_EVENTS deep, as the
@@ -382,6 +455,8 @@ rb_replay batch "record script pipelined $BATCH_EVENTS deep" -P "$BATCH_EVENTS" 
 # redis-benchmark finishes the pipelines in flight when it reaches -n: up to one more
 # pipeline per connection, per run (calibration and measurement).
 verify_replay batch $((2 * RB_CLIENTS * BATCH_EVENTS)) "${RB_BATCH[@]}"
+spread_replay batch "record script pipelined $BATCH_EVENTS deep" "$BATCH_REPLAY_CUSTOMER" \
+    "$BATCH_EVENTS" "${RB_BATCH[@]}"
 
 {
     echo "script_name=$SCRIPT_NAME"
