@@ -14,8 +14,9 @@
   scripts SHA LUA_DIR                 print the lua/*.lua file whose SHA-1 is SHA (or nothing)
   scripts-at-head SHA                 the same among the files committed at HEAD
   memory  PORT BASELINE OUT_JSON      memory figures of db 0 after the gateway runs
-  spread-total PORT DB                sum of the counters of the spread replays' customers
-                                      (12-digit names, as redis-benchmark's __rand_int__)
+  spread-total PORT DB SUFFIX         sum of one counter (its key after the customer tag) over
+                                      the spread replays' customers (12-digit names, as
+                                      redis-benchmark's __rand_int__)
   report  RESULTS_DIR OUT_MD          turn the raw results into the markdown report
   drive   BASE KEY MODE N             send N requests (consume, check, record, or batch of 100
                                       events) one after the other on one keep-alive connection,
@@ -344,12 +345,13 @@ def kind_of(key):
     return "other"
 
 
-def spread_total(port, db):
+def spread_total(port, db, suffix):
     redis = Resp(port)
     redis.call("SELECT", db)
+    pattern = "*{c:[0-9]*}" + re.sub(r"([*?\[\]\\])", r"\\\1", suffix)
     total, cursor = 0, b"0"
     while True:
-        cursor, keys = redis.call("SCAN", cursor, "MATCH", "*{c:[0-9]*}:u:*", "COUNT", 1000)
+        cursor, keys = redis.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
         if keys:
             total += sum(int(float(v)) for v in redis.call("MGET", *keys) if v is not None)
         if cursor == b"0":
