@@ -434,6 +434,18 @@ def num(value):
     return f"{value:,.0f}"
 
 
+def sweep_cells(res):
+    """req/s, p50, p99, p99.9 and errors of one consume or check sweep run, as table cells;
+    refused, degraded and other consume answers count as errors."""
+    if res is None:
+        return "(no result) | | | |"
+    rps = res["requests"] / (res["duration_us"] / 1e6)
+    errors = sum(res[k] for k in res if k.startswith("errors_"))
+    errors += sum(res.get(k, 0) for k in ("answers_refused", "answers_degraded", "answers_other"))
+    return (f"{num(rps)} | {ms(res['p50_us'])} | {ms(res['p99_us'])} | {ms(res['p999_us'])} "
+            f"| {num(errors)}")
+
+
 def report(results, out_md):
     env = dict(
         line.split("=", 1) for line in read(os.path.join(results, "env.txt")).splitlines() if "=" in line
@@ -659,15 +671,7 @@ def report(results, out_md):
         for w in workers:
             for mode in ("consume", "check"):
                 res = wrk_result(os.path.join(results, f"wrk-workers-{w}-{mode}.txt"))
-                if res is None:
-                    lines.append(f"| {w} | {mode} | (no result) | | | | |")
-                    continue
-                rps = res["requests"] / (res["duration_us"] / 1e6)
-                errors = sum(res[k] for k in res if k.startswith("errors_"))
-                errors += res.get("answers_refused", 0) + res.get("answers_degraded", 0) + res.get(
-                    "answers_other", 0)
-                lines.append(f"| {w} | {mode} | {num(rps)} | {ms(res['p50_us'])} "
-                             f"| {ms(res['p99_us'])} | {ms(res['p999_us'])} | {num(errors)} |")
+                lines.append(f"| {w} | {mode} | {sweep_cells(res)} |")
     counts = env.get("limit_counts", "").split()
     if counts:
         top = conns[-1]
@@ -684,16 +688,7 @@ def report(results, out_md):
         ]
         for n in counts:
             res = wrk_result(os.path.join(results, f"wrk-limits-{n}.txt"))
-            meters = -(-int(n) // 5)
-            if res is None:
-                lines.append(f"| {n} | {meters} | (no result) | | | | |")
-                continue
-            rps = res["requests"] / (res["duration_us"] / 1e6)
-            errors = sum(res[k] for k in res if k.startswith("errors_"))
-            errors += res.get("answers_refused", 0) + res.get("answers_degraded", 0) + res.get(
-                "answers_other", 0)
-            lines.append(f"| {n} | {meters} | {num(rps)} | {ms(res['p50_us'])} "
-                         f"| {ms(res['p99_us'])} | {ms(res['p999_us'])} | {num(errors)} |")
+            lines.append(f"| {n} | {-(-int(n) // 5)} | {sweep_cells(res)} |")
     mem = json.loads(read(os.path.join(results, "memory.json"), "null") or "null")
     if mem:
         grown = mem["used_memory"] - mem["baseline_used_memory"]
