@@ -370,6 +370,9 @@ rb_replay() { # kind label command...
     echo "rb_${kind}_n=$n" >>"$RESULTS/env.txt"
     RB_CALLS=$((RB_CAL + n))
 }
+counts_calls() { # value slack: a counter that grew by one per call made (RB_CALLS)
+    [[ $1 =~ ^[0-9]+$ ]] && (($1 >= RB_CALLS && $1 <= RB_CALLS + $2))
+}
 # Check the replayed script really did the work: a counter it adds 1 to must equal the number
 # of calls (the minute counter may have rolled over, so any one of the counters will do). For
 # consume this also shows that every replayed call was admitted (a refusal writes nothing).
@@ -382,7 +385,7 @@ verify_replay() { # kind slack command...: slack = extra calls a pipelined run m
         [[ $key == *:u:* && $key != *:holds ]] || continue
         value=$(rcli -n 1 GET "$key" | tr -d '\r')
         value=${value%%.*}
-        if [[ $value =~ ^[0-9]+$ ]] && ((value >= RB_CALLS && value <= RB_CALLS + slack)); then
+        if counts_calls "$value" "$slack"; then
             verified="$key = $value"
         fi
     done
@@ -423,7 +426,7 @@ spread_replay() { # kind label customer pipeline-depth command...
     local slack=$((depth > 1 ? 2 * RB_CLIENTS * depth : 0))
     for i in "${!suffixes[@]}"; do
         grown=$(($(python3 "$BENCH/helper.py" spread-total "$REDIS_PORT" 2 "${suffixes[i]}") - before[i]))
-        if ((grown >= RB_CALLS && grown <= RB_CALLS + slack)); then
+        if counts_calls "$grown" "$slack"; then
             verified="qg:{c:*}${suffixes[i]} summed over the customers grew by $grown"
         fi
     done
