@@ -148,7 +148,41 @@ every_store!(
     failed_deliveries_retry_with_the_same_id,
     endpoints_disable_after_twenty_failures,
     redeliver_sends_the_message_again,
+    the_sweep_delivers_what_a_dead_node_left,
 );
+
+/// A node that dies between counting a crossing and handing its customer's outbox over
+/// leaves the message there; another node's periodic sweep delivers it.
+async fn the_sweep_delivers_what_a_dead_node_left(app: TestApp) {
+    let receiver = Receiver::start().await;
+    webhook(&app, &receiver.url).await;
+    let meter = app
+        .post(
+            "/v1/meters",
+            json!({"name": "t", "aggregation": "sum", "field": "values.tokens"}),
+        )
+        .await;
+    app.post(
+        "/v1/limits",
+        json!({"name": "d", "meterId": meter.body["id"], "limitValue": 10, "period": "day"}),
+    )
+    .await
+    .assert_status(201);
+    let dead = app.node_that_dies_after_counting().await;
+    let counted = dead
+        .post(
+            "/v1/events/record",
+            json!({"customerId": "only-seen-in-events", "eventType": "llm", "values": {"tokens": 10}}),
+        )
+        .await;
+    assert_eq!(counted.assert_status(200)["limits"][0]["exceeded"], true);
+    // The settings sweep every second; delivery is the sweep's doing or nobody's.
+    let seen = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(seen[0].json()["type"], "limit.exceeded");
+    assert_eq!(seen[0].json()["data"]["customerId"], "only-seen-in-events");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.seen().len(), 1, "handed over once, delivered once");
+}
 
 async fn endpoints_api(app: TestApp) {
     let created = app

@@ -253,6 +253,7 @@ pub fn settings() -> Settings {
 pub struct TestApp {
     pub router: Router,
     pub gateway: Arc<Gateway>,
+    store: Arc<dyn Store>,
 }
 
 #[derive(Debug)]
@@ -322,11 +323,24 @@ impl TestApp {
     }
 
     pub async fn on(store: Arc<dyn Store>, settings: Settings) -> TestApp {
-        let gateway = Gateway::start(store, settings).await.unwrap();
-        gateway.spawn_background();
+        let app = Self::without_background(store, settings).await;
+        app.gateway.spawn_background();
+        app
+    }
+
+    /// A second node on this app's store that runs no background work: it counts and queues
+    /// alert crossings like any node but never hands them over, as a node that dies right
+    /// after each request would.
+    pub async fn node_that_dies_after_counting(&self) -> TestApp {
+        Self::without_background(Arc::clone(&self.store), settings()).await
+    }
+
+    async fn without_background(store: Arc<dyn Store>, settings: Settings) -> TestApp {
+        let gateway = Gateway::start(Arc::clone(&store), settings).await.unwrap();
         TestApp {
             router: quotagate::http::build_router(Arc::clone(&gateway), 1024 * 1024),
             gateway,
+            store,
         }
     }
 
