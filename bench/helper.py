@@ -408,6 +408,47 @@ def read(path, default=""):
         return default
 
 
+def cpu_section(results, env, endpoints, conns):
+    """CPU per request of each process during the wrk runs (cpu.txt, written by run.sh)."""
+    spent = {}
+    for line in read(os.path.join(results, "cpu.txt")).splitlines():
+        f = line.split()
+        if len(f) != 12:
+            continue
+        before, after = [float(x) for x in f[2:7]], [float(x) for x in f[7:12]]
+        spent[(f[0], f[1])] = [b - a for a, b in zip(before, after)]
+    if not spent:
+        return []
+    lines = [
+        "",
+        "## Where the CPU goes",
+        "",
+        "CPU time per request during each wrk run (user + system, from `/proc/PID/stat`; wrk "
+        "from the shell's `times`), and what the box has per request: "
+        f"{env.get('nproc', '?')} CPUs × the run's duration ÷ its requests. What the three "
+        "processes leave of it went to the kernel's network and interrupt work and to idle time.",
+        "",
+        "| endpoint | conns | req/s | gateway µs (user + sys) | Redis µs (user + sys) | wrk µs "
+        "| sum µs | box µs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    nproc = int(env.get("nproc", "0") or 0)
+    for mode, label, _ in endpoints:
+        for c in conns:
+            res = wrk_result(os.path.join(results, f"wrk-{mode}-{c}.txt"))
+            if res is None or (mode, c) not in spent or not res["requests"]:
+                continue
+            gu, gs, ru, rs, w = (x * 1e6 / res["requests"] for x in spent[(mode, c)])
+            box = nproc * res["duration_us"] / res["requests"] if nproc else 0
+            rps = res["requests"] / (res["duration_us"] / 1e6)
+            lines.append(
+                f"| {label} | {c} | {num(rps)} | {gu + gs:.1f} ({gu:.1f} + {gs:.1f}) "
+                f"| {ru + rs:.1f} ({ru:.1f} + {rs:.1f}) | {w:.1f} | {gu + gs + ru + rs + w:.1f} "
+                f"| {box:.1f} |"
+            )
+    return lines
+
+
 def wrk_result(path):
     text = read(path)
     match = re.search(r"^BENCH_RESULT (.*)$", text, re.M)
@@ -552,6 +593,7 @@ def report(results, out_md):
                 f"| {num(res['answers_degraded'])} | {num(res['answers_other'])} "
                 f"| {num(res['errors_status'])} | {verdict} |"
             )
+    lines += cpu_section(results, env, endpoints, conns)
     rb_c = env.get("rb_clients", "50")
     lines += [
         "",

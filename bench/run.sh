@@ -233,15 +233,33 @@ fi
 # logged as warnings; their count per run goes to degraded.txt. A lower bound: a degraded
 # calendar lookup answers without a warning.
 degraded_logged() { grep -c -E '(check|decision) degraded' "$RUN_DIR/gateway.log" || true; }
-wrk_run() { # mode connections seconds output-file [label for degraded.txt]
+# Where the box's CPU goes: user and system seconds of a process so far (/proc/PID/stat), and
+# of this shell's finished children (wrk is the only child that ends during a wrk run).
+CLK_TCK=$(getconf CLK_TCK)
+proc_cpu() { # pid -> "user system" seconds
+    awk -v hz="$CLK_TCK" '{ sub(/.*\) /, ""); printf "%.2f %.2f", $12 / hz, $13 / hz }' "/proc/$1/stat"
+}
+children_cpu() { # file: gets the user + system seconds of finished children
+    # `times` in this shell, not in $(...): a forked subshell has no finished children.
+    times >"$1"
+    awk 'END { for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] }
+        printf "%.3f", s }' "$1" >"$1.seconds"
+}
+wrk_run() { # mode connections seconds output-file [label for degraded.txt and cpu.txt]
     local mode=$1 conns=$2 secs=$3 out=$4 label=${5:-$2}
-    local threads=$((conns < 2 ? conns : 2)) before
+    local threads=$((conns < 2 ? conns : 2)) before cpu_before
     before=$(degraded_logged)
+    children_cpu "$RUN_DIR/children-before"
+    cpu_before="$(proc_cpu "$GW_PID") $(proc_cpu "$REDIS_PID") $(cat "$RUN_DIR/children-before.seconds")"
     run_child wrk -t "$threads" -c "$conns" -d "${secs}s" --timeout "$WRK_TIMEOUT" --latency \
         -s "$BENCH/quotagate.lua" "$BASE" -- "$mode" "$CUSTOMERS" "$BATCH_EVENTS" "$ADMIN_KEY" \
         >"$out" 2>&1 || die "wrk $mode -c $conns failed: $(tail -n 5 "$out")"
     running "$GW_PID" || die "the gateway died during wrk $mode -c $conns"
     echo "$mode $label $(($(degraded_logged) - before))" >>"$RESULTS/degraded.txt"
+    # mode label, then before and after: gateway user sys, redis user sys, wrk (seconds)
+    children_cpu "$RUN_DIR/children-after"
+    echo "$mode $label $cpu_before $(proc_cpu "$GW_PID") $(proc_cpu "$REDIS_PID")" \
+        "$(cat "$RUN_DIR/children-after.seconds")" >>"$RESULTS/cpu.txt"
 }
 
 for mode in "${MODES[@]}"; do
