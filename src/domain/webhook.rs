@@ -2,6 +2,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use std::net::IpAddr;
+
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -79,22 +81,48 @@ fn validate_url(raw: &str, destinations: Destinations) -> Result<(), FieldError>
     Ok(())
 }
 
-fn is_private_host(url: &url::Url) -> bool {
-    use std::net::IpAddr;
+/// Whether a URL names a loopback or private host, as far as its text tells; a domain name
+/// that resolves to such an address is caught when a delivery resolves it (see
+/// [`is_private_ip`]).
+pub fn is_private_host(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(name)) => {
-            name.eq_ignore_ascii_case("localhost") || name.ends_with(".localhost")
+            let name = name.trim_end_matches('.');
+            name.eq_ignore_ascii_case("localhost")
+                || name.to_ascii_lowercase().ends_with(".localhost")
         }
-        Some(url::Host::Ipv4(ip)) => {
-            let ip = IpAddr::V4(ip);
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || matches!(ip, IpAddr::V4(v4) if v4.is_private() || v4.is_link_local())
-        }
-        Some(url::Host::Ipv6(ip)) => {
-            ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xfe00) == 0xfc00
-        }
+        Some(url::Host::Ipv4(ip)) => is_private_ip(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => is_private_ip(IpAddr::V6(ip)),
         None => true,
+    }
+}
+
+/// Addresses a gateway that refuses private destinations must not post to: loopback,
+/// unspecified, private, shared (carrier-grade NAT), link-local (cloud metadata services
+/// live there), broadcast and multicast, and the IPv6 equivalents, IPv4-mapped included.
+pub fn is_private_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || (a == 100 && (b & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private_ip(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
     }
 }
 
@@ -302,6 +330,10 @@ mod tests {
             "http://localhost/",
             "http://[::1]/",
             "http://192.168.0.1/",
+            "http://localhost./",
+            "http://API.LOCALHOST/",
+            "http://[::ffff:10.0.0.1]/",
+            "http://169.254.169.254/latest/meta-data",
         ] {
             let error = Webhook::create(
                 "wh_1".into(),
@@ -321,5 +353,38 @@ mod tests {
         let error =
             Webhook::create("wh_1".into(), typed, "s".into(), Destinations::Any, now).unwrap_err();
         assert_eq!(error.field(), "eventTypes[1]");
+    }
+
+    #[test]
+    fn private_addresses_are_told_from_public_ones() {
+        for private in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.255",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "ff02::1",
+        ] {
+            assert!(is_private_ip(private.parse().unwrap()), "{private}");
+        }
+        for public in [
+            "8.8.8.8",
+            "100.128.0.1",
+            "172.32.0.1",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+        ] {
+            assert!(!is_private_ip(public.parse().unwrap()), "{public}");
+        }
     }
 }

@@ -49,19 +49,16 @@ impl Gateway {
     /// Builds the gateway and loads the config cache once. Call [`Gateway::spawn_background`]
     /// to keep the cache in step with other nodes.
     pub async fn start(store: Arc<dyn Store>, settings: Settings) -> ServiceResult<Arc<Gateway>> {
+        let http = webhooks::delivery_client(settings.webhook_destinations).map_err(|e| {
+            ServiceError::Storage(crate::storage::StoreError::Internal(e.to_string()))
+        })?;
         let gateway = Arc::new(Gateway {
             store,
             cache: cache::ConfigCache::default(),
             clock: clock::Clock::default(),
             settings,
             outboxes: webhooks::Outboxes::default(),
-            http: reqwest::Client::builder()
-                .timeout(webhooks::DELIVERY_TIMEOUT)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| {
-                    ServiceError::Storage(crate::storage::StoreError::Internal(e.to_string()))
-                })?,
+            http,
         });
         gateway.cache.reload(gateway.store.as_ref()).await?;
         Ok(gateway)

@@ -21,8 +21,8 @@ use crate::domain::alert::{Crossing, QueuedMessage};
 use crate::domain::ids::{CustomerId, IdKind};
 use crate::domain::time::rfc3339;
 use crate::domain::webhook::{
-    DISABLE_AFTER_FAILURES, DeliveryAttempt, DeliveryStatus, NewWebhook, Webhook, WebhookPatch,
-    new_secret, next_attempt_ms, sign,
+    DISABLE_AFTER_FAILURES, DeliveryAttempt, DeliveryStatus, Destinations, NewWebhook, Webhook,
+    WebhookPatch, is_private_host, is_private_ip, new_secret, next_attempt_ms, sign,
 };
 use crate::storage::alerts::{AttemptEnd, Claim};
 use crate::storage::{ConfigOp, Guard, Kind};
@@ -34,6 +34,40 @@ const WORKER_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a worker holds a delivery before another may take it (longer than the timeout).
 const LEASE: TimeDelta = TimeDelta::seconds(30);
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The client that posts deliveries: no redirects (a redirect could lead anywhere), and when
+/// private destinations are refused, a resolver that drops loopback and private addresses, so
+/// a public-looking name that resolves to one is refused at delivery.
+pub fn delivery_client(destinations: Destinations) -> reqwest::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .timeout(DELIVERY_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none());
+    match destinations {
+        Destinations::Any => builder.build(),
+        Destinations::PublicOnly => builder.dns_resolver(Arc::new(PublicOnlyResolver)).build(),
+    }
+}
+
+/// The system resolver, keeping only public addresses.
+struct PublicOnlyResolver;
+
+impl reqwest::dns::Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let public: Vec<_> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|address| !is_private_ip(address.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(
+                    format!("{host} resolves only to loopback or private addresses").into(),
+                );
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
 const CLAIMS_PER_ROUND: usize = 32;
 
 /// Customers whose outbox this node wrote to and has not handed over yet.
@@ -317,6 +351,16 @@ impl Gateway {
                 duration: started.elapsed(),
             };
         };
+        // An endpoint stored before private destinations were refused is refused here.
+        if self.settings.webhook_destinations == Destinations::PublicOnly
+            && url::Url::parse(&webhook.url).map_or(true, |url| is_private_host(&url))
+        {
+            return Posted {
+                response_status: None,
+                error: Some("refused: the URL points to a loopback or private address".into()),
+                duration: started.elapsed(),
+            };
+        }
         let result = self
             .http
             .post(&webhook.url)
@@ -343,7 +387,7 @@ impl Gateway {
                 let text = if error.is_timeout() {
                     "timed out".to_string()
                 } else {
-                    error.without_url().to_string()
+                    error_chain(&error.without_url())
                 };
                 Posted {
                     response_status: None,
@@ -516,5 +560,55 @@ pub async fn run_delivery_worker(gateway: Arc<Gateway>) {
             Err(error) => tracing::debug!(%error, "webhook worker round skipped"),
         }
         tokio::time::sleep(WORKER_INTERVAL).await;
+    }
+}
+
+/// An error and its causes, as one line ("error sending request: …: refused …"): reqwest's own
+/// message alone does not say what went wrong.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use reqwest::dns::{Name, Resolve};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_loopback_is_refused() {
+        let error = PublicOnlyResolver
+            .resolve(Name::from_str("localhost").unwrap())
+            .await
+            .err()
+            .expect("localhost must not resolve");
+        assert!(error.to_string().contains("loopback or private"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_delivery_says_why() {
+        let client = delivery_client(Destinations::PublicOnly).unwrap();
+        let error = client
+            .post("http://localhost:9/hook")
+            .send()
+            .await
+            .unwrap_err();
+        let text = error_chain(&error.without_url());
+        assert!(
+            text.contains("resolves only to loopback or private addresses"),
+            "{text}"
+        );
     }
 }
