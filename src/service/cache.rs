@@ -223,7 +223,10 @@ impl ConfigCache {
             match op {
                 ConfigOp::Put { kind, id, doc, .. } => state.set(*kind, id, Some(doc)),
                 ConfigOp::Delete { kind, id, .. } => state.set(*kind, id, None),
-                ConfigOp::PutIfAbsent { .. } | ConfigOp::Require { .. } => {}
+                ConfigOp::PutIfAbsent { .. }
+                | ConfigOp::Require { .. }
+                | ConfigOp::Touch { .. }
+                | ConfigOp::Unchanged { .. } => {}
             }
         }
         drop(state);

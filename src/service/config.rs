@@ -12,6 +12,9 @@ use crate::domain::limit::{Limit, LimitPatch, NewLimit};
 use crate::domain::meter::{Meter, MeterPatch, NewMeter};
 use crate::storage::{ConfigOp, Guard, Kind};
 
+/// How often a delete with its limits starts over when limits change under it.
+const DELETE_ATTEMPTS: usize = 5;
+
 /// A new ULID, strictly increasing within this process, so that IDs made in the same
 /// millisecond still sort in the order they were made (event logs list newest first by ID).
 pub fn next_ulid() -> ulid::Ulid {
@@ -207,7 +210,9 @@ impl Gateway {
     }
 
     /// Deletes a document together with the limits that belong to it, in one atomic step.
-    /// Returns how many limits went.
+    /// Returns how many limits went. A limit created for the document between the read of
+    /// its limits and the delete touches it (see [`ConfigOp::Touch`]) and fails the step,
+    /// which then starts over, so no limit is left behind pointing at nothing.
     async fn delete_with_limits(
         &self,
         kind: Kind,
@@ -215,24 +220,38 @@ impl Gateway {
         resource: Resource,
         belongs: impl Fn(&Limit) -> bool,
     ) -> ServiceResult<usize> {
-        let mut ops = vec![ConfigOp::Delete {
-            kind,
-            id: id.to_string(),
-            guard: Guard::Present,
-        }];
-        for limit in self.all_limits().await? {
-            if belongs(&limit) {
-                ops.push(ConfigOp::Delete {
-                    kind: Kind::Limit,
-                    id: limit.id,
-                    guard: Guard::Always,
-                });
+        for _ in 0..DELETE_ATTEMPTS {
+            let version = self.store.version(kind, id).await?;
+            let mut ops = vec![
+                ConfigOp::Delete {
+                    kind,
+                    id: id.to_string(),
+                    guard: Guard::Present,
+                },
+                ConfigOp::Unchanged {
+                    kind,
+                    id: id.to_string(),
+                    version,
+                },
+            ];
+            for limit in self.all_limits().await? {
+                if belongs(&limit) {
+                    ops.push(ConfigOp::Delete {
+                        kind: Kind::Limit,
+                        id: limit.id,
+                        guard: Guard::Always,
+                    });
+                }
+            }
+            match self.commit(&ops).await? {
+                Ok(()) => return Ok(ops.len() - 2),
+                Err(0) => return Err(ServiceError::NotFound(resource)),
+                Err(_) => continue,
             }
         }
-        self.commit(&ops)
-            .await?
-            .map_err(|_| ServiceError::NotFound(resource))?;
-        Ok(ops.len() - 1)
+        Err(ServiceError::Conflict(
+            "limits on it kept being created while it was deleted; retry".into(),
+        ))
     }
 
     // --- limits ----------------------------------------------------------------------------
@@ -251,10 +270,18 @@ impl Gateway {
         };
         let now = self.clock.now();
         let limit = Limit::create(self.new_id(IdKind::Limit), input, &meter, now)?;
-        let mut ops = vec![ConfigOp::Require {
-            kind: Kind::Meter,
-            id: meter.id.clone(),
-        }];
+        // Touching the meter and the customer makes a concurrent delete of either start over
+        // and take this limit with it.
+        let mut ops = vec![
+            ConfigOp::Require {
+                kind: Kind::Meter,
+                id: meter.id.clone(),
+            },
+            ConfigOp::Touch {
+                kind: Kind::Meter,
+                id: meter.id.clone(),
+            },
+        ];
         if let Some(customer_id) = &limit.customer_id {
             let customer =
                 Customer::with_defaults(customer_id.clone(), self.settings.default_timezone, now);
@@ -262,6 +289,10 @@ impl Gateway {
                 kind: Kind::Customer,
                 id: customer_id.to_string(),
                 doc: to_doc(&customer)?,
+            });
+            ops.push(ConfigOp::Touch {
+                kind: Kind::Customer,
+                id: customer_id.to_string(),
             });
         }
         ops.push(ConfigOp::Put {

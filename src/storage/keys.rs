@@ -34,6 +34,12 @@ impl Keys {
         format!("{}:{{cfg}}:{}:ids", self.prefix, kind.name())
     }
 
+    /// Hash: `<kind position>:<id>` → how often the document was touched. Fields stay when
+    /// their document goes, so a version never repeats for a re-created ID.
+    pub fn config_versions(&self) -> String {
+        format!("{}:{{cfg}}:versions", self.prefix)
+    }
+
     /// Stream of config changes that every node tails to refresh its cache.
     pub fn config_changes(&self) -> String {
         format!("{}:{{cfg}}:changes", self.prefix)
@@ -252,5 +258,6 @@ mod tests {
         assert_eq!(keys.config_docs(Kind::Meter), "qg:{cfg}:meters");
         assert_eq!(keys.config_index(Kind::Limit), "qg:{cfg}:limits:ids");
         assert_eq!(keys.config_changes(), "qg:{cfg}:changes");
+        assert_eq!(keys.config_versions(), "qg:{cfg}:versions");
     }
 }

@@ -51,6 +51,8 @@ struct State {
     docs: HashMap<Kind, BTreeMap<String, String>>,
     changes: VecDeque<(u64, ConfigChange)>,
     last_seq: u64,
+    /// How often each document was touched ([`ConfigOp::Touch`]).
+    versions: HashMap<(Kind, String), u64>,
 }
 
 impl State {
@@ -58,6 +60,13 @@ impl State {
         self.docs
             .get(&kind)
             .is_some_and(|docs| docs.contains_key(id))
+    }
+
+    fn version(&self, kind: Kind, id: &str) -> u64 {
+        self.versions
+            .get(&(kind, id.to_string()))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn log(&mut self, change: ConfigChange) {
@@ -152,7 +161,8 @@ impl ConfigStore for MemoryStore {
                     guard_holds(*guard, state.exists(*kind, id))
                 }
                 ConfigOp::Require { kind, id } => state.exists(*kind, id),
-                ConfigOp::PutIfAbsent { .. } => true,
+                ConfigOp::Unchanged { kind, id, version } => state.version(*kind, id) == *version,
+                ConfigOp::PutIfAbsent { .. } | ConfigOp::Touch { .. } => true,
             };
             if !holds {
                 return Ok(Err(GuardFailed { index }));
@@ -196,10 +206,17 @@ impl ConfigStore for MemoryStore {
                         });
                     }
                 }
-                ConfigOp::Require { .. } => {}
+                ConfigOp::Touch { kind, id } => {
+                    *state.versions.entry((*kind, id.clone())).or_default() += 1;
+                }
+                ConfigOp::Require { .. } | ConfigOp::Unchanged { .. } => {}
             }
         }
         Ok(Ok(()))
+    }
+
+    async fn version(&self, kind: Kind, id: &str) -> StoreResult<u64> {
+        Ok(self.lock().version(kind, id))
     }
 
     async fn change_cursor(&self) -> StoreResult<String> {

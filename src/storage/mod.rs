@@ -78,6 +78,17 @@ pub enum ConfigOp {
     },
     /// Fails the batch unless the document exists (e.g. a limit's meter).
     Require { kind: Kind, id: String },
+    /// Moves the document's version; never fails. A write that depends on the document (a
+    /// limit on a meter, or on a customer) touches it.
+    Touch { kind: Kind, id: String },
+    /// Fails the batch if the document was touched since [`ConfigStore::version`] returned
+    /// `version`: a change computed from a read of what depends on it (deleting a meter with
+    /// its limits) is applied only to what it read.
+    Unchanged {
+        kind: Kind,
+        id: String,
+        version: u64,
+    },
 }
 
 impl ConfigOp {
@@ -86,7 +97,9 @@ impl ConfigOp {
             ConfigOp::Put { kind, .. }
             | ConfigOp::PutIfAbsent { kind, .. }
             | ConfigOp::Delete { kind, .. }
-            | ConfigOp::Require { kind, .. } => *kind,
+            | ConfigOp::Require { kind, .. }
+            | ConfigOp::Touch { kind, .. }
+            | ConfigOp::Unchanged { kind, .. } => *kind,
         }
     }
 }
@@ -133,6 +146,9 @@ pub trait ConfigStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<(String, String)>>;
 
     async fn all(&self, kind: Kind) -> StoreResult<Vec<String>>;
+
+    /// How often the document was touched (see [`ConfigOp::Touch`]); 0 if never.
+    async fn version(&self, kind: Kind, id: &str) -> StoreResult<u64>;
 
     /// Applies every op or none: all guards are checked first.
     async fn apply(&self, ops: &[ConfigOp]) -> StoreResult<Result<(), GuardFailed>>;

@@ -379,6 +379,8 @@ fn opcode(op: &ConfigOp) -> &'static str {
         // Deleting what must be absent is meaningless; treat as an unconditional delete.
         ConfigOp::Delete { .. } => "del",
         ConfigOp::Require { .. } => "require",
+        ConfigOp::Touch { .. } => "touch",
+        ConfigOp::Unchanged { .. } => "unchanged",
     }
 }
 
@@ -470,13 +472,21 @@ impl ConfigStore for RedisStore {
                 .key(self.keys.config_docs(kind))
                 .key(self.keys.config_index(kind));
         }
+        invocation.key(self.keys.config_versions());
         invocation.arg(CHANGE_LOG_LEN);
         for op in ops {
+            let version;
             let (id, doc) = match op {
                 ConfigOp::Put { id, doc, .. } | ConfigOp::PutIfAbsent { id, doc, .. } => {
-                    (id, doc.as_str())
+                    (id.as_str(), doc.as_str())
                 }
-                ConfigOp::Delete { id, .. } | ConfigOp::Require { id, .. } => (id, ""),
+                ConfigOp::Delete { id, .. }
+                | ConfigOp::Require { id, .. }
+                | ConfigOp::Touch { id, .. } => (id.as_str(), ""),
+                ConfigOp::Unchanged { id, version: v, .. } => {
+                    version = v.to_string();
+                    (id.as_str(), version.as_str())
+                }
             };
             invocation
                 .arg(opcode(op))
@@ -492,6 +502,20 @@ impl ConfigStore for RedisStore {
             0 => Ok(()),
             n => Err(GuardFailed { index: n - 1 }),
         })
+    }
+
+    async fn version(&self, kind: Kind, id: &str) -> StoreResult<u64> {
+        let mut conn = self.conn();
+        let version: Option<u64> = self
+            .guarded(
+                CONFIG_DEADLINE,
+                redis::cmd("HGET")
+                    .arg(self.keys.config_versions())
+                    .arg(format!("{}:{id}", kind.position()))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(version.unwrap_or(0))
     }
 
     async fn change_cursor(&self) -> StoreResult<String> {

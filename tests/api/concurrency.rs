@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::common::{
-    ADMIN_KEY, GatewayProcess, TestApp, shared_cluster, shared_redis, unique_prefix,
+    ADMIN_KEY, GatewayProcess, TestApp, redis_store, settings, shared_cluster, shared_redis,
+    unique_prefix,
 };
 
 const REQUESTS: usize = 200;
@@ -211,4 +212,92 @@ async fn race_across_replicas(url: &str, customers: &[&str]) -> String {
         assert_eq!(admitted, ROOM, "{spend:?}");
     }
     prefix
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_meter_on_one_redis_while_limits_are_created_leaves_none_behind() {
+    delete_while_creating_limits(&shared_redis().url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_meter_on_a_cluster_while_limits_are_created_leaves_none_behind() {
+    delete_while_creating_limits(&shared_cluster().url()).await;
+}
+
+/// One node deletes a meter (or a customer) while another creates limits on it, each on its
+/// own connection: every limit created before the delete goes with it, and none outlives it.
+/// A delete that keeps losing the race gives up with a 409 having changed nothing.
+async fn delete_while_creating_limits(url: &str) {
+    const CREATORS: usize = 4;
+    let prefix = unique_prefix();
+    let deleter = TestApp::on(redis_store(url, &prefix).await, settings()).await;
+    let creator = Arc::new(TestApp::on(redis_store(url, &prefix).await, settings()).await);
+    for round in 0..40 {
+        let meter = deleter.tokens_meter().await;
+        let customer = format!("cust-{round}");
+        let by_customer = round % 2 == 1;
+        // Fewer creates when a customer goes: one created after the delete brings the
+        // customer back, and the check below needs rounds where none did.
+        let creates = if by_customer { 2 } else { 10 };
+        let mut tasks = Vec::new();
+        for _ in 0..CREATORS {
+            let (creator, meter, customer) =
+                (Arc::clone(&creator), meter.clone(), customer.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut created = 0;
+                for _ in 0..creates {
+                    let body = json!({"name": "l", "meterId": meter, "limitValue": 5, "period": "hour", "customerId": customer});
+                    let response = creator.post("/v1/limits", body).await;
+                    match response.status.as_u16() {
+                        201 => created += 1,
+                        404 => assert_eq!(response.error_code(), "meter_not_found"),
+                        other => panic!("unexpected {other}: {}", response.body),
+                    }
+                }
+                created
+            }));
+        }
+        let path = if by_customer {
+            format!("/v1/customers/{customer}")
+        } else {
+            format!("/v1/meters/{meter}")
+        };
+        let mut deleted = deleter.delete(&path).await;
+        let mut created = 0;
+        for task in tasks {
+            created += task.await.unwrap();
+        }
+        if deleted.status.as_u16() == 409 {
+            assert_eq!(deleted.error_code(), "conflict");
+            deleted = deleter.delete(&path).await;
+        }
+        if by_customer {
+            // The customer may not exist yet when the delete runs.
+            assert!(matches!(deleted.status.as_u16(), 200 | 404), "{deleted:?}");
+            // A limit created after the delete creates the customer again, as any limit for
+            // an unknown customer does; without the customer, no limit may name it.
+            if deleter.get(&path).await.status.as_u16() == 404 {
+                let left = deleter
+                    .get(&format!("/v1/limits?customerId={customer}"))
+                    .await;
+                assert_eq!(
+                    left.assert_status(200)["data"],
+                    json!([]),
+                    "limits outlived their customer"
+                );
+            }
+        } else {
+            assert_eq!(
+                deleted.assert_status(200)["deletedLimits"],
+                json!(created),
+                "every limit created before the delete went with the meter"
+            );
+            let left = deleter.get(&format!("/v1/limits?meterId={meter}")).await;
+            assert_eq!(
+                left.assert_status(200)["data"],
+                json!([]),
+                "limits outlived their meter"
+            );
+        }
+    }
 }

@@ -142,6 +142,54 @@ async fn contract(store: Arc<dyn ConfigStore>) {
     let (first_two, middle) = store.changes_after(&start, 2).await.unwrap();
     assert_eq!(first_two.len(), 2);
     assert_eq!(store.changes_after(&middle, 100).await.unwrap().0.len(), 4);
+
+    // A document's version moves when it is touched, and only then; a batch guarded by a
+    // stale version writes nothing.
+    assert_eq!(store.version(Kind::Meter, "m1").await.unwrap(), 0);
+    let touch = |id: &str| ConfigOp::Touch {
+        kind: Kind::Meter,
+        id: id.into(),
+    };
+    assert_eq!(
+        store.apply(&[touch("m1"), touch("m3")]).await.unwrap(),
+        Ok(())
+    );
+    store
+        .apply(&[put(Kind::Meter, "m1", Guard::Present)])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.version(Kind::Meter, "m1").await.unwrap(), 1);
+    assert_eq!(store.version(Kind::Customer, "m1").await.unwrap(), 0);
+    let delete_unless_touched_since = |version: u64| {
+        [
+            ConfigOp::Delete {
+                kind: Kind::Meter,
+                id: "m1".into(),
+                guard: Guard::Present,
+            },
+            ConfigOp::Unchanged {
+                kind: Kind::Meter,
+                id: "m1".into(),
+                version,
+            },
+        ]
+    };
+    assert_eq!(
+        store.apply(&delete_unless_touched_since(0)).await.unwrap(),
+        Err(GuardFailed { index: 1 })
+    );
+    assert!(store.get(Kind::Meter, "m1").await.unwrap().is_some());
+    assert_eq!(
+        store.apply(&delete_unless_touched_since(1)).await.unwrap(),
+        Ok(())
+    );
+    assert_eq!(store.get(Kind::Meter, "m1").await.unwrap(), None);
+    assert_eq!(
+        store.version(Kind::Meter, "m1").await.unwrap(),
+        1,
+        "a version outlives its document, so it never repeats for a re-created ID"
+    );
     store.ping().await.unwrap();
 }
 
