@@ -56,7 +56,8 @@ pub struct Config {
     #[arg(long, env = "QUOTAGATE_MAX_HOLD_FRACTION", default_value_t = 1.0, value_parser = parse_fraction)]
     pub max_hold_fraction: f64,
 
-    /// Refuse webhook URLs on loopback and private addresses.
+    /// Refuse webhook URLs on loopback and private addresses (when saved, and when a
+    /// delivery resolves the name).
     #[arg(long, env = "QUOTAGATE_WEBHOOK_DENY_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook_deny_private: bool,
 
