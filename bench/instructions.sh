@@ -18,7 +18,8 @@
 #     gateway sent for one request (captured with MONITOR) on a second redis-server under
 #     callgrind, counting only the replay.
 #
-# Kernel work (TCP, system calls) is not counted. BENCH_SKIP_BUILD=1 uses the existing binary;
+# Kernel work (TCP, system calls) is not counted. BENCH_KEEP=1 keeps the callgrind outputs for
+# callgrind_annotate. BENCH_SKIP_BUILD=1 uses the existing binary;
 # BENCH_BIN=/path/to/quotagate measures that binary (with this tree's lua/usage.lua, so run it
 # from the binary's own tree).
 set -euo pipefail
@@ -55,7 +56,13 @@ cleanup() {
     local rc=$?
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if ((rc != 0)); then log "failed (exit $rc); logs kept in $RUN_DIR"; else rm -rf "$RUN_DIR"; fi
+    if ((rc != 0)); then
+        log "failed (exit $rc); logs kept in $RUN_DIR"
+    elif [ "${BENCH_KEEP:-0}" = 1 ]; then
+        log "callgrind outputs kept in $RUN_DIR (callgrind_annotate --inclusive=yes FILE)"
+    else
+        rm -rf "$RUN_DIR"
+    fi
     exit "$rc"
 }
 trap cleanup EXIT
