@@ -259,7 +259,7 @@ impl Gateway {
     async fn all_limits(&self) -> ServiceResult<Vec<Limit>> {
         let docs = self.store.all(Kind::Limit).await?;
         docs.iter()
-            .map(|doc| serde_json::from_str(doc).map_err(|e| corrupt("limits", e)))
+            .map(|(_, doc)| serde_json::from_str(doc).map_err(|e| corrupt("limits", e)))
             .collect()
     }
 

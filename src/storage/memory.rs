@@ -141,12 +141,16 @@ impl ConfigStore for MemoryStore {
             .collect())
     }
 
-    async fn all(&self, kind: Kind) -> StoreResult<Vec<String>> {
+    async fn all(&self, kind: Kind) -> StoreResult<Vec<(String, String)>> {
         let state = self.lock();
         Ok(state
             .docs
             .get(&kind)
-            .map(|docs| docs.values().cloned().collect())
+            .map(|docs| {
+                docs.iter()
+                    .map(|(id, doc)| (id.clone(), doc.clone()))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 

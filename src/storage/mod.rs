@@ -145,7 +145,10 @@ pub trait ConfigStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<(String, String)>>;
 
-    async fn all(&self, kind: Kind) -> StoreResult<Vec<String>>;
+    /// Every document of `kind` as (ID, document), each once, in no particular order. Read in
+    /// pages, so a large configuration never holds up the store: a document written meanwhile
+    /// may be missed, which the change log read afterwards makes good.
+    async fn all(&self, kind: Kind) -> StoreResult<Vec<(String, String)>>;
 
     /// How often the document was touched (see [`ConfigOp::Touch`]); 0 if never.
     async fn version(&self, kind: Kind, id: &str) -> StoreResult<u64>;

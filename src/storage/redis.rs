@@ -32,6 +32,8 @@ const CHANGE_LOG_LEN: usize = 100_000;
 /// Deadline of a configuration call: these are not on the decision path, so they get longer
 /// than `QUOTAGATE_STORAGE_TIMEOUT_MS`.
 const CONFIG_DEADLINE: Duration = Duration::from_secs(2);
+/// Documents per `HSCAN` page of a full config read: Redis serves other clients between pages.
+const CONFIG_SCAN_COUNT: usize = 1000;
 
 /// A connection to one server or to a cluster; both pipeline concurrent requests.
 #[derive(Clone)]
@@ -453,15 +455,30 @@ impl ConfigStore for RedisStore {
             .collect())
     }
 
-    async fn all(&self, kind: Kind) -> StoreResult<Vec<String>> {
+    async fn all(&self, kind: Kind) -> StoreResult<Vec<(String, String)>> {
+        let key = self.keys.config_docs(kind);
         let mut conn = self.conn();
-        self.guarded(
-            CONFIG_DEADLINE,
-            redis::cmd("HVALS")
-                .arg(self.keys.config_docs(kind))
-                .query_async(&mut conn),
-        )
-        .await
+        // HSCAN may return an entry twice; each document is returned once.
+        let mut documents = std::collections::HashMap::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, page): (u64, Vec<(String, String)>) = self
+                .guarded(
+                    CONFIG_DEADLINE,
+                    redis::cmd("HSCAN")
+                        .arg(&key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(CONFIG_SCAN_COUNT)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            documents.extend(page);
+            if next == 0 {
+                return Ok(documents.into_iter().collect());
+            }
+            cursor = next;
+        }
     }
 
     async fn apply(&self, ops: &[ConfigOp]) -> StoreResult<Result<(), GuardFailed>> {

@@ -91,7 +91,16 @@ async fn contract(store: Arc<dyn ConfigStore>) {
         ids(store.page(Kind::Meter, Some("m3"), 10).await.unwrap()),
         Vec::<String>::new()
     );
-    assert_eq!(store.all(Kind::Meter).await.unwrap().len(), 4);
+    let mut all = store.all(Kind::Meter).await.unwrap();
+    all.sort();
+    assert_eq!(
+        all.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+        ["m0", "m1", "m2", "m3"]
+    );
+    assert!(
+        all.iter()
+            .all(|(id, doc)| *doc == format!("{{\"id\":\"{id}\"}}"))
+    );
     assert!(store.page(Kind::Limit, None, 10).await.unwrap().is_empty());
 
     let deleted = [
@@ -190,6 +199,24 @@ async fn contract(store: Arc<dyn ConfigStore>) {
         1,
         "a version outlives its document, so it never repeats for a re-created ID"
     );
+
+    // A full read of a kind with more documents than one page of the store holds (Redis
+    // pages hashes of this size) returns each exactly once.
+    let many: Vec<ConfigOp> = (0..2500)
+        .map(|i| put(Kind::Customer, &format!("bulk{i:04}"), Guard::Always))
+        .collect();
+    assert_eq!(store.apply(&many).await.unwrap(), Ok(()));
+    let mut ids: Vec<String> = store
+        .all(Kind::Customer)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids.len(), 2501, "c1 and the 2500 bulk customers");
+    ids.dedup();
+    assert_eq!(ids.len(), 2501, "each once");
     store.ping().await.unwrap();
 }
 
