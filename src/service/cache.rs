@@ -5,7 +5,6 @@
 //! [`FULL_RELOAD_INTERVAL`] as the safety net (and whenever the log could not be read).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -30,58 +29,76 @@ const CHANGES_PER_POLL: usize = 1000;
 pub struct ConfigCache {
     state: RwLock<CacheState>,
     cursor: RwLock<String>,
-    /// Limits resolved against their meters, rebuilt on first use after a limit or meter
-    /// changed (customer changes, the frequent kind, leave it alone).
-    limit_index: RwLock<Option<(u64, Arc<LimitIndex>)>>,
-    /// Bumped on every limit or meter change; an index built from an older generation is
-    /// never stored.
-    limit_generation: AtomicU64,
     /// When the cache last caught up with storage.
     synced_at: RwLock<Option<std::time::Instant>>,
 }
 
-/// What the hot path needs to plan an event: meters, and limits by customer.
-#[derive(Debug, Default)]
-pub struct LimitIndex {
-    pub meters: Vec<Arc<Meter>>,
-    pub defaults: Vec<ResolvedLimit>,
-    pub by_customer: HashMap<CustomerId, Vec<ResolvedLimit>>,
+/// What planning an event for one customer needs: every meter (by ID), and the limits that
+/// govern the customer (its own, then the defaults it does not override).
+pub struct Governing {
+    pub meters: Arc<[Arc<Meter>]>,
+    pub limits: Vec<ResolvedLimit>,
 }
 
-impl LimitIndex {
-    fn build(state: &CacheState) -> LimitIndex {
-        let mut index = LimitIndex {
-            meters: state.meters.values().cloned().collect(),
-            ..LimitIndex::default()
-        };
-        index.meters.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut limits: Vec<&Arc<Limit>> = state.limits.values().collect();
-        limits.sort_by(|a, b| a.id.cmp(&b.id));
-        for limit in limits {
-            // A limit whose meter is gone (deleted on another node a moment ago) counts nothing.
-            let Some(meter) = state.meters.get(&limit.meter_id) else {
-                continue;
-            };
-            let resolved = ResolvedLimit::new(Arc::clone(limit), Arc::clone(meter));
-            match &limit.customer_id {
-                None => index.defaults.push(resolved),
-                Some(customer) => index
-                    .by_customer
-                    .entry(customer.clone())
-                    .or_default()
-                    .push(resolved),
+/// Limits resolved against their meters, kept in step with every change: a limit change
+/// touches only its owner's list, so a node with many customer limits never resolves them all
+/// again (a meter change re-resolves that meter's limits).
+#[derive(Default)]
+struct ResolvedLimits {
+    /// By meter ID.
+    meters: Arc<[Arc<Meter>]>,
+    /// Default limits, by limit ID.
+    defaults: Arc<[ResolvedLimit]>,
+    /// Each customer's own limits, by limit ID.
+    own: HashMap<CustomerId, Vec<ResolvedLimit>>,
+}
+
+impl ResolvedLimits {
+    fn remove(&mut self, limit: &Limit) {
+        let id = limit.id.as_str();
+        match &limit.customer_id {
+            None => {
+                let mut defaults = self.defaults.to_vec();
+                defaults.retain(|resolved| resolved.limit.id != id);
+                self.defaults = defaults.into();
+            }
+            Some(customer) => {
+                if let Some(own) = self.own.get_mut(customer) {
+                    own.retain(|resolved| resolved.limit.id != id);
+                    if own.is_empty() {
+                        self.own.remove(customer);
+                    }
+                }
             }
         }
-        index
     }
 
-    /// The limits governing `customer`: its own plus the defaults it does not override.
-    pub fn governing(&self, customer: &CustomerId) -> Vec<ResolvedLimit> {
-        let own = self
-            .by_customer
-            .get(customer)
-            .map_or(&[][..], Vec::as_slice);
-        governing(own, &self.defaults)
+    /// A limit whose meter is unknown (deleted, or not yet seen) counts nothing.
+    fn insert(&mut self, limit: &Arc<Limit>, meters: &HashMap<String, Arc<Meter>>) {
+        let Some(meter) = meters.get(&limit.meter_id) else {
+            return;
+        };
+        let resolved = ResolvedLimit::new(Arc::clone(limit), Arc::clone(meter));
+        let insert_sorted = |list: &mut Vec<ResolvedLimit>| {
+            let at = list.partition_point(|other| other.limit.id < limit.id);
+            list.insert(at, resolved);
+        };
+        match &limit.customer_id {
+            None => {
+                let mut defaults = self.defaults.to_vec();
+                insert_sorted(&mut defaults);
+                self.defaults = defaults.into();
+            }
+            Some(customer) => insert_sorted(self.own.entry(customer.clone()).or_default()),
+        }
+    }
+
+    fn governing(&self, customer: &CustomerId) -> Governing {
+        let own = self.own.get(customer).map_or(&[][..], Vec::as_slice);
+        Governing {
+            meters: Arc::clone(&self.meters),
+            limits: governing(own, &self.defaults),
+        }
     }
 }
 
@@ -94,6 +111,7 @@ pub struct CacheState {
     pub api_keys: HashMap<[u8; 32], Arc<ApiKey>>,
     pub webhooks: HashMap<String, Arc<Webhook>>,
     api_key_hashes: HashMap<String, [u8; 32]>,
+    resolved: ResolvedLimits,
 }
 
 fn decode<T: DeserializeOwned>(kind: Kind, doc: &str) -> Option<T> {
@@ -110,8 +128,19 @@ impl CacheState {
     fn set(&mut self, kind: Kind, id: &str, doc: Option<&str>) {
         match kind {
             Kind::Customer => upsert(&mut self.customers, kind, id, doc),
-            Kind::Meter => upsert(&mut self.meters, kind, id, doc),
-            Kind::Limit => upsert(&mut self.limits, kind, id, doc),
+            Kind::Meter => {
+                upsert(&mut self.meters, kind, id, doc);
+                self.meter_changed(id);
+            }
+            Kind::Limit => {
+                if let Some(old) = self.limits.get(id) {
+                    self.resolved.remove(old);
+                }
+                upsert(&mut self.limits, kind, id, doc);
+                if let Some(new) = self.limits.get(id) {
+                    self.resolved.insert(new, &self.meters);
+                }
+            }
             Kind::Webhook => upsert(&mut self.webhooks, kind, id, doc),
             Kind::ApiKey => {
                 if let Some(hash) = self.api_key_hashes.remove(id) {
@@ -125,6 +154,19 @@ impl CacheState {
                     self.api_keys.insert(hash, Arc::new(key));
                 }
             }
+        }
+    }
+}
+
+impl CacheState {
+    /// Re-resolves the meter's limits against its new version (or drops them with it).
+    fn meter_changed(&mut self, meter_id: &str) {
+        let mut meters: Vec<Arc<Meter>> = self.meters.values().cloned().collect();
+        meters.sort_by(|a, b| a.id.cmp(&b.id));
+        self.resolved.meters = meters.into();
+        for limit in self.limits.values().filter(|l| l.meter_id == meter_id) {
+            self.resolved.remove(limit);
+            self.resolved.insert(limit, &self.meters);
         }
     }
 }
@@ -158,27 +200,9 @@ impl ConfigCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn invalidate_limits(&self) {
-        self.limit_generation.fetch_add(1, Ordering::SeqCst);
-    }
-
-    pub fn limit_index(&self) -> Arc<LimitIndex> {
-        let generation = self.limit_generation.load(Ordering::SeqCst);
-        if let Some((built, index)) = self
-            .limit_index
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            && *built == generation
-        {
-            return Arc::clone(index);
-        }
-        let index = Arc::new(LimitIndex::build(&self.read()));
-        let mut slot = self.limit_index.write().unwrap_or_else(|p| p.into_inner());
-        if self.limit_generation.load(Ordering::SeqCst) == generation {
-            *slot = Some((generation, Arc::clone(&index)));
-        }
-        index
+    /// Every meter, and the limits governing `customer`.
+    pub fn governing(&self, customer: &CustomerId) -> Governing {
+        self.read().resolved.governing(customer)
     }
 
     pub fn customer(&self, id: &CustomerId) -> Option<Arc<Customer>> {
@@ -220,7 +244,6 @@ impl ConfigCache {
         })?;
         let documents = fresh.customers.len() + fresh.meters.len() + fresh.limits.len();
         let stale = std::mem::replace(&mut *self.write(), fresh);
-        self.invalidate_limits();
         *self.cursor.write().unwrap_or_else(|p| p.into_inner()) = cursor;
         // Freeing the old copy is as long as decoding was, and needs no lock.
         tokio::task::spawn_blocking(move || drop(stale));
@@ -248,26 +271,12 @@ impl ConfigCache {
                 | ConfigOp::Unchanged { .. } => {}
             }
         }
-        drop(state);
-        if ops
-            .iter()
-            .any(|op| matches!(op.kind(), Kind::Limit | Kind::Meter))
-        {
-            self.invalidate_limits();
-        }
     }
 
     fn apply_changes(&self, changes: &[ConfigChange]) {
         let mut state = self.write();
         for change in changes {
             state.set(change.kind, &change.id, change.doc.as_deref());
-        }
-        drop(state);
-        if changes
-            .iter()
-            .any(|c| matches!(c.kind, Kind::Limit | Kind::Meter))
-        {
-            self.invalidate_limits();
         }
     }
 
@@ -326,5 +335,111 @@ pub async fn follow_changes(gateway: Arc<Gateway>) {
                 healthy = false;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn meter_doc(id: &str) -> String {
+        let input = serde_json::from_value(
+            json!({"name": id, "aggregation": "sum", "field": "values.tokens"}),
+        )
+        .unwrap();
+        serde_json::to_string(&Meter::create(id.into(), input, chrono::Utc::now()).unwrap())
+            .unwrap()
+    }
+
+    fn limit_doc(
+        id: &str,
+        meter: &str,
+        customer: Option<&str>,
+        period: &str,
+        value: u32,
+    ) -> String {
+        let meter: Meter = serde_json::from_str(&meter_doc(meter)).unwrap();
+        let input = serde_json::from_value(json!({"name": id, "meterId": meter.id,
+            "limitValue": value, "period": period, "customerId": customer}))
+        .unwrap();
+        let limit = Limit::create(id.into(), input, &meter, chrono::Utc::now()).unwrap();
+        serde_json::to_string(&limit).unwrap()
+    }
+
+    fn governing_ids(state: &CacheState, customer: &str) -> Vec<String> {
+        let customer = CustomerId::parse("customerId", customer).unwrap();
+        state
+            .resolved
+            .governing(&customer)
+            .limits
+            .iter()
+            .map(|l| format!("{}={}", l.limit.id, l.limit.limit_value.get()))
+            .collect()
+    }
+
+    #[test]
+    fn resolved_limits_follow_every_change() {
+        let mut state = CacheState::default();
+        state.set(Kind::Meter, "m1", Some(&meter_doc("m1")));
+        state.set(
+            Kind::Limit,
+            "d1",
+            Some(&limit_doc("d1", "m1", None, "day", 10)),
+        );
+        state.set(
+            Kind::Limit,
+            "o2",
+            Some(&limit_doc("o2", "m1", Some("c1"), "month", 20)),
+        );
+        state.set(
+            Kind::Limit,
+            "o1",
+            Some(&limit_doc("o1", "m1", Some("c1"), "hour", 30)),
+        );
+        // A limit on a meter this node has not seen yet counts nothing until the meter comes.
+        state.set(
+            Kind::Limit,
+            "x1",
+            Some(&limit_doc("x1", "m2", Some("c2"), "day", 40)),
+        );
+        assert_eq!(governing_ids(&state, "c1"), ["o1=30", "o2=20", "d1=10"]);
+        assert_eq!(governing_ids(&state, "c2"), ["d1=10"]);
+        assert_eq!(governing_ids(&state, "c3"), ["d1=10"]);
+        state.set(Kind::Meter, "m2", Some(&meter_doc("m2")));
+        assert_eq!(governing_ids(&state, "c2"), ["x1=40", "d1=10"]);
+        assert_eq!(state.resolved.meters.len(), 2);
+
+        // A customer's own limit for the same counter overrides the default.
+        state.set(
+            Kind::Limit,
+            "o3",
+            Some(&limit_doc("o3", "m1", Some("c3"), "day", 5)),
+        );
+        assert_eq!(governing_ids(&state, "c3"), ["o3=5"]);
+
+        // Updates replace, deletes remove, in place.
+        state.set(
+            Kind::Limit,
+            "o1",
+            Some(&limit_doc("o1", "m1", Some("c1"), "hour", 31)),
+        );
+        state.set(
+            Kind::Limit,
+            "d1",
+            Some(&limit_doc("d1", "m1", None, "day", 11)),
+        );
+        assert_eq!(governing_ids(&state, "c1"), ["o1=31", "o2=20", "d1=11"]);
+        state.set(Kind::Limit, "o2", None);
+        assert_eq!(governing_ids(&state, "c1"), ["o1=31", "d1=11"]);
+
+        // A meter that goes takes its limits' effect with it.
+        state.set(Kind::Meter, "m1", None);
+        assert_eq!(governing_ids(&state, "c1"), Vec::<String>::new());
+        assert_eq!(governing_ids(&state, "c2"), ["x1=40"]);
+        assert_eq!(state.resolved.meters.len(), 1);
+        state.set(Kind::Meter, "m1", Some(&meter_doc("m1")));
+        assert_eq!(governing_ids(&state, "c1"), ["o1=31", "d1=11"]);
     }
 }

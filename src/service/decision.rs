@@ -183,8 +183,8 @@ impl Gateway {
         let now = self.clock.now();
         let limits: Vec<ResolvedLimit> = self
             .cache
-            .limit_index()
             .governing(&request.customer_id)
+            .limits
             .into_iter()
             .filter(|l| l.concerns(request.dimensions.as_ref(), request.event_type.as_deref()))
             .collect();

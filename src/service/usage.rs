@@ -188,9 +188,8 @@ impl Gateway {
     }
 
     pub(super) fn plan(&self, event: &Event, calendar: CustomerCalendar) -> EventPlan {
-        let index = self.cache.limit_index();
-        let limits = index.governing(&event.customer_id);
-        plan_event(event, &index.meters, &limits, calendar)
+        let governing = self.cache.governing(&event.customer_id);
+        plan_event(event, &governing.meters, &governing.limits, calendar)
     }
 
     /// Writes one event in `mode`; the one outcome storage gives for it.
