@@ -61,7 +61,8 @@ pub struct Config {
     #[arg(long, env = "QUOTAGATE_WEBHOOK_DENY_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook_deny_private: bool,
 
-    /// How often each node sweeps every customer's alert outbox (messages a dead node left).
+    /// How often every customer's alert outbox is swept (messages a dead node left); one node
+    /// sweeps per interval.
     #[arg(long, env = "QUOTAGATE_ALERT_SWEEP_SECONDS", default_value_t = 10)]
     pub alert_sweep_seconds: u64,
 

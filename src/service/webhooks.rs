@@ -544,7 +544,15 @@ pub async fn run_alert_pump(gateway: Arc<Gateway>, sweep: Duration) {
         }
         if last_sweep.elapsed() >= sweep {
             last_sweep = tokio::time::Instant::now();
-            if let Err(error) = gateway.sweep_outboxes().await {
+            // One node sweeps per interval: the cost grows with the customers, not the nodes.
+            let now = gateway.clock.now().timestamp_millis();
+            let claimed = gateway.store.claim_sweep(now, sweep.as_millis() as i64);
+            let swept = match claimed.await {
+                Ok(true) => gateway.sweep_outboxes().await.map(|_| ()),
+                Ok(false) => Ok(()),
+                Err(error) => Err(error.into()),
+            };
+            if let Err(error) = swept {
                 tracing::debug!(%error, "alert sweep skipped");
             }
         }

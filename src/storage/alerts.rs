@@ -46,6 +46,10 @@ pub trait AlertStore: Send + Sync + 'static {
     /// How many messages wait in each customer's outbox (the crash-recovery sweep).
     async fn outbox_lengths(&self, customers: &[CustomerId]) -> StoreResult<Vec<usize>>;
 
+    /// Whether the caller should sweep the outboxes now: true for one caller per
+    /// `interval_ms` among all nodes (by `now_ms`, the node's calibrated clock).
+    async fn claim_sweep(&self, now_ms: i64, interval_ms: i64) -> StoreResult<bool>;
+
     /// Schedules `message` (JSON, ID `message_id`) for each endpoint at `now_ms`, unless it was
     /// scheduled before; then removes `outbox_entry` (the crossing it came from) from the
     /// customer's outbox. An empty `message_id` only removes the entry.

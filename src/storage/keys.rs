@@ -45,6 +45,11 @@ impl Keys {
         format!("{}:{{cfg}}:changes", self.prefix)
     }
 
+    /// When a node last claimed the outbox sweep (unix ms).
+    pub fn alert_sweep_claim(&self) -> String {
+        format!("{}:{{wh}}:sweep", self.prefix)
+    }
+
     /// The delivery schedule: `<messageId> <endpointId>` scored by the next attempt (unix ms).
     pub fn webhook_due(&self) -> String {
         format!("{}:{{wh}}:due", self.prefix)
@@ -259,5 +264,6 @@ mod tests {
         assert_eq!(keys.config_index(Kind::Limit), "qg:{cfg}:limits:ids");
         assert_eq!(keys.config_changes(), "qg:{cfg}:changes");
         assert_eq!(keys.config_versions(), "qg:{cfg}:versions");
+        assert_eq!(keys.alert_sweep_claim(), "qg:{wh}:sweep");
     }
 }

@@ -842,6 +842,7 @@ pub struct MemoryAlerts {
     failures: HashMap<String, u32>,
     messages: HashMap<String, (String, i64)>,
     attempts: HashMap<String, BTreeMap<String, ()>>,
+    last_sweep_ms: Option<i64>,
 }
 
 impl MemoryStore {
@@ -863,6 +864,18 @@ impl AlertStore for MemoryStore {
                 _ => Vec::new(),
             },
         )
+    }
+
+    async fn claim_sweep(&self, now_ms: i64, interval_ms: i64) -> StoreResult<bool> {
+        let mut alerts = self.alerts();
+        if alerts
+            .last_sweep_ms
+            .is_some_and(|last| now_ms < last + interval_ms)
+        {
+            return Ok(false);
+        }
+        alerts.last_sweep_ms = Some(now_ms);
+        Ok(true)
     }
 
     async fn outbox_lengths(&self, customers: &[CustomerId]) -> StoreResult<Vec<usize>> {

@@ -178,6 +178,7 @@ pub struct RedisStore {
     reservation_extend: Script,
     alert_hand_over: Script,
     alert_claim: Script,
+    sweep_claim: Script,
     alert_finish: Script,
 }
 
@@ -196,6 +197,7 @@ impl RedisStore {
             reservation_extend: Script::new(include_str!("../../lua/reservation_extend.lua")),
             alert_hand_over: Script::new(include_str!("../../lua/alert_hand_over.lua")),
             alert_claim: Script::new(include_str!("../../lua/alert_claim.lua")),
+            sweep_claim: Script::new(include_str!("../../lua/sweep_claim.lua")),
             alert_finish: Script::new(include_str!("../../lua/alert_finish.lua")),
         }
     }
@@ -1149,6 +1151,17 @@ impl AlertStore for RedisStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn claim_sweep(&self, now_ms: i64, interval_ms: i64) -> StoreResult<bool> {
+        let args = [now_ms.to_string(), interval_ms.to_string()];
+        let claim = self.keys.alert_sweep_claim();
+        let call = evalsha(&self.sweep_claim, &[&claim], &[&args[0], &args[1]]);
+        let answer = self
+            .eval_many(&self.sweep_claim, &[call], CONFIG_DEADLINE)
+            .await?
+            .pop();
+        Ok(matches!(answer, Some(Value::Int(1))))
     }
 
     async fn claim_due(&self, now_ms: i64, lease_ms: i64, max: usize) -> StoreResult<Vec<Claim>> {

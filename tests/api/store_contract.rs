@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use quotagate::storage::memory::MemoryStore;
-use quotagate::storage::{ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind};
+use quotagate::storage::{ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, Store};
 
-use crate::common::{redis_store, shared_redis, unique_prefix};
+use crate::common::{redis_store, shared_cluster, shared_redis, unique_prefix};
 
 fn put(kind: Kind, id: &str, guard: Guard) -> ConfigOp {
     ConfigOp::Put {
@@ -241,4 +241,26 @@ async fn redis_store_keeps_the_contract() {
         .expect("Redis has a clock");
     assert!((server - chrono::Utc::now()).num_seconds().abs() < 2);
     contract(store).await;
+}
+
+/// One node sweeps the outboxes per interval, whichever asks first.
+async fn sweep_claims(store: Arc<dyn Store>) {
+    let now = 1_800_000_000_000;
+    assert!(
+        store.claim_sweep(now, 10_000).await.unwrap(),
+        "nobody swept yet"
+    );
+    assert!(
+        !store.claim_sweep(now + 9_999, 10_000).await.unwrap(),
+        "swept less than an interval ago"
+    );
+    assert!(store.claim_sweep(now + 10_000, 10_000).await.unwrap());
+    assert!(!store.claim_sweep(now + 10_000, 10_000).await.unwrap());
+}
+
+#[tokio::test]
+async fn sweeps_are_claimed_once_per_interval() {
+    sweep_claims(Arc::new(MemoryStore::new())).await;
+    sweep_claims(redis_store(&shared_redis().url(), &unique_prefix()).await).await;
+    sweep_claims(redis_store(&shared_cluster().url(), &unique_prefix()).await).await;
 }
