@@ -18,6 +18,9 @@
                                       the spread replays' customers (12-digit names, as
                                       redis-benchmark's __rand_int__)
   report  RESULTS_DIR OUT_MD          turn the raw results into the markdown report
+  config-scale BASE KEY N OUT_JSON    give N customers a limit of their own (8 clients in
+                                      parallel), then time checks: steady, and each right after a
+                                      limit was created; figures to OUT_JSON
   drive   BASE KEY MODE N             send N requests (consume, check, record, or batch of 100
                                       events) one after the other on one keep-alive connection,
                                       as wrk does, to customers c0, c1, ...; fails on any answer
@@ -99,10 +102,12 @@ def setup(base, key, customers):
             raise SystemExit(f"bench setup: pre-warm batch from c{first} answered {body}")
     log(f"meter {meter['id']}, 3 limits (minute/day/month), {customers} customers pre-warmed "
         f"in {time.time() - started:.1f}s")
-    body = must(api(base, key, "POST", "/v1/limits/check", {"customerId": "c0"}), "check")
+    # The last customer warmed, a moment ago: c0's minute window may have ended since.
+    last = f"c{customers - 1}"
+    body = must(api(base, key, "POST", "/v1/limits/check", {"customerId": last}), "check")
     used = sorted(l.get("used") for l in body["limits"])
     if used != [1, 1, 1]:
-        raise SystemExit(f"bench setup: c0 should have used 1 on each limit, got {used}")
+        raise SystemExit(f"bench setup: {last} should have used 1 on each limit, got {used}")
 
 
 LIMIT_PERIODS = ("minute", "hour", "day", "week", "month")
@@ -731,6 +736,26 @@ def report(results, out_md):
         for n in counts:
             res = wrk_result(os.path.join(results, f"wrk-limits-{n}.txt"))
             lines.append(f"| {n} | {-(-int(n) // 5)} | {sweep_cells(res)} |")
+    scale = json.loads(read(os.path.join(results, "config-scale.json"), "null") or "null")
+    if scale:
+        reload_res = wrk_result(os.path.join(results, "wrk-reload.txt"))
+        lines += [
+            "",
+            f"## Configuration at scale ({num(scale['limits'])} customer limits)",
+            "",
+            f"Every customer c0 … c{scale['limits'] - 1} got a limit of its own (created in "
+            f"{scale['created_s']} s by 8 clients), on top of the limits above. A check of one "
+            f"customer, one request at a time: median {scale['steady_median_ms']} ms, max "
+            f"{scale['steady_max_ms']} ms; right after each of 20 limit creations: median "
+            f"{scale['after_change_median_ms']} ms, max {scale['after_change_max_ms']} ms.",
+            "",
+            f"Check at 4 connections for {env.get('reload_run_secs', '?')} s on a restarted "
+            "gateway, across its periodic full reload of the configuration (every 60 s):",
+            "",
+            "| req/s | p50 ms | p99 ms | p99.9 ms | errors | max ms |",
+            "|---:|---:|---:|---:|---:|---:|",
+            f"| {sweep_cells(reload_res)} | {ms(reload_res['max_us']) if reload_res else ''} |",
+        ]
     mem = json.loads(read(os.path.join(results, "memory.json"), "null") or "null")
     if mem:
         grown = mem["used_memory"] - mem["baseline_used_memory"]
@@ -805,6 +830,79 @@ def report(results, out_md):
         handle.write(text)
     sys.stdout.write(text)
 
+def config_scale(base, key, n, out_path):
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    n = int(n)
+    url = urlsplit(base)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    def connect():
+        return http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+
+    def call(conn, path, body, expect):
+        conn.request("POST", path, json.dumps(body), headers)
+        resp = conn.getresponse()
+        answer = resp.read()
+        if resp.status != expect:
+            raise SystemExit(f"bench config-scale: {path} answered {resp.status}: {answer[:200]!r}")
+
+    meter = must(api(base, key, "POST", "/v1/meters",
+                     {"name": "scale", "aggregation": "sum", "field": "values.tokens"}),
+                 "create meter")["id"]
+
+    def limit(customer):
+        return {"name": "own", "meterId": meter, "limitValue": 1000, "period": "day",
+                "customerId": customer}
+
+    failures = []
+
+    def create(first, last):
+        try:
+            conn = connect()
+            for i in range(first, last):
+                call(conn, "/v1/limits", limit(f"c{i}"), 201)
+        except BaseException as err:  # reported below; a thread cannot raise to the caller
+            failures.append(err)
+
+    started = time.time()
+    threads = [threading.Thread(target=create, args=(k * n // 8, (k + 1) * n // 8))
+               for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise SystemExit(f"bench config-scale: {failures[0]}")
+    created_s = time.time() - started
+    log(f"{n} customer limits created in {created_s:.1f}s")
+
+    conn = connect()
+
+    def timed_check():
+        begun = time.perf_counter()
+        call(conn, "/v1/limits/check", {"customerId": "c5"}, 200)
+        return (time.perf_counter() - begun) * 1000
+
+    steady = sorted(timed_check() for _ in range(50))
+    after_change = []
+    for i in range(20):
+        call(conn, "/v1/limits", limit(f"new{i}"), 201)
+        after_change.append(timed_check())
+    after_change.sort()
+    figures = {
+        "limits": n, "created_s": round(created_s, 1),
+        "steady_median_ms": round(steady[len(steady) // 2], 2),
+        "steady_max_ms": round(steady[-1], 2),
+        "after_change_median_ms": round(after_change[len(after_change) // 2], 2),
+        "after_change_max_ms": round(after_change[-1], 2),
+    }
+    with open(out_path, "w") as handle:
+        json.dump(figures, handle)
+    log(f"config scale: {figures}")
+
 
 def drive(base, key, mode, n):
     import http.client
@@ -839,7 +937,8 @@ def main():
     command, args = sys.argv[1], sys.argv[2:]
     {"setup": setup, "check-state": check_state, "consume-sanity": consume_sanity,
      "capture": capture, "scripts": scripts, "scripts-at-head": scripts_at_head,
-     "memory": memory, "spread-total": spread_total, "report": report, "limits": limits, "drive": drive}[command](*args)
+     "memory": memory, "spread-total": spread_total, "report": report, "limits": limits, "drive": drive,
+     "config-scale": config_scale}[command](*args)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@
 #
 # BENCH_SKIP_BUILD=1 uses the existing target/release/quotagate without running cargo;
 # BENCH_BIN=/path/to/quotagate benchmarks that binary instead (no build either);
-# BENCH_KEEP=1 keeps the raw outputs (wrk, redis-benchmark, MONITOR capture) in /tmp.
+# BENCH_KEEP=1 keeps the raw outputs (wrk, redis-benchmark, MONITOR capture) in /tmp;
+# BENCH_CONFIG_SCALE=N sets how many customer limits the last phase creates (default 100000,
+# 0 skips that phase).
 set -euo pipefail
 
 SECS=${1:-10}
@@ -44,6 +46,10 @@ WRK_TIMEOUT=10s
 # the report measures 1 against one per CPU).
 GATEWAY_WORKERS=1
 WORKER_COUNTS=(1 "$(nproc)")
+# Customers given a limit of their own in the last phase (0 skips it): the size of the
+# configuration every node caches, and re-reads in full every 60 s.
+CONFIG_SCALE=${BENCH_CONFIG_SCALE:-100000}
+RELOAD_RUN_SECS=65  # a check run that spans the node's periodic full reload (every 60 s)
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -505,6 +511,22 @@ if [[ " ${MODES[*]} " == *" consume "* ]]; then
         log "wrk consume -c $top with $n limits: ${line#BENCH_RESULT }"
     done
     echo "limit_counts=${LIMIT_COUNTS[*]}" >>"$RESULTS/env.txt"
+fi
+
+# --------------------------------------------------------------- configuration at scale
+# After everything else, since it grows the configuration: CONFIG_SCALE customers get a limit
+# of their own, checks are timed right after limit changes, and check runs at 4 connections
+# for RELOAD_RUN_SECS on a restarted gateway, so the node's periodic full reload of its config
+# cache (every 60 s) falls inside the run.
+if ((CONFIG_SCALE > 0)); then
+    python3 "$BENCH/helper.py" config-scale "$BASE" "$ADMIN_KEY" "$CONFIG_SCALE" \
+        "$RESULTS/config-scale.json"
+    start_gateway "$GATEWAY_WORKERS"
+    out=$RESULTS/wrk-reload.txt
+    wrk_run check 4 "$RELOAD_RUN_SECS" "$out" reload
+    line=$(grep '^BENCH_RESULT' "$out") || die "no BENCH_RESULT in $out"
+    log "wrk check -c 4 for ${RELOAD_RUN_SECS}s across a full config reload: ${line#BENCH_RESULT }"
+    echo "reload_run_secs=$RELOAD_RUN_SECS" >>"$RESULTS/env.txt"
 fi
 
 # -------------------------------------------------------------------------- report
