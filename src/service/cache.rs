@@ -156,9 +156,7 @@ impl CacheState {
             }
         }
     }
-}
 
-impl CacheState {
     /// Re-resolves the meter's limits against its new version (or drops them with it).
     fn meter_changed(&mut self, meter_id: &str) {
         let mut meters: Vec<Arc<Meter>> = self.meters.values().cloned().collect();
