@@ -69,6 +69,18 @@ impl State {
             .unwrap_or(0)
     }
 
+    fn put(&mut self, kind: Kind, id: &str, doc: &str) {
+        self.docs
+            .entry(kind)
+            .or_default()
+            .insert(id.to_string(), doc.to_string());
+        self.log(ConfigChange {
+            kind,
+            id: id.to_string(),
+            doc: Some(doc.to_string()),
+        });
+    }
+
     fn log(&mut self, change: ConfigChange) {
         self.last_seq += 1;
         self.changes.push_back((self.last_seq, change));
@@ -174,30 +186,10 @@ impl ConfigStore for MemoryStore {
         }
         for op in ops {
             match op {
-                ConfigOp::Put { kind, id, doc, .. } => {
-                    state
-                        .docs
-                        .entry(*kind)
-                        .or_default()
-                        .insert(id.clone(), doc.clone());
-                    state.log(ConfigChange {
-                        kind: *kind,
-                        id: id.clone(),
-                        doc: Some(doc.clone()),
-                    });
-                }
+                ConfigOp::Put { kind, id, doc, .. } => state.put(*kind, id, doc),
                 ConfigOp::PutIfAbsent { kind, id, doc } => {
                     if !state.exists(*kind, id) {
-                        state
-                            .docs
-                            .entry(*kind)
-                            .or_default()
-                            .insert(id.clone(), doc.clone());
-                        state.log(ConfigChange {
-                            kind: *kind,
-                            id: id.clone(),
-                            doc: Some(doc.clone()),
-                        });
+                        state.put(*kind, id, doc);
                     }
                 }
                 ConfigOp::Delete { kind, id, .. } => {
