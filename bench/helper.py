@@ -649,7 +649,8 @@ def report(results, out_md):
         "",
         f"Rows marked *spread* replay the same call with each key's customer drawn at random among "
         f"{customers} customers (`redis-benchmark -r {customers}`, db 2, after a calibration of "
-        "10 calls per customer), so Redis touches as many keys, over as many customers, as "
+        f"{env.get('spread_cal_per_customer', '?')} calls per customer), so Redis touches as "
+        "many keys, over as many customers, as "
         "under the gateway's load; the verbatim rows keep one customer's keys hot in the CPU "
         "caches. One call's keys belong to different customers there (each `__rand_int__` is "
         "drawn on its own), which one server accepts.",

@@ -38,6 +38,7 @@ CONNS=(1 4 16 64)
 LIMIT_COUNTS=(1 5 20)  # limits per customer for the cost sweep (consume)
 WARMUP=1            # seconds of discarded wrk load before each endpoint
 RB_CLIENTS=50       # redis-benchmark connections
+SPREAD_CAL_PER_CUSTOMER=10  # calibration calls per customer before each spread replay
 RB_MAX_SECS=45      # cap on a redis-benchmark run: the captured call's minute counter expires
                     # 60 to 120 s after the capture, and the replay must not outlive it
 WRK_TIMEOUT=10s
@@ -197,6 +198,7 @@ python3 "$BENCH/helper.py" setup "$BASE" "$ADMIN_KEY" "$CUSTOMERS"
     echo "conns=${CONNS[*]}"
     echo "gateway_workers=$GATEWAY_WORKERS"
     echo "rb_clients=$RB_CLIENTS"
+    echo "spread_cal_per_customer=$SPREAD_CAL_PER_CUSTOMER"
     echo "nproc=$(nproc)"
     cpu=$(grep -m1 -E '^(model name|Model)' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)
     echo "cpu=${cpu:-unknown}"
@@ -422,10 +424,10 @@ verify_replay() { # kind slack command...: slack = extra calls a pipelined run m
 # so one call's keys belong to different customers, which one server accepts). Per second it
 # touches as many keys, spread over as many customers, as the gateway's load does, where the
 # verbatim replay keeps one customer's keys hot in the CPU caches. In db 2, after a
-# calibration of 10 calls per customer, so that nearly every key exists before the measured
-# run. Verified like the verbatim replays, on the sum of one counter over the spread
-# customers: a counter named by the call grows by one per call (the minute counter may expire
-# during a run, and another replay's counters may too, so any one counter will do).
+# calibration of SPREAD_CAL_PER_CUSTOMER calls per customer, so that nearly every key exists
+# before the measured run. Verified like the verbatim replays, on the sum of one counter over
+# the spread customers: a counter named by the call grows by one per call (the minute counter
+# may expire during a run, and another replay's counters may too, so any one counter will do).
 spread_replay() { # kind label customer pipeline-depth command...
     local kind=$1 label=$2 customer=$3 depth=$4 i key suffix verified=""
     shift 4
@@ -443,7 +445,7 @@ spread_replay() { # kind label customer pipeline-depth command...
     done
     local options=(-r "$CUSTOMERS")
     ((depth > 1)) && options+=(-P "$depth")
-    RB_DB=2 RB_CAL=$((10 * CUSTOMERS)) rb_replay "$kind-spread" "$label, spread" \
+    RB_DB=2 RB_CAL=$((SPREAD_CAL_PER_CUSTOMER * CUSTOMERS)) rb_replay "$kind-spread" "$label, spread" \
         "${options[@]}" "${call[@]}"
     # redis-benchmark finishes the pipelines in flight when it reaches -n: up to one more
     # pipeline per connection, per run (calibration and measurement).
