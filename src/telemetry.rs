@@ -1,7 +1,10 @@
 //! Metrics: one Prometheus recorder per process, and the name of every series it exports.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, OnceLock, RwLock};
 
+use axum::http::Method;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUESTS: &str = "quotagate_http_requests_total";
@@ -30,4 +33,87 @@ pub fn prometheus() -> &'static PrometheusHandle {
             Err(_) => PrometheusBuilder::new().build_recorder().handle(),
         }
     })
+}
+
+// The hot path records through handles looked up once per series: finding a series in the
+// recorder (building its key, hashing and comparing its labels) costs more than recording,
+// several thousand instructions per request. Looking one up also installs the recorder, so
+// a handle taken before the router is built (storage calls at start-up) is never a no-op.
+
+/// HTTP series by route, then method and status.
+type HttpHandles = HashMap<String, Vec<(&'static str, u16, Counter, Histogram)>>;
+/// Decision series by kind and outcome.
+type DecisionHandles = Vec<(&'static str, &'static str, Counter)>;
+
+/// Counts an answer and records its duration.
+pub fn record_http(route: &str, method: &Method, status: u16, seconds: f64) {
+    static SERIES: LazyLock<RwLock<HttpHandles>> = LazyLock::new(RwLock::default);
+    let method = method_label(method);
+    {
+        let handles = SERIES.read().unwrap_or_else(|p| p.into_inner());
+        let known = handles
+            .get(route)
+            .and_then(|list| list.iter().find(|(m, s, ..)| *m == method && *s == status));
+        if let Some((.., counter, histogram)) = known {
+            counter.increment(1);
+            histogram.record(seconds);
+            return;
+        }
+    }
+    prometheus();
+    let counter = metrics::counter!(HTTP_REQUESTS, "route" => route.to_string(),
+        "method" => method, "status" => status.to_string());
+    let histogram =
+        metrics::histogram!(HTTP_DURATION, "route" => route.to_string(), "method" => method);
+    counter.increment(1);
+    histogram.record(seconds);
+    SERIES
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(route.to_string())
+        .or_default()
+        .push((method, status, counter, histogram));
+}
+
+/// Standard methods by name, anything else as `OTHER`, so that clients cannot create series
+/// at will.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Counts a decision by kind (`check`, `consume`, `reserve`) and outcome.
+pub fn record_decision(kind: &'static str, outcome: &'static str) {
+    static SERIES: LazyLock<RwLock<DecisionHandles>> = LazyLock::new(RwLock::default);
+    {
+        let handles = SERIES.read().unwrap_or_else(|p| p.into_inner());
+        if let Some((.., counter)) = handles.iter().find(|(k, o, _)| *k == kind && *o == outcome) {
+            counter.increment(1);
+            return;
+        }
+    }
+    prometheus();
+    let counter = metrics::counter!(DECISIONS, "kind" => kind, "outcome" => outcome);
+    counter.increment(1);
+    SERIES
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((kind, outcome, counter));
+}
+
+/// Records how long one storage call took.
+pub fn record_storage_call(seconds: f64) {
+    static SERIES: LazyLock<Histogram> = LazyLock::new(|| {
+        prometheus();
+        metrics::histogram!(STORAGE_DURATION)
+    });
+    SERIES.record(seconds);
 }

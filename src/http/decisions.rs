@@ -61,8 +61,7 @@ fn respond(kind: &'static str, decision: Decision, with_customer: bool) -> Respo
         (false, true) => "allowed",
         (false, false) => "refused",
     };
-    metrics::counter!(crate::telemetry::DECISIONS, "kind" => kind, "outcome" => outcome)
-        .increment(1);
+    crate::telemetry::record_decision(kind, outcome);
     let refused = !decision.allowed && !decision.degraded;
     let body = DecisionBody {
         allowed: decision.allowed,

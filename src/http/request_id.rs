@@ -8,7 +8,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::error::{ApiError, ErrorDetail, ErrorEnvelope};
-use crate::telemetry::{HTTP_DURATION, HTTP_REQUESTS};
+use crate::telemetry::record_http;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -31,8 +31,8 @@ pub async fn envelope(mut request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
-    let method = request.method().as_str().to_string();
+        .cloned();
+    let method = request.method().clone();
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
@@ -65,10 +65,11 @@ pub async fn envelope(mut request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
-    let status = response.status().as_u16().to_string();
-    metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
+    record_http(
+        route.as_ref().map_or("unmatched", |path| path.as_str()),
+        &method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     response
 }

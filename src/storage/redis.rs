@@ -212,8 +212,7 @@ impl RedisStore {
         self.breaker.admit()?;
         let started = std::time::Instant::now();
         let result = with_deadline(deadline, call).await;
-        metrics::histogram!(crate::telemetry::STORAGE_DURATION)
-            .record(started.elapsed().as_secs_f64());
+        crate::telemetry::record_storage_call(started.elapsed().as_secs_f64());
         if let Err(error) = &result {
             let kind = match error {
                 StoreError::Unavailable(_) => "unavailable",
