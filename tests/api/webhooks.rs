@@ -613,3 +613,40 @@ async fn a_crossing_survives_the_node_that_saw_it() {
     assert_eq!(seen[0].json()["type"], "limit.exceeded");
     assert_eq!(seen[0].json()["data"]["customerId"], "doomed");
 }
+
+/// An endpoint saved while private destinations were allowed is refused at delivery once
+/// they are not: nothing is posted, and the attempt says why.
+#[tokio::test]
+async fn a_private_endpoint_saved_earlier_is_refused_at_delivery() {
+    let store: Arc<dyn quotagate::storage::Store> =
+        Arc::new(quotagate::storage::memory::MemoryStore::new());
+    let receiver = Receiver::start().await;
+    let open = TestApp::on(Arc::clone(&store), crate::common::settings()).await;
+    let created = open
+        .post("/v1/webhooks", json!({"url": receiver.url}))
+        .await;
+    let id = created.assert_status(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut strict = crate::common::settings();
+    strict.webhook_destinations = quotagate::domain::webhook::Destinations::PublicOnly;
+    let guarded = TestApp::on(store, strict).await;
+    let ping = guarded
+        .post(&format!("/v1/webhooks/{id}/test"), json!({}))
+        .await;
+    let attempt = ping.assert_status(200);
+    assert_eq!(attempt["status"], "failed");
+    assert_eq!(attempt["responseStatus"], Value::Null);
+    let error = attempt["error"].as_str().unwrap();
+    assert!(error.contains("loopback or private"), "{error}");
+    assert!(receiver.seen().is_empty(), "nothing was posted");
+
+    // The gateway that allows them still delivers.
+    let ping = open
+        .post(&format!("/v1/webhooks/{id}/test"), json!({}))
+        .await;
+    assert_eq!(ping.assert_status(200)["status"], "succeeded");
+    assert_eq!(receiver.seen().len(), 1);
+}
