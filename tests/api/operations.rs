@@ -35,6 +35,11 @@ async fn metrics_expose_the_documented_series() {
     app.get("/v1/customers/nobody")
         .await
         .assert_error(404, "customer_not_found");
+    // A method of a client's own invention is counted, under OTHER.
+    let odd = axum::http::Method::from_bytes(b"PURGE").unwrap();
+    app.call(odd, "/v1/customers", None)
+        .await
+        .assert_error(405, "method_not_allowed");
     // A webhook pointing at a closed port: the test ping fails and is counted.
     let port = crate::common::free_port();
     let created = app
@@ -62,6 +67,7 @@ async fn metrics_expose_the_documented_series() {
     for series in [
         r#"quotagate_http_requests_total{route="/v1/limits/check",method="POST",status="200"}"#,
         r#"quotagate_http_requests_total{route="/v1/customers/{id}",method="GET",status="404"}"#,
+        r#"quotagate_http_requests_total{route="/v1/customers",method="OTHER",status="405"}"#,
         r#"quotagate_http_request_duration_seconds_bucket{route="/v1/events/record",method="POST",le="#,
         r#"quotagate_decisions_total{kind="check",outcome="refused"}"#,
         r#"quotagate_decisions_total{kind="check",outcome="allowed"}"#,
@@ -72,6 +78,7 @@ async fn metrics_expose_the_documented_series() {
     ] {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
+    assert!(!text.contains("PURGE"), "a client's method names no series");
 }
 
 /// Every operation of API.md, as (method, path).
