@@ -240,14 +240,14 @@ impl ConfigCache {
         .map_err(|e| {
             ServiceError::Storage(StoreError::Internal(format!("config cache reload: {e}")))
         })?;
-        let documents = fresh.customers.len() + fresh.meters.len() + fresh.limits.len();
+        let loaded = fresh.customers.len() + fresh.meters.len() + fresh.limits.len();
         let stale = std::mem::replace(&mut *self.write(), fresh);
         *self.cursor.write().unwrap_or_else(|p| p.into_inner()) = cursor;
         // Freeing the old copy is as long as decoding was, and needs no lock.
         tokio::task::spawn_blocking(move || drop(stale));
         self.mark_synced();
         tracing::debug!(
-            documents,
+            documents = loaded,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "config cache reloaded"
         );

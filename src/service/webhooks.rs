@@ -34,6 +34,7 @@ const WORKER_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a worker holds a delivery before another may take it (longer than the timeout).
 const LEASE: TimeDelta = TimeDelta::seconds(30);
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+const CLAIMS_PER_ROUND: usize = 32;
 
 /// The client that posts deliveries: no redirects (a redirect could lead anywhere), and when
 /// private destinations are refused, a resolver that drops loopback and private addresses, so
@@ -68,8 +69,6 @@ impl reqwest::dns::Resolve for PublicOnlyResolver {
         })
     }
 }
-const CLAIMS_PER_ROUND: usize = 32;
-
 /// Customers whose outbox this node wrote to and has not handed over yet.
 #[derive(Default)]
 pub struct Outboxes {

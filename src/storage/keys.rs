@@ -40,6 +40,12 @@ impl Keys {
         format!("{}:{{cfg}}:versions", self.prefix)
     }
 
+    /// A document's field in [`Keys::config_versions`] (`lua/config_apply.lua` builds the
+    /// same from its ops).
+    pub fn config_version_field(kind: Kind, id: &str) -> String {
+        format!("{}:{id}", kind.position())
+    }
+
     /// Stream of config changes that every node tails to refresh its cache.
     pub fn config_changes(&self) -> String {
         format!("{}:{{cfg}}:changes", self.prefix)
@@ -264,6 +270,7 @@ mod tests {
         assert_eq!(keys.config_index(Kind::Limit), "qg:{cfg}:limits:ids");
         assert_eq!(keys.config_changes(), "qg:{cfg}:changes");
         assert_eq!(keys.config_versions(), "qg:{cfg}:versions");
+        assert_eq!(Keys::config_version_field(Kind::Meter, "mtr_1"), "2:mtr_1");
         assert_eq!(keys.alert_sweep_claim(), "qg:{wh}:sweep");
     }
 }

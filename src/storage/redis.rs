@@ -529,7 +529,7 @@ impl ConfigStore for RedisStore {
                 CONFIG_DEADLINE,
                 redis::cmd("HGET")
                     .arg(self.keys.config_versions())
-                    .arg(format!("{}:{id}", kind.position()))
+                    .arg(Keys::config_version_field(kind, id))
                     .query_async(&mut conn),
             )
             .await?;
