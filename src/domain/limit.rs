@@ -98,7 +98,7 @@ fn parse_thresholds(raw: Vec<i64>) -> Result<Vec<u8>, FieldError> {
 }
 
 /// A limit's own filters must not contradict its meter's: such a limit could never count.
-fn check_filters(meter: &Meter, filters: &Dimensions) -> Result<(), FieldError> {
+pub(super) fn check_filters(meter: &Meter, filters: &Dimensions) -> Result<(), FieldError> {
     validate_dimensions("dimensionFilters", filters)?;
     for (key, value) in filters {
         if meter

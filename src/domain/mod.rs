@@ -3,6 +3,7 @@
 
 pub mod alert;
 pub mod apikey;
+pub mod balance;
 pub mod customer;
 pub mod event;
 pub mod field;

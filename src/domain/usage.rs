@@ -8,6 +8,7 @@ use chrono_tz::Tz;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::balance::Balance;
 use super::event::Event;
 use super::field::{Dimensions, Quantity};
 use super::limit::{FailMode, Limit};
@@ -185,6 +186,19 @@ pub struct CounterId {
     pub window_start: Option<i64>,
 }
 
+impl CounterId {
+    /// What a balance has spent (see [`super::balance`]): an all-time counter that carries the
+    /// balance's ID where a usage counter carries its meter's (the prefixes never collide).
+    pub fn balance(balance_id: &str) -> CounterId {
+        CounterId {
+            meter_id: balance_id.to_string(),
+            filters_hash: "_".to_string(),
+            period: Period::AllTime,
+            window_start: None,
+        }
+    }
+}
+
 /// A customer's timezone and billing anchor: all a window needs.
 #[derive(Debug, Clone, Copy)]
 pub struct CustomerCalendar {
@@ -226,12 +240,17 @@ pub struct EventPlan {
     /// The limits the event counts toward, with their window and the index of their counter.
     pub limits: Vec<(ResolvedLimit, Option<Window>, usize)>,
     pub rollups: Vec<RollupWrite>,
+    /// The balances the event debits, with the index of their counter.
+    pub balances: Vec<(Arc<Balance>, usize)>,
 }
 
+/// What one event changes. `meters` are ordered by ID; `balances` are the customer's
+/// metered balances.
 pub fn plan_event(
     event: &Event,
     meters: &[Arc<Meter>],
     limits: &[ResolvedLimit],
+    balances: &[Arc<Balance>],
     calendar: CustomerCalendar,
 ) -> EventPlan {
     let mut counters: Vec<CounterWrite> = Vec::new();
@@ -255,6 +274,29 @@ pub fn plan_event(
         };
         counted.push((limit.clone(), window, index));
     }
+    let mut debited = Vec::new();
+    for balance in balances {
+        let Some(meter_id) = balance.meter_id.as_deref() else {
+            continue;
+        };
+        let Ok(at) = meters.binary_search_by(|meter| meter.id.as_str().cmp(meter_id)) else {
+            continue;
+        };
+        // Only sum and count meters say what an event costs (a meter changed since the
+        // balance was made may no longer).
+        let Some(op @ CounterOp::Add(_)) = meters[at].contribution(event) else {
+            continue;
+        };
+        if !event.carries(&balance.dimension_filters) {
+            continue;
+        }
+        counters.push(CounterWrite {
+            counter: CounterId::balance(&balance.id),
+            op,
+            retain_until_ms: None,
+        });
+        debited.push((Arc::clone(balance), counters.len() - 1));
+    }
     let hour_start = hour_of(event.timestamp);
     let dimensions_hash = filters_hash(&event.dimensions);
     let rollups = meters
@@ -273,6 +315,7 @@ pub fn plan_event(
         counters,
         limits: counted,
         rollups,
+        balances: debited,
     }
 }
 
@@ -374,6 +417,7 @@ impl LimitState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::balance::NewBalance;
     use crate::domain::event::NewEvent;
     use crate::domain::limit::NewLimit;
     use crate::domain::meter::NewMeter;
@@ -498,7 +542,13 @@ mod tests {
         let e = event(
             json!({"customerId": "c", "eventType": "llm", "values": {"tokens": 3}, "dimensions": {"model": "gpt-3"}}),
         );
-        let plan = plan_event(&e, std::slice::from_ref(&m), &[a, b, gpt4], utc_calendar());
+        let plan = plan_event(
+            &e,
+            std::slice::from_ref(&m),
+            &[a, b, gpt4],
+            &[],
+            utc_calendar(),
+        );
         assert_eq!(plan.counters.len(), 1);
         assert_eq!(
             plan.limits.len(),
@@ -527,6 +577,68 @@ mod tests {
             Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0)
                 .unwrap()
                 .timestamp()
+        );
+    }
+
+    #[test]
+    fn metered_balances_are_debited_what_their_meter_counts() {
+        let tokens = meter(
+            "m1",
+            json!({"name": "t", "aggregation": "sum", "field": "values.tokens"}),
+        );
+        let peak = meter(
+            "m2",
+            json!({"name": "p", "aggregation": "max", "field": "values.tokens"}),
+        );
+        let calls = meter(
+            "m3",
+            json!({"name": "c", "aggregation": "count", "field": "*"}),
+        );
+        let balance = |id: &str, body: serde_json::Value, meter: Option<&Arc<Meter>>| {
+            let mut body = body;
+            body["customerId"] = json!("c");
+            body["name"] = json!(id);
+            let input: NewBalance = serde_json::from_value(body).unwrap();
+            let (balance, _) =
+                Balance::create(id.into(), input, meter.map(|m| m.as_ref()), now()).unwrap();
+            Arc::new(balance)
+        };
+        let by_tokens = balance("b1", json!({}), Some(&tokens));
+        let by_calls = balance("b2", json!({}), Some(&calls));
+        let gpt4_only = balance(
+            "b3",
+            json!({"dimensionFilters": {"model": "gpt-4"}}),
+            Some(&tokens),
+        );
+        let unmetered = balance("b4", json!({}), None);
+        // A balance whose meter became a max meter after the balance was made.
+        let mut on_peak = (*balance("b5", json!({}), Some(&tokens))).clone();
+        on_peak.meter_id = Some(peak.id.clone());
+        let e = event(
+            json!({"customerId": "c", "eventType": "llm", "values": {"tokens": 3}, "dimensions": {"model": "gpt-3"}}),
+        );
+        let plan = plan_event(
+            &e,
+            &[tokens, peak, calls],
+            &[],
+            &[by_tokens, by_calls, gpt4_only, unmetered, Arc::new(on_peak)],
+            utc_calendar(),
+        );
+        let debits: Vec<(String, CounterOp, Option<i64>)> = plan
+            .balances
+            .iter()
+            .map(|(balance, index)| {
+                let write = &plan.counters[*index];
+                assert_eq!(write.counter, CounterId::balance(&balance.id));
+                (balance.id.clone(), write.op, write.retain_until_ms)
+            })
+            .collect();
+        assert_eq!(
+            debits,
+            [
+                ("b1".to_string(), CounterOp::Add(3.0), None),
+                ("b2".to_string(), CounterOp::Add(1.0), None)
+            ]
         );
     }
 

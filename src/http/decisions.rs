@@ -11,6 +11,7 @@ use super::auth::{Authorized, Ingest, Read};
 use super::error::ApiError;
 use super::events::{idempotency_key, replayed};
 use super::extract::{JsonBody, OptionalJsonBody, PathId};
+use crate::domain::balance::BalanceState;
 use crate::domain::event::NewEvent;
 use crate::domain::field::serialize_number;
 use crate::domain::ids::CustomerId;
@@ -31,6 +32,9 @@ struct DecisionBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     reservation: Option<Reservation>,
     limits: Vec<LimitState>,
+    /// The metered balances a consume or reservation debits (absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    balances: Vec<BalanceState>,
     /// Present on refusals only (`null` when a refusing limit never resets).
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after: Option<Option<i64>>,
@@ -69,6 +73,7 @@ fn respond(kind: &'static str, decision: Decision, with_customer: bool) -> Respo
         event_id: decision.event_id.clone(),
         reservation: decision.reservation.clone(),
         limits: decision.limits,
+        balances: decision.balances,
         retry_after: refused.then_some(decision.retry_after),
         degraded: decision.degraded,
     };

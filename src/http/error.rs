@@ -62,6 +62,7 @@ impl ApiError {
             Resource::Limit => ("limit_not_found", "limit"),
             Resource::ApiKey => ("not_found", "API key"),
             Resource::Reservation => ("reservation_not_found", "reservation"),
+            Resource::Balance => ("balance_not_found", "balance"),
             Resource::Webhook => ("webhook_not_found", "webhook"),
             Resource::Delivery => ("not_found", "delivery"),
         };

@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod balances;
 pub mod customers;
 pub mod decisions;
 pub mod error;
@@ -79,6 +80,13 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhooks::redeliver))
         .routes(routes!(api_keys::create, api_keys::list))
         .routes(routes!(api_keys::delete))
+        .routes(routes!(balances::create))
+        .routes(routes!(balances::get, balances::delete))
+        .routes(routes!(balances::of_customer))
+        .routes(routes!(balances::credit))
+        .routes(routes!(balances::debit))
+        .routes(routes!(balances::check))
+        .routes(routes!(balances::transactions))
         .split_for_parts()
 }
 

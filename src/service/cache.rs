@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use super::Gateway;
 use super::error::{ServiceError, ServiceResult};
 use crate::domain::apikey::{ApiKey, parse_hex_digest};
+use crate::domain::balance::Balance;
 use crate::domain::customer::Customer;
 use crate::domain::ids::CustomerId;
 use crate::domain::limit::Limit;
@@ -38,6 +39,8 @@ pub struct ConfigCache {
 pub struct Governing {
     pub meters: Arc<[Arc<Meter>]>,
     pub limits: Vec<ResolvedLimit>,
+    /// The customer's balances that a meter debits.
+    pub balances: Vec<Arc<Balance>>,
 }
 
 /// Limits resolved against their meters, kept in step with every change: a limit change
@@ -98,6 +101,7 @@ impl ResolvedLimits {
         Governing {
             meters: Arc::clone(&self.meters),
             limits: governing(own, &self.defaults),
+            balances: Vec::new(),
         }
     }
 }
@@ -112,6 +116,9 @@ pub struct CacheState {
     pub webhooks: HashMap<String, Arc<Webhook>>,
     api_key_hashes: HashMap<String, [u8; 32]>,
     resolved: ResolvedLimits,
+    /// Each customer's balances, by ID.
+    balances: HashMap<CustomerId, Vec<Arc<Balance>>>,
+    balance_owners: HashMap<String, CustomerId>,
 }
 
 fn decode<T: DeserializeOwned>(kind: Kind, doc: &str) -> Option<T> {
@@ -142,6 +149,9 @@ impl CacheState {
                 }
             }
             Kind::Webhook => upsert(&mut self.webhooks, kind, id, doc),
+            Kind::Balance => self.balance_changed(id, doc),
+            // Names are found through the balances themselves.
+            Kind::BalanceName => {}
             Kind::ApiKey => {
                 if let Some(hash) = self.api_key_hashes.remove(id) {
                     self.api_keys.remove(&hash);
@@ -155,6 +165,25 @@ impl CacheState {
                 }
             }
         }
+    }
+
+    fn balance_changed(&mut self, id: &str, doc: Option<&str>) {
+        if let Some(owner) = self.balance_owners.remove(id)
+            && let Some(list) = self.balances.get_mut(&owner)
+        {
+            list.retain(|balance| balance.id != id);
+            if list.is_empty() {
+                self.balances.remove(&owner);
+            }
+        }
+        let Some(balance) = doc.and_then(|doc| decode::<Balance>(Kind::Balance, doc)) else {
+            return;
+        };
+        let owner = balance.customer_id.clone();
+        let list = self.balances.entry(owner.clone()).or_default();
+        let at = list.partition_point(|other| other.id.as_str() < id);
+        list.insert(at, Arc::new(balance));
+        self.balance_owners.insert(id.to_string(), owner);
     }
 
     /// Re-resolves the meter's limits against its new version (or drops them with it).
@@ -198,9 +227,27 @@ impl ConfigCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Every meter, and the limits governing `customer`.
+    /// Every meter, the limits governing `customer` and its metered balances.
     pub fn governing(&self, customer: &CustomerId) -> Governing {
-        self.read().resolved.governing(customer)
+        let state = self.read();
+        let mut governing = state.resolved.governing(customer);
+        if let Some(balances) = state.balances.get(customer) {
+            governing.balances = balances
+                .iter()
+                .filter(|balance| balance.meter_id.is_some())
+                .cloned()
+                .collect();
+        }
+        governing
+    }
+
+    /// The customer's balances, by ID.
+    pub fn balances_of(&self, customer: &CustomerId) -> Vec<Arc<Balance>> {
+        self.read()
+            .balances
+            .get(customer)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn customer(&self, id: &CustomerId) -> Option<Arc<Customer>> {

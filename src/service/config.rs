@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use super::Gateway;
 use super::error::{Resource, ServiceError, ServiceResult, corrupt};
 use super::page::{self, Page, PageRequest};
+use crate::domain::balance::Balance;
 use crate::domain::customer::{Customer, CustomerPatch, NewCustomer};
 use crate::domain::ids::{CustomerId, IdKind};
 use crate::domain::limit::{Limit, LimitPatch, NewLimit};
@@ -146,10 +147,10 @@ impl Gateway {
         Ok((customer, created))
     }
 
-    /// Deletes the customer with its own limits, in one atomic step.
+    /// Deletes the customer with its own limits and its balances, in one atomic step.
     pub async fn delete_customer(&self, id: &str) -> ServiceResult<String> {
         let id = parse_path_customer(id)?;
-        self.delete_with_limits(Kind::Customer, id.as_str(), Resource::Customer, |limit| {
+        self.delete_with_dependents(Kind::Customer, id.as_str(), Resource::Customer, |limit| {
             limit.customer_id.as_ref() == Some(&id)
         })
         .await?;
@@ -203,17 +204,19 @@ impl Gateway {
         if !IdKind::Meter.is_plausible(id) {
             return Err(ServiceError::NotFound(Resource::Meter));
         }
-        self.delete_with_limits(Kind::Meter, id, Resource::Meter, |limit| {
+        self.delete_with_dependents(Kind::Meter, id, Resource::Meter, |limit| {
             limit.meter_id == id
         })
         .await
     }
 
-    /// Deletes a document together with the limits that belong to it, in one atomic step.
-    /// Returns how many limits went. A limit created for the document between the read of
-    /// its limits and the delete touches it (see [`ConfigOp::Touch`]) and fails the step,
-    /// which then starts over, so no limit is left behind pointing at nothing.
-    async fn delete_with_limits(
+    /// Deletes a document together with the limits that belong to it (and, for a customer,
+    /// its balances), in one atomic step. Returns how many limits went. A limit or balance
+    /// created for the document between the read of its dependents and the delete touches
+    /// it (see [`ConfigOp::Touch`]) and fails the step, which then starts over, so nothing is
+    /// left behind pointing at nothing. A meter's balances stay: they hold money, and simply
+    /// stop being debited.
+    async fn delete_with_dependents(
         &self,
         kind: Kind,
         id: &str,
@@ -234,6 +237,7 @@ impl Gateway {
                     version,
                 },
             ];
+            let mut limits = 0;
             for limit in self.all_limits().await? {
                 if belongs(&limit) {
                     ops.push(ConfigOp::Delete {
@@ -241,26 +245,46 @@ impl Gateway {
                         id: limit.id,
                         guard: Guard::Always,
                     });
+                    limits += 1;
                 }
             }
+            let balances: Vec<Balance> = match kind {
+                Kind::Customer => self
+                    .all::<Balance>(Kind::Balance)
+                    .await?
+                    .into_iter()
+                    .filter(|balance| balance.customer_id.as_str() == id)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for balance in &balances {
+                ops.extend(balance_deletion(balance));
+            }
             match self.commit(&ops).await? {
-                Ok(()) => return Ok(ops.len() - 2),
+                Ok(()) => {
+                    self.forget_balances(&balances).await;
+                    return Ok(limits);
+                }
                 Err(0) => return Err(ServiceError::NotFound(resource)),
                 Err(_) => continue,
             }
         }
         Err(ServiceError::Conflict(
-            "limits on it kept being created while it was deleted; retry".into(),
+            "limits or balances on it kept being created while it was deleted; retry".into(),
         ))
     }
 
     // --- limits ----------------------------------------------------------------------------
 
-    async fn all_limits(&self) -> ServiceResult<Vec<Limit>> {
-        let docs = self.store.all(Kind::Limit).await?;
+    async fn all<T: DeserializeOwned>(&self, kind: Kind) -> ServiceResult<Vec<T>> {
+        let docs = self.store.all(kind).await?;
         docs.iter()
-            .map(|(_, doc)| serde_json::from_str(doc).map_err(|e| corrupt("limits", e)))
+            .map(|(_, doc)| serde_json::from_str(doc).map_err(|e| corrupt(kind.name(), e)))
             .collect()
+    }
+
+    async fn all_limits(&self) -> ServiceResult<Vec<Limit>> {
+        self.all(Kind::Limit).await
     }
 
     pub async fn create_limit(&self, input: NewLimit) -> ServiceResult<Limit> {
@@ -370,6 +394,22 @@ impl Gateway {
             .await?
             .map_err(|_| ServiceError::NotFound(Resource::Limit))
     }
+}
+
+/// The ops that delete a balance's document and its name.
+pub(super) fn balance_deletion(balance: &Balance) -> [ConfigOp; 2] {
+    [
+        ConfigOp::Delete {
+            kind: Kind::Balance,
+            id: balance.id.clone(),
+            guard: Guard::Present,
+        },
+        ConfigOp::Delete {
+            kind: Kind::BalanceName,
+            id: super::balances::name_key(&balance.customer_id, &balance.name),
+            guard: Guard::Always,
+        },
+    ]
 }
 
 /// A path ID that cannot be a customer ID is a 404, not a 400.

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use super::Gateway;
 use super::error::{Resource, ServiceError, ServiceResult, corrupt};
 use super::usage::{Recorded, states};
+use crate::domain::balance::BalanceState;
 use crate::domain::event::{Event, NewEvent};
 use crate::domain::field::{Dimensions, bounded_str, validate_dimensions};
 use crate::domain::ids::{CustomerId, IdKind};
@@ -46,6 +47,8 @@ pub struct Decision {
     pub degraded: bool,
     pub customer_id: CustomerId,
     pub limits: Vec<LimitState>,
+    /// The metered balances the event debits (consume and reserve).
+    pub balances: Vec<BalanceState>,
     /// Seconds until every refusing limit has reset; `None` if one never resets.
     pub retry_after: Option<i64>,
     pub rate_limit: Option<RateLimitInfo>,
@@ -63,6 +66,7 @@ impl Decision {
             degraded: false,
             customer_id,
             limits,
+            balances: Vec::new(),
             retry_after: None,
             rate_limit: None,
             event_id: None,
@@ -124,7 +128,8 @@ enum Written {
     Replay(String),
 }
 
-/// The tightest limit on each of the plan's counters (limits sharing a counter share usage).
+/// The tightest limit on each of the plan's counters (limits sharing a counter share usage),
+/// and what each debited balance may have spent.
 fn caps(plan: &EventPlan) -> Vec<Option<f64>> {
     let mut caps = vec![None; plan.counters.len()];
     for (limit, _, index) in &plan.limits {
@@ -132,7 +137,32 @@ fn caps(plan: &EventPlan) -> Vec<Option<f64>> {
         let cap: &mut Option<f64> = &mut caps[*index];
         *cap = Some(cap.map_or(value, |c: f64| c.min(value)));
     }
+    for (balance, index) in &plan.balances {
+        caps[*index] = Some(balance.spending_ceiling());
+    }
     caps
+}
+
+/// The debited balances as the answer shows them; `debited` when the readings already
+/// include the event.
+fn balance_states(
+    plan: &EventPlan,
+    readings: &[CounterReading],
+    debited: bool,
+) -> Vec<BalanceState> {
+    plan.balances
+        .iter()
+        .map(|(balance, index)| {
+            let reading = readings.get(*index).copied().unwrap_or_default();
+            BalanceState::new(
+                balance,
+                plan.counters[*index].op.amount(),
+                reading.used,
+                reading.reserved,
+                debited,
+            )
+        })
+        .collect()
 }
 
 /// Which of the plan's limits the event does not fit, given the counters' readings.
@@ -282,12 +312,19 @@ impl Gateway {
             Ok(RecordOutcome::Duplicate { event_id }) => Written::Replay(event_id),
             Ok(RecordOutcome::Refused { counters }) => {
                 let refusing = refusing_limits(&plan, &counters);
-                return Ok(Err(Decision::refused(
+                let balances = balance_states(&plan, &counters, false);
+                let mut refusal = Decision::refused(
                     customer_id.clone(),
                     states(&plan, &counters),
                     &refusing,
                     now,
-                )));
+                );
+                // Waiting does not refill a balance; a credit does.
+                if balances.iter().any(|balance| !balance.sufficient) {
+                    refusal.retry_after = None;
+                }
+                refusal.balances = balances;
+                return Ok(Err(refusal));
             }
             Err(error) if is_outage(&error) => return Ok(Err(degraded(&error))),
             Err(error) => return Err(error),
@@ -317,6 +354,7 @@ impl Gateway {
                 Err(decision) => decision,
                 Ok((plan, Written::Fresh(after))) => Decision {
                     event_id: Some(event.id.clone()),
+                    balances: balance_states(&plan, &after, true),
                     ..Decision::new(customer_id, true, states(&plan, &after))
                 },
                 Ok((plan, Written::Replay(event_id))) => Decision {
@@ -406,6 +444,7 @@ impl Gateway {
             Err(decision) => decision,
             Ok((plan, Written::Fresh(after))) => Decision {
                 reservation: Some(reservation),
+                balances: balance_states(&plan, &after, true),
                 ..Decision::new(customer_id, true, states(&plan, &after))
             },
             Ok((plan, Written::Replay(reservation_id))) => Decision {

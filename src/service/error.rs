@@ -8,6 +8,7 @@ pub enum Resource {
     Limit,
     ApiKey,
     Reservation,
+    Balance,
     Webhook,
     Delivery,
 }

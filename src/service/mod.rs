@@ -1,6 +1,7 @@
 //! Use cases: orchestrate domain rules and storage. No HTTP types here.
 
 pub mod auth;
+pub mod balances;
 pub mod cache;
 pub mod clock;
 pub mod config;

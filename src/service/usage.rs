@@ -189,7 +189,13 @@ impl Gateway {
 
     pub(super) fn plan(&self, event: &Event, calendar: CustomerCalendar) -> EventPlan {
         let governing = self.cache.governing(&event.customer_id);
-        plan_event(event, &governing.meters, &governing.limits, calendar)
+        plan_event(
+            event,
+            &governing.meters,
+            &governing.limits,
+            &governing.balances,
+            calendar,
+        )
     }
 
     /// Writes one event in `mode`; the one outcome storage gives for it.

@@ -178,6 +178,13 @@ impl Keys {
     }
 
     /// An idempotency record; the caller's key is hashed so any key fits.
+    /// A balance's transactions (sorted set, all scores 0, members
+    /// `<transactionId>|<spent after>|<entry JSON>`: lexical order is ID order, which is time
+    /// order).
+    pub fn balance_transactions(&self, customer: &CustomerId, balance_id: &str) -> String {
+        self.customer_key(customer, &["txn", balance_id])
+    }
+
     pub fn idempotency(&self, customer: &CustomerId, key: &str) -> String {
         use sha2::{Digest, Sha256};
         let digest = crate::domain::apikey::hex(&Sha256::digest(key.as_bytes())[..16]);
@@ -234,6 +241,14 @@ mod tests {
             "qg:{c:cust_1}:dims:mtr_1"
         );
         assert_eq!(keys.event_log(&customer), "qg:{c:cust_1}:events");
+        assert_eq!(
+            keys.counter(&customer, &CounterId::balance("bal_1")),
+            "qg:{c:cust_1}:u:bal_1:_:all_time:all"
+        );
+        assert_eq!(
+            keys.balance_transactions(&customer, "bal_1"),
+            "qg:{c:cust_1}:txn:bal_1"
+        );
         assert_eq!(keys.holds(&customer), "qg:{c:cust_1}:holds");
         assert_eq!(
             Keys::hold_field("qg:{c:cust_1}:u:m:_:day:1", "rsv_1"),

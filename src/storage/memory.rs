@@ -1,6 +1,6 @@
 //! The embedded store: one node, state in process memory, same semantics as Redis.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -8,6 +8,10 @@ use async_trait::async_trait;
 use super::alerts::{
     ATTEMPT_LOG_LEN, AlertStore, AttemptEnd, Claim, MESSAGE_TTL_MS, delivery_member,
     split_delivery_member,
+};
+use super::balances::{
+    BalanceReading, BalanceStore, Movement, MovementOutcome, movement_dedupe_key,
+    transaction_member,
 };
 use super::keys::Keys;
 use super::usage::{
@@ -271,6 +275,8 @@ enum Value {
     List(VecDeque<String>),
     Text(String),
     Hash(HashMap<String, String>),
+    /// A Redis sorted set whose scores are all 0: members in lexical order.
+    Sorted(BTreeSet<String>),
 }
 
 fn now_ms() -> i64 {
@@ -821,6 +827,139 @@ impl UsageStore for MemoryStore {
                 _ => Vec::new(),
             },
         )
+    }
+}
+
+// --- balances ----------------------------------------------------------------------------
+
+impl MemoryUsage {
+    fn sorted(&mut self, key: &str, now: i64) -> Option<&mut BTreeSet<String>> {
+        match self.live(key, now).map(|e| &mut e.value) {
+            Some(Value::Sorted(set)) => Some(set),
+            _ => None,
+        }
+    }
+
+    /// The reference semantics are those of `lua/balance_move.lua`.
+    fn move_balance(
+        &mut self,
+        keys: &Keys,
+        retention: &Retention,
+        customer: &CustomerId,
+        movement: &Movement<'_>,
+    ) -> MovementOutcome {
+        let now = now_ms();
+        let dedupe_key = movement
+            .idempotency_key
+            .map(|key| movement_dedupe_key(keys, customer, key));
+        if let Some(first) = dedupe_key.as_deref().and_then(|key| self.text(key, now)) {
+            return MovementOutcome::Duplicate(first);
+        }
+        let spent_key = keys.counter(customer, &CounterId::balance(movement.balance_id));
+        let spent = self
+            .text(&spent_key, now)
+            .as_deref()
+            .map_or(0.0, parse_counter);
+        if movement
+            .ceiling
+            .is_some_and(|ceiling| spent + movement.spent_change > ceiling)
+        {
+            return MovementOutcome::Refused { spent };
+        }
+        let after = format!("{}", spent + movement.spent_change);
+        self.set_text(&spent_key, after.clone());
+        let member = transaction_member(movement.transaction_id, &after, movement.entry);
+        let log_key = keys.balance_transactions(customer, movement.balance_id);
+        match self.sorted(&log_key, now) {
+            Some(set) => {
+                set.insert(member.clone());
+            }
+            None => {
+                self.entries.insert(
+                    log_key,
+                    Entry {
+                        value: Value::Sorted(BTreeSet::from([member.clone()])),
+                        expire_at_ms: None,
+                    },
+                );
+            }
+        }
+        if let Some(key) = dedupe_key {
+            self.entries.insert(
+                key,
+                Entry {
+                    value: Value::Text(member.clone()),
+                    expire_at_ms: Some(now + retention.idempotency.as_millis() as i64),
+                },
+            );
+        }
+        MovementOutcome::Applied(member)
+    }
+}
+
+#[async_trait]
+impl BalanceStore for MemoryStore {
+    async fn move_balance(
+        &self,
+        customer: &CustomerId,
+        movement: &Movement<'_>,
+    ) -> StoreResult<MovementOutcome> {
+        Ok(self
+            .usage()
+            .move_balance(&self.keys, &self.retention, customer, movement))
+    }
+
+    async fn balance_readings(
+        &self,
+        customer: &CustomerId,
+        balance_ids: &[&str],
+    ) -> StoreResult<Vec<BalanceReading>> {
+        let now = now_ms();
+        let mut usage = self.usage();
+        Ok(balance_ids
+            .iter()
+            .map(|id| BalanceReading {
+                spent: usage
+                    .text(&self.keys.counter(customer, &CounterId::balance(id)), now)
+                    .as_deref()
+                    .map_or(0.0, parse_counter),
+                newest: usage
+                    .sorted(&self.keys.balance_transactions(customer, id), now)
+                    .and_then(|set| set.last().cloned()),
+            })
+            .collect())
+    }
+
+    async fn transactions(
+        &self,
+        customer: &CustomerId,
+        balance_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let mut usage = self.usage();
+        let key = self.keys.balance_transactions(customer, balance_id);
+        let Some(set) = usage.sorted(&key, now_ms()) else {
+            return Ok(Vec::new());
+        };
+        Ok(set
+            .iter()
+            .rev()
+            .filter(|member| before.is_none_or(|id| member.as_str() < id))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn drop_balance(&self, customer: &CustomerId, balance_id: &str) -> StoreResult<()> {
+        let mut usage = self.usage();
+        usage
+            .entries
+            .remove(&self.keys.counter(customer, &CounterId::balance(balance_id)));
+        usage
+            .entries
+            .remove(&self.keys.balance_transactions(customer, balance_id));
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 //! runs against both.
 
 pub mod alerts;
+pub mod balances;
 pub mod keys;
 pub mod memory;
 pub mod redis;
@@ -19,15 +20,21 @@ pub enum Kind {
     Limit,
     ApiKey,
     Webhook,
+    Balance,
+    /// `<customerId>/<name>` → balance ID: makes a name unique per customer in the same atomic
+    /// step that creates the balance.
+    BalanceName,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Customer,
         Kind::Meter,
         Kind::Limit,
         Kind::ApiKey,
         Kind::Webhook,
+        Kind::Balance,
+        Kind::BalanceName,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +44,8 @@ impl Kind {
             Kind::Limit => "limits",
             Kind::ApiKey => "apikeys",
             Kind::Webhook => "webhooks",
+            Kind::Balance => "balances",
+            Kind::BalanceName => "balance_names",
         }
     }
 
@@ -178,6 +187,9 @@ pub trait ConfigStore: Send + Sync + 'static {
 }
 
 /// Everything the service needs from storage.
-pub trait Store: ConfigStore + usage::UsageStore + alerts::AlertStore {}
+pub trait Store:
+    ConfigStore + usage::UsageStore + alerts::AlertStore + balances::BalanceStore
+{
+}
 
-impl<T: ConfigStore + usage::UsageStore + alerts::AlertStore> Store for T {}
+impl<T: ConfigStore + usage::UsageStore + alerts::AlertStore + balances::BalanceStore> Store for T {}

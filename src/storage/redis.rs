@@ -14,6 +14,9 @@ use super::alerts::{
     ATTEMPT_LOG_LEN, AlertStore, AttemptEnd, Claim, MESSAGE_TTL_MS, delivery_member,
     split_delivery_member,
 };
+use super::balances::{
+    BalanceReading, BalanceStore, Movement, MovementOutcome, movement_dedupe_key,
+};
 use super::keys::Keys;
 use super::usage::{
     AlertOp, CounterReading, EventOps, EventWrite, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
@@ -180,6 +183,7 @@ pub struct RedisStore {
     alert_claim: Script,
     sweep_claim: Script,
     alert_finish: Script,
+    balance_move: Script,
 }
 
 impl RedisStore {
@@ -199,6 +203,7 @@ impl RedisStore {
             alert_claim: Script::new(include_str!("../../lua/alert_claim.lua")),
             sweep_claim: Script::new(include_str!("../../lua/sweep_claim.lua")),
             alert_finish: Script::new(include_str!("../../lua/alert_finish.lua")),
+            balance_move: Script::new(include_str!("../../lua/balance_move.lua")),
         }
     }
 
@@ -1306,6 +1311,141 @@ impl AlertStore for RedisStore {
         let mut conn = self.conn();
         self.guarded(CONFIG_DEADLINE, pipe.query_async::<()>(&mut conn))
             .await
+    }
+}
+
+#[async_trait]
+impl BalanceStore for RedisStore {
+    async fn move_balance(
+        &self,
+        customer: &CustomerId,
+        movement: &Movement<'_>,
+    ) -> StoreResult<MovementOutcome> {
+        let mut keys = vec![
+            self.keys
+                .counter(customer, &CounterId::balance(movement.balance_id)),
+            self.keys
+                .balance_transactions(customer, movement.balance_id),
+        ];
+        let ttl = match movement.idempotency_key {
+            Some(key) => {
+                keys.push(movement_dedupe_key(&self.keys, customer, key));
+                self.retention.idempotency.as_millis().to_string()
+            }
+            None => "0".to_string(),
+        };
+        let change = number_text(movement.spent_change);
+        let ceiling = movement.ceiling.map(number_text).unwrap_or_default();
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let args = [
+            change.as_str(),
+            ceiling.as_str(),
+            movement.transaction_id,
+            movement.entry,
+            ttl.as_str(),
+        ];
+        let call = evalsha(&self.balance_move, &key_refs, &args);
+        let answer = self
+            .eval_many(&self.balance_move, &[call], CONFIG_DEADLINE)
+            .await?
+            .pop();
+        let unexpected = || StoreError::Internal("unexpected balance answer".into());
+        let Some(Value::Array(items)) = answer else {
+            return Err(unexpected());
+        };
+        match items.as_slice() {
+            [Value::Int(0), member] => Ok(MovementOutcome::Applied(
+                text(member).ok_or_else(unexpected)?,
+            )),
+            [Value::Int(1), member] => Ok(MovementOutcome::Duplicate(
+                text(member).ok_or_else(unexpected)?,
+            )),
+            [Value::Int(2), spent] => Ok(MovementOutcome::Refused {
+                spent: answer_number(spent),
+            }),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn balance_readings(
+        &self,
+        customer: &CustomerId,
+        balance_ids: &[&str],
+    ) -> StoreResult<Vec<BalanceReading>> {
+        if balance_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let counters: Vec<String> = balance_ids
+            .iter()
+            .map(|id| self.keys.counter(customer, &CounterId::balance(id)))
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(&counters);
+        for id in balance_ids {
+            pipe.cmd("ZREVRANGEBYLEX")
+                .arg(self.keys.balance_transactions(customer, id))
+                .arg("+")
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1);
+        }
+        let mut conn = self.conn();
+        let answers: Vec<Value> = self
+            .guarded(CONFIG_DEADLINE, pipe.query_async(&mut conn))
+            .await?;
+        let mut answers = answers.into_iter();
+        let spent: Vec<Option<String>> = match answers.next() {
+            Some(value) => redis::from_redis_value(value)
+                .map_err(|e| StoreError::Internal(format!("unexpected balance answer: {e}")))?,
+            None => return Err(StoreError::Internal("unexpected balance answer".into())),
+        };
+        Ok(spent
+            .into_iter()
+            .zip(answers)
+            .map(|(spent, newest)| BalanceReading {
+                spent: spent.as_deref().map_or(0.0, parse_counter),
+                newest: redis::from_redis_value::<Vec<String>>(newest)
+                    .ok()
+                    .and_then(|mut members| members.pop()),
+            })
+            .collect())
+    }
+
+    async fn transactions(
+        &self,
+        customer: &CustomerId,
+        balance_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        // Members start with their ID, so "(<id>" excludes that transaction and every later one.
+        let max = before.map_or_else(|| "+".to_string(), |id| format!("({id}"));
+        let mut conn = self.conn();
+        self.guarded(
+            CONFIG_DEADLINE,
+            redis::cmd("ZREVRANGEBYLEX")
+                .arg(self.keys.balance_transactions(customer, balance_id))
+                .arg(max)
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn drop_balance(&self, customer: &CustomerId, balance_id: &str) -> StoreResult<()> {
+        let mut conn = self.conn();
+        self.guarded(
+            CONFIG_DEADLINE,
+            redis::cmd("DEL")
+                .arg(self.keys.counter(customer, &CounterId::balance(balance_id)))
+                .arg(self.keys.balance_transactions(customer, balance_id))
+                .query_async::<()>(&mut conn),
+        )
+        .await
     }
 }
 

@@ -12,6 +12,10 @@ const WRITE_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/meters"),
     ("POST", "/v1/limits"),
     ("POST", "/v1/api-keys"),
+    ("POST", "/v1/balances"),
+    ("POST", "/v1/balances/credit"),
+    ("POST", "/v1/balances/debit"),
+    ("POST", "/v1/balances/check"),
 ];
 
 fn method(name: &str) -> Method {

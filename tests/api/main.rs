@@ -5,6 +5,7 @@ mod common;
 
 mod auth;
 mod bad_input;
+mod balances;
 mod concurrency;
 mod customers;
 mod enforcement;

@@ -123,6 +123,14 @@ const CONTRACT: &[(&str, &str)] = &[
     ("post", "/v1/api-keys"),
     ("get", "/v1/api-keys"),
     ("delete", "/v1/api-keys/{id}"),
+    ("post", "/v1/balances"),
+    ("get", "/v1/balances/{id}"),
+    ("delete", "/v1/balances/{id}"),
+    ("get", "/v1/customers/{id}/balances"),
+    ("post", "/v1/balances/credit"),
+    ("post", "/v1/balances/debit"),
+    ("post", "/v1/balances/check"),
+    ("get", "/v1/balances/{id}/transactions"),
 ];
 
 #[tokio::test]

@@ -1,0 +1,49 @@
+-- A credit or debit of one balance, with its transaction record, atomically.
+--
+-- KEYS[1]  what the balance has spent (string counter, shared with lua/usage.lua)
+-- KEYS[2]  the balance's transactions (sorted set, scores 0, ordered by member)
+-- KEYS[3]  the idempotency record, when ARGV[5] is not 0
+-- ARGV[1]  how spent moves (positive: debit, negative: credit)
+-- ARGV[2]  refuse when spent + ARGV[1] would exceed this ('' for never)
+-- ARGV[3]  transaction ID
+-- ARGV[4]  transaction entry (JSON)
+-- ARGV[5]  idempotency TTL in ms; 0: no de-duplication
+-- Returns {0, member} when applied (member: "<id>|<spent after>|<entry>"), {1, first member}
+-- for a repeat of an idempotency key, {2, spent} when refused (nothing written).
+
+local spent_key, log_key = KEYS[1], KEYS[2]
+local change, ceiling = ARGV[1], ARGV[2]
+local dedupe = ARGV[5] ~= '0'
+
+if dedupe then
+  local first = redis.call('GET', KEYS[3])
+  if first then
+    return {1, first}
+  end
+end
+
+if ceiling ~= '' then
+  local spent = redis.call('GET', spent_key) or '0'
+  if tonumber(spent) + tonumber(change) > tonumber(ceiling) then
+    return {2, spent}
+  end
+end
+
+-- Whole amounts stay exact integers; a counter holding a fraction takes the float command.
+local after
+if tonumber(change) % 1 == 0 then
+  local result = redis.pcall('INCRBY', spent_key, change)
+  if type(result) == 'number' then
+    after = string.format('%d', result)
+  end
+end
+if not after then
+  after = redis.call('INCRBYFLOAT', spent_key, change)
+end
+
+local member = ARGV[3] .. '|' .. after .. '|' .. ARGV[4]
+redis.call('ZADD', log_key, 0, member)
+if dedupe then
+  redis.call('SET', KEYS[3], member, 'PX', ARGV[5])
+end
+return {0, member}

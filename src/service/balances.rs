@@ -1,0 +1,346 @@
+//! Balances: create, read, delete, credit, debit, check and transactions.
+//!
+//! A balance's document is configuration (every node caches it, so the counting step knows
+//! which balances an event debits); its amount and transactions live with its customer's
+//! counters. Creating one writes the amount first and the document second, and takes the
+//! amount back if the document cannot be written, so no balance ever shows without its
+//! initial credit.
+
+use chrono::{DateTime, Utc};
+
+use super::Gateway;
+use super::config::to_doc;
+use super::error::{Resource, ServiceError, ServiceResult, corrupt};
+use super::page::{Page, PageRequest};
+use crate::domain::balance::{
+    Balance, BalanceCheck, BalanceCheckRequest, BalanceView, MovementResult, NewBalance,
+    NewMovement, Transaction, TransactionEntry, TransactionKind,
+};
+use crate::domain::customer::Customer;
+use crate::domain::ids::{CustomerId, IdKind};
+use crate::storage::balances::{
+    BalanceReading, Movement, MovementOutcome, split_transaction_member,
+};
+use crate::storage::{ConfigOp, Guard, Kind};
+
+/// A credit or debit's answer, and whether it replays an earlier request's.
+pub struct Moved {
+    pub result: MovementResult,
+    pub replayed: bool,
+}
+
+/// The ID of a balance's name document: customer IDs cannot contain `/`, so the first `/`
+/// ends the customer.
+pub(super) fn name_key(customer: &CustomerId, name: &str) -> String {
+    format!("{customer}/{name}")
+}
+
+fn decode_transaction(member: &str) -> ServiceResult<Transaction> {
+    let undecodable = || {
+        ServiceError::Storage(crate::storage::StoreError::Internal(
+            "undecodable balance transaction".into(),
+        ))
+    };
+    let (spent_after, entry) = split_transaction_member(member).ok_or_else(undecodable)?;
+    let entry: TransactionEntry =
+        serde_json::from_str(entry).map_err(|e| corrupt("transactions", e))?;
+    Ok(entry.settled(spent_after))
+}
+
+/// When the balance last moved by a credit or debit, from its newest transaction.
+fn last_moved(reading: &BalanceReading) -> Option<DateTime<Utc>> {
+    let member = reading.newest.as_deref()?;
+    decode_transaction(member)
+        .ok()
+        .map(|transaction| transaction.entry.created_at)
+}
+
+impl Gateway {
+    pub async fn create_balance(&self, input: NewBalance) -> ServiceResult<BalanceView> {
+        let meter = match input.meter_id() {
+            None => None,
+            Some(id) => match self.get_meter(id).await {
+                Err(ServiceError::NotFound(_)) => {
+                    return Err(ServiceError::NotFound(Resource::Meter));
+                }
+                other => Some(other?),
+            },
+        };
+        let now = self.clock.now();
+        let (balance, initial) =
+            Balance::create(self.new_id(IdKind::Balance), input, meter.as_ref(), now)?;
+        let customer_id = balance.customer_id.clone();
+        let mut updated_at = None;
+        if initial > 0.0 {
+            let entry = TransactionEntry::initial(
+                self.new_id(IdKind::Transaction),
+                &balance.id,
+                initial,
+                now,
+            );
+            let doc = to_doc(&entry)?;
+            self.store
+                .move_balance(
+                    &customer_id,
+                    &Movement {
+                        balance_id: &balance.id,
+                        spent_change: -initial,
+                        ceiling: None,
+                        transaction_id: &entry.id,
+                        entry: &doc,
+                        idempotency_key: None,
+                    },
+                )
+                .await?;
+            updated_at = Some(now);
+        }
+        // Touching the customer makes a concurrent delete of it start over and take this
+        // balance with it.
+        let mut ops = vec![
+            ConfigOp::PutIfAbsent {
+                kind: Kind::Customer,
+                id: customer_id.to_string(),
+                doc: to_doc(&Customer::with_defaults(
+                    customer_id.clone(),
+                    self.settings.default_timezone,
+                    now,
+                ))?,
+            },
+            ConfigOp::Touch {
+                kind: Kind::Customer,
+                id: customer_id.to_string(),
+            },
+        ];
+        if let Some(meter) = &meter {
+            ops.push(ConfigOp::Require {
+                kind: Kind::Meter,
+                id: meter.id.clone(),
+            });
+        }
+        ops.push(ConfigOp::Put {
+            kind: Kind::Balance,
+            id: balance.id.clone(),
+            doc: to_doc(&balance)?,
+            guard: Guard::Absent,
+        });
+        ops.push(ConfigOp::Put {
+            kind: Kind::BalanceName,
+            id: name_key(&customer_id, &balance.name),
+            doc: to_doc(&balance.id)?,
+            guard: Guard::Absent,
+        });
+        let failed = match self.commit(&ops).await? {
+            Ok(()) => return Ok(balance.view(-initial, updated_at)),
+            Err(index) => &ops[index],
+        };
+        // Nothing references the amount written above: take it back.
+        if let Err(error) = self.store.drop_balance(&customer_id, &balance.id).await {
+            tracing::warn!(%error, balance = %balance.id, "could not drop an unused balance amount");
+        }
+        Err(match failed.kind() {
+            Kind::Meter => ServiceError::NotFound(Resource::Meter),
+            Kind::BalanceName => ServiceError::AlreadyExists(format!(
+                "customer `{customer_id}` already has a balance named `{}`",
+                balance.name
+            )),
+            _ => ServiceError::Conflict("balance ID collision".into()),
+        })
+    }
+
+    async fn load_balance(&self, id: &str) -> ServiceResult<Balance> {
+        if !IdKind::Balance.is_plausible(id) {
+            return Err(ServiceError::NotFound(Resource::Balance));
+        }
+        let doc = self
+            .store
+            .get(Kind::Balance, id)
+            .await?
+            .ok_or(ServiceError::NotFound(Resource::Balance))?;
+        serde_json::from_str(&doc).map_err(|e| corrupt("balances", e))
+    }
+
+    /// A customer's balance by name: from this node's cache, else from storage (made on
+    /// another node within the last moment).
+    async fn balance_named(&self, customer: &CustomerId, name: &str) -> ServiceResult<Balance> {
+        if let Some(balance) = self
+            .cache
+            .balances_of(customer)
+            .into_iter()
+            .find(|balance| balance.name == name)
+        {
+            return Ok((*balance).clone());
+        }
+        let doc = self
+            .store
+            .get(Kind::BalanceName, &name_key(customer, name))
+            .await?
+            .ok_or(ServiceError::NotFound(Resource::Balance))?;
+        let id: String = serde_json::from_str(&doc).map_err(|e| corrupt("balance_names", e))?;
+        self.load_balance(&id).await
+    }
+
+    async fn views(&self, balances: &[Balance]) -> ServiceResult<Vec<BalanceView>> {
+        let Some(first) = balances.first() else {
+            return Ok(Vec::new());
+        };
+        let ids: Vec<&str> = balances.iter().map(|b| b.id.as_str()).collect();
+        let readings = self
+            .store
+            .balance_readings(&first.customer_id, &ids)
+            .await?;
+        Ok(balances
+            .iter()
+            .zip(readings)
+            .map(|(balance, reading)| balance.view(reading.spent, last_moved(&reading)))
+            .collect())
+    }
+
+    async fn view(&self, balance: &Balance) -> ServiceResult<BalanceView> {
+        self.views(std::slice::from_ref(balance))
+            .await?
+            .pop()
+            .ok_or(ServiceError::NotFound(Resource::Balance))
+    }
+
+    pub async fn get_balance(&self, id: &str) -> ServiceResult<BalanceView> {
+        let balance = self.load_balance(id).await?;
+        self.view(&balance).await
+    }
+
+    /// Every balance of a customer, ordered by ID.
+    pub async fn customer_balances(&self, customer_id: &str) -> ServiceResult<Vec<BalanceView>> {
+        let customer = self.get_customer(customer_id).await?;
+        let balances: Vec<Balance> = self
+            .cache
+            .balances_of(&customer.id)
+            .iter()
+            .map(|balance| (**balance).clone())
+            .collect();
+        self.views(&balances).await
+    }
+
+    pub async fn delete_balance(&self, id: &str) -> ServiceResult<()> {
+        let balance = self.load_balance(id).await?;
+        self.commit(&super::config::balance_deletion(&balance))
+            .await?
+            .map_err(|_| ServiceError::NotFound(Resource::Balance))?;
+        self.forget_balances(&[balance]).await;
+        Ok(())
+    }
+
+    /// Drops the amounts and transactions of balances whose documents went. What fails here
+    /// only leaves data nothing refers to.
+    pub(super) async fn forget_balances(&self, balances: &[Balance]) {
+        for balance in balances {
+            if let Err(error) = self
+                .store
+                .drop_balance(&balance.customer_id, &balance.id)
+                .await
+            {
+                tracing::warn!(%error, balance = %balance.id, "could not drop a deleted balance's amount");
+            }
+        }
+    }
+
+    /// Credits or debits a balance with its transaction, atomically. A debit beyond the
+    /// available balance is answered `success: false` and changes nothing.
+    pub async fn move_balance(
+        &self,
+        kind: TransactionKind,
+        input: NewMovement,
+        idempotency_key: Option<&str>,
+    ) -> ServiceResult<Moved> {
+        input.validate()?;
+        let balance = self.balance_named(&input.customer_id, &input.name).await?;
+        let entry = TransactionEntry::new(
+            self.new_id(IdKind::Transaction),
+            &balance.id,
+            kind,
+            &input,
+            self.clock.now(),
+        );
+        let doc = to_doc(&entry)?;
+        let movement = Movement {
+            balance_id: &balance.id,
+            spent_change: entry.spent_change(),
+            ceiling: (kind == TransactionKind::Debit).then(|| balance.spending_ceiling()),
+            transaction_id: &entry.id,
+            entry: &doc,
+            idempotency_key,
+        };
+        let (member, replayed) = match self
+            .store
+            .move_balance(&balance.customer_id, &movement)
+            .await?
+        {
+            MovementOutcome::Applied(member) => (member, false),
+            MovementOutcome::Duplicate(member) => (member, true),
+            MovementOutcome::Refused { spent } => {
+                let view = balance.view(spent, None);
+                let error = format!(
+                    "insufficient balance: {} available, {} requested",
+                    view.available_balance.get(),
+                    input.amount
+                );
+                return Ok(Moved {
+                    result: MovementResult {
+                        success: false,
+                        transaction: None,
+                        balance: Some(self.view(&balance).await?),
+                        error: Some(error),
+                    },
+                    replayed: false,
+                });
+            }
+        };
+        let transaction = decode_transaction(&member)?;
+        let view = balance.view(
+            -transaction.balance_after.get(),
+            Some(transaction.entry.created_at),
+        );
+        Ok(Moved {
+            result: MovementResult {
+                success: true,
+                transaction: Some(transaction),
+                balance: Some(view),
+                error: None,
+            },
+            replayed,
+        })
+    }
+
+    /// Whether a balance covers an amount, changing nothing.
+    pub async fn check_balance(&self, request: BalanceCheckRequest) -> ServiceResult<BalanceCheck> {
+        let amount = request.amount()?;
+        let balance = self
+            .balance_named(&request.customer_id, &request.name)
+            .await?;
+        Ok(self.view(&balance).await?.check(amount))
+    }
+
+    /// A balance's transactions, newest first.
+    pub async fn balance_transactions(
+        &self,
+        id: &str,
+        request: &PageRequest,
+    ) -> ServiceResult<Page<Transaction>> {
+        let balance = self.load_balance(id).await?;
+        let members = self
+            .store
+            .transactions(
+                &balance.customer_id,
+                &balance.id,
+                request.after.as_deref(),
+                request.limit + 1,
+            )
+            .await?;
+        let items = members
+            .iter()
+            .map(|member| {
+                let transaction = decode_transaction(member)?;
+                Ok((transaction.entry.id.clone(), transaction))
+            })
+            .collect::<ServiceResult<Vec<_>>>()?;
+        Ok(Page::from_items(items, request.limit))
+    }
+}
