@@ -1,5 +1,6 @@
-//! Exact admission under concurrency: N concurrent consumes against room for K admit exactly K,
-//! on the embedded store and across two gateway processes sharing one Redis.
+//! Exact admission under concurrency: N concurrent consumes (or balance debits) against room
+//! for K admit exactly K, on the embedded store and across two gateway processes sharing one
+//! Redis.
 
 use std::sync::Arc;
 
@@ -300,4 +301,116 @@ async fn delete_while_creating_limits(url: &str) {
             );
         }
     }
+}
+
+/// Metered consumes and direct debits of one balance, raced over two gateway processes,
+/// spend exactly what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_spend_a_balance_exactly() {
+    let prefix = unique_prefix();
+    let url = shared_redis().url();
+    let envs = [
+        ("QUOTAGATE_REDIS_URL", url.as_str()),
+        ("QUOTAGATE_KEY_PREFIX", prefix.as_str()),
+        ("QUOTAGATE_ADMIN_KEY", ADMIN_KEY),
+        ("QUOTAGATE_STORAGE_TIMEOUT_MS", "5000"),
+    ];
+    let nodes = [GatewayProcess::start(&envs), GatewayProcess::start(&envs)];
+    let client = reqwest::Client::new();
+    let post = |node: usize, path: &str, body: Value| {
+        client
+            .post(nodes[node].url(path))
+            .bearer_auth(ADMIN_KEY)
+            .json(&body)
+            .send()
+    };
+    let meter: Value = post(
+        0,
+        "/v1/meters",
+        json!({"name": "calls", "aggregation": "count", "field": "*"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let created = post(
+        0,
+        "/v1/balances",
+        json!({"customerId": "spender", "name": "prepaid", "initialBalance": ROOM,
+            "meterId": meter["id"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    let balance: Value = created.json().await.unwrap();
+    // Both nodes must know the balance before the race (config reaches replicas within ~1 s).
+    for node in &nodes {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let listed: Value = client
+                .get(node.url("/v1/customers/spender/balances"))
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if listed["balances"].as_array().is_some_and(|b| !b.is_empty()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node never learned the balance"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let mut tasks = Vec::new();
+    for i in 0..REQUESTS {
+        let client = client.clone();
+        let (path, body, success) = if i % 3 == 0 {
+            (
+                "/v1/balances/debit",
+                json!({"customerId": "spender", "name": "prepaid", "amount": 1}),
+                "success",
+            )
+        } else {
+            (
+                "/v1/limits/consume",
+                json!({"customerId": "spender", "eventType": "llm"}),
+                "allowed",
+            )
+        };
+        let url = nodes[i % 2].url(path);
+        tasks.push(tokio::spawn(async move {
+            let answer: Value = client
+                .post(url)
+                .bearer_auth(ADMIN_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer[success] == true
+        }));
+    }
+    let mut spent = 0;
+    for task in tasks {
+        spent += usize::from(task.await.unwrap());
+    }
+    assert_eq!(spent, ROOM);
+    let after: Value = client
+        .get(nodes[1].url(&format!("/v1/balances/{}", balance["id"].as_str().unwrap())))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["currentBalance"], 0);
 }

@@ -65,6 +65,17 @@ async fn outages_degrade_by_fail_mode_and_recover() {
     app.post("/v1/events/record", record("k1"))
         .await
         .assert_status(200);
+    let balance = app
+        .post(
+            "/v1/balances",
+            json!({"customerId": "c-closed", "name": "prepaid", "initialBalance": 10}),
+        )
+        .await;
+    let balance_path = format!(
+        "/v1/balances/{}",
+        balance.assert_status(201)["id"].as_str().unwrap()
+    );
+    let debit = json!({"customerId": "c-closed", "name": "prepaid", "amount": 1});
 
     // 1. Redis hangs (SIGSTOP): every call meets its deadline instead of waiting.
     let pid = redis_pid(port);
@@ -144,6 +155,12 @@ async fn outages_degrade_by_fail_mode_and_recover() {
     app.post("/v1/events/batch", json!({"events": [record("k3")]}))
         .await
         .assert_error(503, "storage_unavailable");
+    app.post("/v1/balances/debit", debit.clone())
+        .await
+        .assert_error(503, "storage_unavailable");
+    app.get(&balance_path)
+        .await
+        .assert_error(503, "storage_unavailable");
     let (ready, took) = timed(&app, Method::GET, "/readyz", None).await;
     ready.assert_error(503, "storage_unavailable");
     assert!(took < Duration::from_secs(2));
@@ -181,5 +198,9 @@ async fn outages_degrade_by_fail_mode_and_recover() {
         .await;
     assert_eq!(check.assert_status(200)["degraded"], false);
     assert_eq!(check.body["limits"][0]["used"], 2, "k1 and k2, each once");
+    // The balance kept its amount, and its script is loaded again on demand.
+    let debited = app.post("/v1/balances/debit", debit).await;
+    assert_eq!(debited.assert_status(200)["success"], true);
+    assert_eq!(app.get(&balance_path).await.body["currentBalance"], 9);
     let _ = std::fs::remove_dir_all(&dir);
 }
