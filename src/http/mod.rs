@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod idempotency;
 pub mod json;
 pub mod limits;
 pub mod meters;
@@ -51,42 +52,51 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every documented route, and the OpenAPI document generated from the same annotations, so
 /// the two cannot drift apart.
-pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+pub fn api_routes(gateway: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     use utoipa::OpenApi;
     use utoipa_axum::router::OpenApiRouter;
     use utoipa_axum::routes;
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    // POSTs without de-duplication of their own answer a repeated `Idempotency-Key` from the
+    // first answer. Creating an API key is left out: its answer holds the key in the clear,
+    // which is never stored.
+    let replayed = OpenApiRouter::new()
         .routes(routes!(customers::create, customers::list))
-        .routes(routes!(customers::get, customers::put, customers::delete))
         .routes(routes!(meters::create, meters::list))
+        .routes(routes!(limits::create, limits::list))
+        .routes(routes!(decisions::release))
+        .routes(routes!(decisions::extend))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::test))
+        .routes(routes!(webhooks::redeliver))
+        .routes(routes!(balances::create))
+        .route_layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::clone(gateway),
+            idempotency::replay_answers,
+        ));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(customers::get, customers::put, customers::delete))
         .routes(routes!(meters::get, meters::update, meters::delete))
         .routes(routes!(meters::query))
-        .routes(routes!(limits::create, limits::list))
         .routes(routes!(limits::get, limits::update, limits::delete))
         .routes(routes!(decisions::check))
         .routes(routes!(decisions::consume))
         .routes(routes!(decisions::reserve))
         .routes(routes!(decisions::get))
         .routes(routes!(decisions::commit))
-        .routes(routes!(decisions::release))
-        .routes(routes!(decisions::extend))
         .routes(routes!(events::record))
         .routes(routes!(events::batch))
         .routes(routes!(events::list))
-        .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(webhooks::get, webhooks::update, webhooks::delete))
-        .routes(routes!(webhooks::test))
         .routes(routes!(webhooks::deliveries))
-        .routes(routes!(webhooks::redeliver))
         .routes(routes!(api_keys::create, api_keys::list))
         .routes(routes!(api_keys::delete))
-        .routes(routes!(balances::create))
         .routes(routes!(balances::get, balances::delete))
         .routes(routes!(balances::of_customer))
         .routes(routes!(balances::credit))
         .routes(routes!(balances::debit))
         .routes(routes!(balances::check))
         .routes(routes!(balances::transactions))
+        .merge(replayed)
         .split_for_parts()
 }
 
@@ -95,7 +105,7 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub fn build_router(gateway: AppState, max_body_bytes: usize) -> Router {
     // Install the recorder before the first request records anything.
     crate::telemetry::prometheus();
-    let (api, document) = api_routes();
+    let (api, document) = api_routes(&gateway);
     let document = std::sync::Arc::new(document);
     api.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

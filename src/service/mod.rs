@@ -8,6 +8,7 @@ pub mod config;
 pub mod decision;
 pub mod error;
 pub mod page;
+pub mod replay;
 pub mod usage;
 pub mod webhooks;
 

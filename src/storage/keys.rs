@@ -178,6 +178,12 @@ impl Keys {
     }
 
     /// An idempotency record; the caller's key is hashed so any key fits.
+    /// A stored answer for an idempotency key (see [`super::replays`]); the key's digest is
+    /// its own hash tag, so it may live on any shard.
+    pub fn replay(&self, digest: &str) -> String {
+        format!("{}:{{i:{digest}}}:answer", self.prefix)
+    }
+
     /// A balance's transactions (sorted set, all scores 0, members
     /// `<transactionId>|<spent after>|<entry JSON>`: lexical order is ID order, which is time
     /// order).

@@ -14,6 +14,7 @@ use super::balances::{
     transaction_member,
 };
 use super::keys::Keys;
+use super::replays::{ReplayClaim, ReplayStore};
 use super::usage::{
     CounterReading, EventOps, EventWrite, KeyOp, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
     RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, decode_rollup, event_ops,
@@ -959,6 +960,56 @@ impl BalanceStore for MemoryStore {
         usage
             .entries
             .remove(&self.keys.balance_transactions(customer, balance_id));
+        Ok(())
+    }
+}
+
+// --- replays ----------------------------------------------------------------------------
+
+#[async_trait]
+impl ReplayStore for MemoryStore {
+    async fn claim_replay(&self, key: &str, pending_ms: i64) -> StoreResult<ReplayClaim> {
+        let now = now_ms();
+        let key = self.keys.replay(key);
+        let mut usage = self.usage();
+        Ok(match usage.text(&key, now) {
+            Some(answer) if answer.is_empty() => ReplayClaim::InProgress,
+            Some(answer) => ReplayClaim::Answered(answer),
+            None => {
+                usage.entries.insert(
+                    key,
+                    Entry {
+                        value: Value::Text(String::new()),
+                        expire_at_ms: Some(now + pending_ms),
+                    },
+                );
+                ReplayClaim::Claimed
+            }
+        })
+    }
+
+    async fn finish_replay(
+        &self,
+        key: &str,
+        answer: Option<&str>,
+        keep_ms: i64,
+    ) -> StoreResult<()> {
+        let key = self.keys.replay(key);
+        let mut usage = self.usage();
+        match answer {
+            Some(answer) => {
+                usage.entries.insert(
+                    key,
+                    Entry {
+                        value: Value::Text(answer.to_string()),
+                        expire_at_ms: Some(now_ms() + keep_ms),
+                    },
+                );
+            }
+            None => {
+                usage.entries.remove(&key);
+            }
+        }
         Ok(())
     }
 }

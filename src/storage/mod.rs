@@ -7,6 +7,7 @@ pub mod balances;
 pub mod keys;
 pub mod memory;
 pub mod redis;
+pub mod replays;
 pub mod usage;
 
 use async_trait::async_trait;
@@ -188,8 +189,15 @@ pub trait ConfigStore: Send + Sync + 'static {
 
 /// Everything the service needs from storage.
 pub trait Store:
-    ConfigStore + usage::UsageStore + alerts::AlertStore + balances::BalanceStore
+    ConfigStore + usage::UsageStore + alerts::AlertStore + balances::BalanceStore + replays::ReplayStore
 {
 }
 
-impl<T: ConfigStore + usage::UsageStore + alerts::AlertStore + balances::BalanceStore> Store for T {}
+impl<T> Store for T where
+    T: ConfigStore
+        + usage::UsageStore
+        + alerts::AlertStore
+        + balances::BalanceStore
+        + replays::ReplayStore
+{
+}

@@ -18,6 +18,7 @@ use super::balances::{
     BalanceReading, BalanceStore, Movement, MovementOutcome, movement_dedupe_key,
 };
 use super::keys::Keys;
+use super::replays::{ReplayClaim, ReplayStore};
 use super::usage::{
     AlertOp, CounterReading, EventOps, EventWrite, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
     RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, decode_rollup, event_ops,
@@ -1446,6 +1447,53 @@ impl BalanceStore for RedisStore {
                 .query_async::<()>(&mut conn),
         )
         .await
+    }
+}
+
+#[async_trait]
+impl ReplayStore for RedisStore {
+    async fn claim_replay(&self, key: &str, pending_ms: i64) -> StoreResult<ReplayClaim> {
+        let mut conn = self.conn();
+        // An empty value marks a request still running.
+        let previous: Option<String> = self
+            .guarded(
+                CONFIG_DEADLINE,
+                redis::cmd("SET")
+                    .arg(self.keys.replay(key))
+                    .arg("")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(pending_ms)
+                    .arg("GET")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(match previous {
+            None => ReplayClaim::Claimed,
+            Some(answer) if answer.is_empty() => ReplayClaim::InProgress,
+            Some(answer) => ReplayClaim::Answered(answer),
+        })
+    }
+
+    async fn finish_replay(
+        &self,
+        key: &str,
+        answer: Option<&str>,
+        keep_ms: i64,
+    ) -> StoreResult<()> {
+        let mut conn = self.conn();
+        let key = self.keys.replay(key);
+        let command = match answer {
+            Some(answer) => redis::cmd("SET")
+                .arg(key)
+                .arg(answer)
+                .arg("PX")
+                .arg(keep_ms)
+                .to_owned(),
+            None => redis::cmd("DEL").arg(key).to_owned(),
+        };
+        self.guarded(CONFIG_DEADLINE, command.query_async::<()>(&mut conn))
+            .await
     }
 }
 

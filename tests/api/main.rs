@@ -9,6 +9,7 @@ mod balances;
 mod concurrency;
 mod customers;
 mod enforcement;
+mod idempotency;
 mod limits;
 mod metering;
 mod meters;

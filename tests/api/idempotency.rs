@@ -1,0 +1,163 @@
+//! `Idempotency-Key` on POST routes without de-duplication of their own: a repeat answers the
+//! first answer, a concurrent repeat is told to wait, and a failed request frees its key.
+
+use axum::body::Body;
+use axum::http::Request;
+use serde_json::{Value, json};
+
+use crate::common::{ADMIN_KEY, TestApp, TestResponse};
+use crate::every_store;
+
+every_store!(
+    creations_replay_their_first_answer,
+    failed_requests_free_their_key,
+    a_key_in_use_is_refused_until_its_request_ends,
+);
+
+async fn post_with_key(
+    app: &TestApp,
+    bearer: &str,
+    path: &str,
+    body: Value,
+    key: &str,
+) -> TestResponse {
+    let request = Request::post(path)
+        .header("authorization", format!("Bearer {bearer}"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    app.send(request).await
+}
+
+async fn creations_replay_their_first_answer(app: TestApp) {
+    let meter = json!({"name": "tokens", "aggregation": "sum", "field": "values.tokens"});
+    let first = post_with_key(&app, ADMIN_KEY, "/v1/meters", meter.clone(), "m-1").await;
+    first.assert_status(201);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let repeat = post_with_key(&app, ADMIN_KEY, "/v1/meters", meter.clone(), "m-1").await;
+    assert_eq!(repeat.assert_status(201), &first.body);
+    assert_eq!(repeat.header("idempotent-replayed"), Some("true"));
+    assert_eq!(
+        repeat.header("content-type"),
+        Some("application/json"),
+        "{repeat:?}"
+    );
+    assert_eq!(
+        app.get("/v1/meters").await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A customer created with a key answers its repeat 201, not 409.
+    let customer = json!({"id": "c1", "name": "Acme"});
+    post_with_key(&app, ADMIN_KEY, "/v1/customers", customer.clone(), "c-1")
+        .await
+        .assert_status(201);
+    let repeat = post_with_key(&app, ADMIN_KEY, "/v1/customers", customer, "c-1").await;
+    assert_eq!(repeat.assert_status(201)["id"], "c1");
+    assert_eq!(repeat.header("idempotent-replayed"), Some("true"));
+
+    // Keys are scoped by route and by caller.
+    let meter_id = first.body["id"].as_str().unwrap();
+    let limit = json!({"name": "l", "meterId": meter_id, "limitValue": 5, "period": "day"});
+    let other_route = post_with_key(&app, ADMIN_KEY, "/v1/limits", limit, "m-1").await;
+    assert_eq!(other_route.assert_status(201)["meterId"], meter_id);
+    let admin: Value = app
+        .post(
+            "/v1/api-keys",
+            json!({"name": "second admin", "scopes": ["admin"]}),
+        )
+        .await
+        .body;
+    let other_caller = post_with_key(
+        &app,
+        admin["key"].as_str().unwrap(),
+        "/v1/meters",
+        meter,
+        "m-1",
+    )
+    .await;
+    assert_ne!(other_caller.assert_status(201)["id"], first.body["id"]);
+    assert_eq!(other_caller.header("idempotent-replayed"), None);
+
+    // A balance made with a key is made once, with one initial credit.
+    let balance = json!({"customerId": "c1", "name": "b", "initialBalance": 5});
+    let made = post_with_key(&app, ADMIN_KEY, "/v1/balances", balance.clone(), "b-1").await;
+    let again = post_with_key(&app, ADMIN_KEY, "/v1/balances", balance, "b-1").await;
+    assert_eq!(again.assert_status(201)["id"], made.body["id"]);
+    let balances = app.get("/v1/customers/c1/balances").await;
+    assert_eq!(balances.body["balances"].as_array().unwrap().len(), 1);
+    assert_eq!(balances.body["balances"][0]["currentBalance"], 5);
+
+    // An API key's answer holds the key in the clear, which is never stored: no replay.
+    let key = json!({"name": "proxy", "scopes": ["ingest"]});
+    let one = post_with_key(&app, ADMIN_KEY, "/v1/api-keys", key.clone(), "k-1").await;
+    let two = post_with_key(&app, ADMIN_KEY, "/v1/api-keys", key, "k-1").await;
+    assert_ne!(one.assert_status(201)["id"], two.assert_status(201)["id"]);
+}
+
+async fn failed_requests_free_their_key(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let bad = post_with_key(
+        &app,
+        ADMIN_KEY,
+        "/v1/limits",
+        json!({"name": "l", "meterId": meter, "limitValue": -1, "period": "day"}),
+        "l-1",
+    )
+    .await;
+    bad.assert_field_error("invalid_field_value", "limitValue");
+    let good = post_with_key(
+        &app,
+        ADMIN_KEY,
+        "/v1/limits",
+        json!({"name": "l", "meterId": meter, "limitValue": 1, "period": "day"}),
+        "l-1",
+    )
+    .await;
+    good.assert_status(201);
+    assert_eq!(good.header("idempotent-replayed"), None);
+    let long = "k".repeat(257);
+    post_with_key(
+        &app,
+        ADMIN_KEY,
+        "/v1/meters",
+        json!({"name": "m", "aggregation": "count", "field": "*"}),
+        &long,
+    )
+    .await
+    .assert_field_error("invalid_field_value", "Idempotency-Key");
+}
+
+async fn a_key_in_use_is_refused_until_its_request_ends(app: TestApp) {
+    let credential = format!("Bearer {ADMIN_KEY}");
+    let ticket = match app
+        .gateway
+        .claim_replay(credential.as_bytes(), "/v1/meters", "busy")
+        .await
+        .unwrap()
+    {
+        quotagate::service::replay::Replay::Run(ticket) => ticket,
+        other => panic!("a fresh key runs: {other:?}"),
+    };
+    let meter = json!({"name": "m", "aggregation": "count", "field": "*"});
+    post_with_key(&app, ADMIN_KEY, "/v1/meters", meter.clone(), "busy")
+        .await
+        .assert_error(409, "idempotency_in_progress");
+    // The request that held it changed nothing: the key is free again.
+    app.gateway.finish_replay(ticket, None).await;
+    post_with_key(&app, ADMIN_KEY, "/v1/meters", meter, "busy")
+        .await
+        .assert_status(201);
+    assert_eq!(
+        app.get("/v1/meters").await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "the refused request created nothing"
+    );
+}
