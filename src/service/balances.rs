@@ -275,8 +275,8 @@ impl Gateway {
         {
             MovementOutcome::Applied(member) => (member, false),
             MovementOutcome::Duplicate(member) => (member, true),
-            MovementOutcome::Refused { spent } => {
-                let view = balance.view(spent, None);
+            MovementOutcome::Refused => {
+                let view = self.view(&balance).await?;
                 let error = format!(
                     "insufficient balance: {} available, {} requested",
                     view.available_balance.get(),
@@ -286,7 +286,7 @@ impl Gateway {
                     result: MovementResult {
                         success: false,
                         transaction: None,
-                        balance: Some(self.view(&balance).await?),
+                        balance: Some(view),
                         error: Some(error),
                     },
                     replayed: false,

@@ -28,8 +28,8 @@ pub struct Movement<'a> {
 pub enum MovementOutcome {
     /// Applied: the stored transaction member.
     Applied(String),
-    /// The ceiling did not hold; nothing changed. What the balance has spent.
-    Refused { spent: f64 },
+    /// The ceiling did not hold; nothing changed.
+    Refused,
     /// The idempotency key was seen before: the first movement's transaction member.
     Duplicate(String),
 }

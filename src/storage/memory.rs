@@ -865,7 +865,7 @@ impl MemoryUsage {
             .ceiling
             .is_some_and(|ceiling| spent + movement.spent_change > ceiling)
         {
-            return MovementOutcome::Refused { spent };
+            return MovementOutcome::Refused;
         }
         let after = format!("{}", spent + movement.spent_change);
         self.set_text(&spent_key, after.clone());

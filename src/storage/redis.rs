@@ -1361,9 +1361,7 @@ impl BalanceStore for RedisStore {
             [Value::Int(1), member] => Ok(MovementOutcome::Duplicate(
                 text(member).ok_or_else(unexpected)?,
             )),
-            [Value::Int(2), spent] => Ok(MovementOutcome::Refused {
-                spent: answer_number(spent),
-            }),
+            [Value::Int(2), _] => Ok(MovementOutcome::Refused),
             _ => Err(unexpected()),
         }
     }

@@ -118,19 +118,80 @@ async fn two_replicas_on_a_cluster_admit_exactly_the_room() {
     );
 }
 
-/// For each spend kind and customer, 200 concurrent requests spread over two gateway
-/// processes admit exactly the room. Returns the key prefix used.
-async fn race_across_replicas(url: &str, customers: &[&str]) -> String {
+/// Two gateway processes sharing `url` under a fresh key prefix; the prefix.
+fn two_replicas(url: &str) -> ([GatewayProcess; 2], String) {
     let prefix = unique_prefix();
     let envs = [
         ("QUOTAGATE_REDIS_URL", url),
         ("QUOTAGATE_KEY_PREFIX", prefix.as_str()),
         ("QUOTAGATE_ADMIN_KEY", ADMIN_KEY),
-        // This test is about atomicity, not outages: a loaded debug build on two cores must
-        // not miss the deadline and answer from the fail mode.
+        // These tests are about atomicity, not outages: a loaded debug build on two cores
+        // must not miss the deadline and answer from the fail mode.
         ("QUOTAGATE_STORAGE_TIMEOUT_MS", "5000"),
     ];
-    let nodes = [GatewayProcess::start(&envs), GatewayProcess::start(&envs)];
+    (
+        [GatewayProcess::start(&envs), GatewayProcess::start(&envs)],
+        prefix,
+    )
+}
+
+async fn admin_call(request: reqwest::RequestBuilder) -> Value {
+    request
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until every node's answer to `probe` shows what was just configured (config
+/// reaches replicas within about a second).
+async fn until_every_node_knows(
+    nodes: &[GatewayProcess],
+    probe: impl Fn(&GatewayProcess) -> reqwest::RequestBuilder,
+    known: impl Fn(&Value) -> bool,
+) {
+    for node in nodes {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while !known(&admin_call(probe(node)).await) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a node never learned the configuration"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Sends every request at once, alternating between the nodes; how many answered `field:
+/// true`.
+async fn race(
+    client: &reqwest::Client,
+    nodes: &[GatewayProcess],
+    requests: Vec<(&'static str, Value, &'static str)>,
+) -> usize {
+    let mut tasks = Vec::new();
+    for (i, (path, body, field)) in requests.into_iter().enumerate() {
+        let request = client.post(nodes[i % nodes.len()].url(path)).json(&body);
+        tasks.push(tokio::spawn(async move {
+            let answer = admin_call(request).await;
+            assert_ne!(answer["degraded"], true);
+            answer[field] == true
+        }));
+    }
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += usize::from(task.await.unwrap());
+    }
+    admitted
+}
+
+/// For each spend kind and customer, 200 concurrent requests spread over two gateway
+/// processes admit exactly the room. Returns the key prefix used.
+async fn race_across_replicas(url: &str, customers: &[&str]) -> String {
+    let (nodes, prefix) = two_replicas(url);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
@@ -140,77 +201,31 @@ async fn race_across_replicas(url: &str, customers: &[&str]) -> String {
         .flat_map(|s| customers.iter().map(move |c| (s, *c)))
     {
         let customer = format!("{base}-{spend:?}");
-        let meter: Value = client
-            .post(nodes[0].url("/v1/meters"))
-            .bearer_auth(ADMIN_KEY)
-            .json(&spend.meter())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let created = client
-            .post(nodes[0].url("/v1/limits"))
-            .bearer_auth(ADMIN_KEY)
-            .json(&setup_bodies(
-                spend,
-                meter["id"].as_str().unwrap(),
-                &customer,
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(created.status(), 201);
-        // Both nodes must know the limit before the race (config reaches replicas within ~1 s).
-        for node in &nodes {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-            loop {
-                let answer: Value = client
+        let meter = admin_call(client.post(nodes[0].url("/v1/meters")).json(&spend.meter())).await;
+        let limit = admin_call(client.post(nodes[0].url("/v1/limits")).json(&setup_bodies(
+            spend,
+            meter["id"].as_str().unwrap(),
+            &customer,
+        )))
+        .await;
+        assert!(limit["id"].is_string(), "{limit}");
+        until_every_node_knows(
+            &nodes,
+            |node| {
+                client
                     .post(node.url("/v1/limits/check"))
-                    .bearer_auth(ADMIN_KEY)
                     .json(&json!({"customerId": customer}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if answer["limits"].as_array().is_some_and(|l| !l.is_empty()) {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "node never learned the limit"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
-        let mut tasks = Vec::new();
-        for i in 0..REQUESTS {
-            let client = client.clone();
-            let url = nodes[i % 2].url(spend.request(&customer).0);
-            let body = spend.request(&customer).1;
-            tasks.push(tokio::spawn(async move {
-                let answer: Value = client
-                    .post(url)
-                    .bearer_auth(ADMIN_KEY)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                assert_eq!(answer["degraded"], false);
-                answer["allowed"] == true
-            }));
-        }
-        let mut admitted = 0;
-        for task in tasks {
-            admitted += usize::from(task.await.unwrap());
-        }
-        assert_eq!(admitted, ROOM, "{spend:?}");
+            },
+            |answer| answer["limits"].as_array().is_some_and(|l| !l.is_empty()),
+        )
+        .await;
+        let requests = (0..REQUESTS)
+            .map(|_| {
+                let (path, body) = spend.request(&customer);
+                (path, body, "allowed")
+            })
+            .collect();
+        assert_eq!(race(&client, &nodes, requests).await, ROOM, "{spend:?}");
     }
     prefix
 }
@@ -307,110 +322,43 @@ async fn delete_while_creating_limits(url: &str) {
 /// spend exactly what it holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_spend_a_balance_exactly() {
-    let prefix = unique_prefix();
-    let url = shared_redis().url();
-    let envs = [
-        ("QUOTAGATE_REDIS_URL", url.as_str()),
-        ("QUOTAGATE_KEY_PREFIX", prefix.as_str()),
-        ("QUOTAGATE_ADMIN_KEY", ADMIN_KEY),
-        ("QUOTAGATE_STORAGE_TIMEOUT_MS", "5000"),
-    ];
-    let nodes = [GatewayProcess::start(&envs), GatewayProcess::start(&envs)];
+    let (nodes, _) = two_replicas(&shared_redis().url());
     let client = reqwest::Client::new();
-    let post = |node: usize, path: &str, body: Value| {
+    let meter = admin_call(
         client
-            .post(nodes[node].url(path))
-            .bearer_auth(ADMIN_KEY)
-            .json(&body)
-            .send()
-    };
-    let meter: Value = post(
-        0,
-        "/v1/meters",
-        json!({"name": "calls", "aggregation": "count", "field": "*"}),
+            .post(nodes[0].url("/v1/meters"))
+            .json(&json!({"name": "calls", "aggregation": "count", "field": "*"})),
     )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let created = post(
-        0,
-        "/v1/balances",
-        json!({"customerId": "spender", "name": "prepaid", "initialBalance": ROOM,
-            "meterId": meter["id"]}),
+    .await;
+    let balance = admin_call(client.post(nodes[0].url("/v1/balances")).json(&json!({
+            "customerId": "spender", "name": "prepaid", "initialBalance": ROOM,
+            "meterId": meter["id"]})))
+    .await;
+    assert_eq!(balance["currentBalance"], ROOM);
+    until_every_node_knows(
+        &nodes,
+        |node| client.get(node.url("/v1/customers/spender/balances")),
+        |answer| answer["balances"].as_array().is_some_and(|b| !b.is_empty()),
     )
-    .await
-    .unwrap();
-    assert_eq!(created.status(), 201);
-    let balance: Value = created.json().await.unwrap();
-    // Both nodes must know the balance before the race (config reaches replicas within ~1 s).
-    for node in &nodes {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        loop {
-            let listed: Value = client
-                .get(node.url("/v1/customers/spender/balances"))
-                .bearer_auth(ADMIN_KEY)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if listed["balances"].as_array().is_some_and(|b| !b.is_empty()) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "node never learned the balance"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
-    let mut tasks = Vec::new();
-    for i in 0..REQUESTS {
-        let client = client.clone();
-        let (path, body, success) = if i % 3 == 0 {
-            (
+    .await;
+    let requests = (0..REQUESTS)
+        .map(|i| match i % 3 {
+            0 => (
                 "/v1/balances/debit",
                 json!({"customerId": "spender", "name": "prepaid", "amount": 1}),
                 "success",
-            )
-        } else {
-            (
+            ),
+            _ => (
                 "/v1/limits/consume",
                 json!({"customerId": "spender", "eventType": "llm"}),
                 "allowed",
-            )
-        };
-        let url = nodes[i % 2].url(path);
-        tasks.push(tokio::spawn(async move {
-            let answer: Value = client
-                .post(url)
-                .bearer_auth(ADMIN_KEY)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            answer[success] == true
-        }));
-    }
-    let mut spent = 0;
-    for task in tasks {
-        spent += usize::from(task.await.unwrap());
-    }
-    assert_eq!(spent, ROOM);
-    let after: Value = client
-        .get(nodes[1].url(&format!("/v1/balances/{}", balance["id"].as_str().unwrap())))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+            ),
+        })
+        .collect();
+    assert_eq!(race(&client, &nodes, requests).await, ROOM);
+    let after = admin_call(
+        client.get(nodes[1].url(&format!("/v1/balances/{}", balance["id"].as_str().unwrap()))),
+    )
+    .await;
     assert_eq!(after["currentBalance"], 0);
 }
