@@ -264,3 +264,129 @@ async fn sweeps_are_claimed_once_per_interval() {
     sweep_claims(redis_store(&shared_redis().url(), &unique_prefix()).await).await;
     sweep_claims(redis_store(&shared_cluster().url(), &unique_prefix()).await).await;
 }
+
+/// Credits, debits against a ceiling, idempotent repeats, transaction pages and dropping a
+/// balance behave alike on every store.
+async fn balance_movements(store: Arc<dyn Store>) {
+    use quotagate::domain::ids::CustomerId;
+    use quotagate::storage::balances::{Movement, MovementOutcome, split_transaction_member};
+
+    let customer = CustomerId::parse("id", "c1").unwrap();
+    let movement =
+        |id: &'static str, change: f64, ceiling: Option<f64>, key: Option<&'static str>| Movement {
+            balance_id: "bal_1",
+            spent_change: change,
+            ceiling,
+            transaction_id: id,
+            entry: "{\"note\":\"a|b\"}",
+            idempotency_key: key,
+        };
+    let applied = |outcome: MovementOutcome| match outcome {
+        MovementOutcome::Applied(member) => member,
+        other => panic!("expected applied, got {other:?}"),
+    };
+    let credit = applied(
+        store
+            .move_balance(&customer, &movement("txn_1", -10.0, None, None))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        split_transaction_member(&credit),
+        Some((-10.0, "{\"note\":\"a|b\"}"))
+    );
+    // Spent may reach the ceiling, not pass it.
+    let debit = applied(
+        store
+            .move_balance(&customer, &movement("txn_2", 12.5, Some(2.5), Some("k")))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(split_transaction_member(&debit).unwrap().0, 2.5);
+    assert_eq!(
+        store
+            .move_balance(&customer, &movement("txn_3", 0.5, Some(2.5), None))
+            .await
+            .unwrap(),
+        MovementOutcome::Refused
+    );
+    assert_eq!(
+        store
+            .move_balance(&customer, &movement("txn_4", 1.0, None, Some("k")))
+            .await
+            .unwrap(),
+        MovementOutcome::Duplicate(debit.clone()),
+        "a repeated key answers the first movement and changes nothing"
+    );
+    let readings = store
+        .balance_readings(&customer, &["bal_1", "bal_none"])
+        .await
+        .unwrap();
+    assert_eq!(readings[0].spent, 2.5);
+    assert_eq!(readings[0].newest.as_deref(), Some(debit.as_str()));
+    assert_eq!(readings[1].spent, 0.0);
+    assert_eq!(readings[1].newest, None);
+
+    // Newest first, strictly before the cursor.
+    let all = store
+        .transactions(&customer, "bal_1", None, 10)
+        .await
+        .unwrap();
+    assert_eq!(all, [debit.clone(), credit.clone()]);
+    let older = store
+        .transactions(&customer, "bal_1", Some("txn_2"), 10)
+        .await
+        .unwrap();
+    assert_eq!(older, [credit]);
+
+    store.drop_balance(&customer, "bal_1").await.unwrap();
+    let readings = store.balance_readings(&customer, &["bal_1"]).await.unwrap();
+    assert_eq!(readings[0].spent, 0.0);
+    assert_eq!(readings[0].newest, None);
+}
+
+#[tokio::test]
+async fn balance_movements_keep_the_contract() {
+    balance_movements(Arc::new(MemoryStore::new())).await;
+    balance_movements(redis_store(&shared_redis().url(), &unique_prefix()).await).await;
+    balance_movements(redis_store(&shared_cluster().url(), &unique_prefix()).await).await;
+}
+
+/// An idempotency key is claimed once; its answer, once stored, is what every repeat finds;
+/// a freed key may be claimed again.
+async fn replay_claims(store: Arc<dyn Store>) {
+    use quotagate::storage::replays::ReplayClaim;
+
+    assert_eq!(
+        store.claim_replay("d1", 60_000).await.unwrap(),
+        ReplayClaim::Claimed
+    );
+    assert_eq!(
+        store.claim_replay("d1", 60_000).await.unwrap(),
+        ReplayClaim::InProgress
+    );
+    store
+        .finish_replay("d1", Some("201 {\"id\":1}"), 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim_replay("d1", 60_000).await.unwrap(),
+        ReplayClaim::Answered("201 {\"id\":1}".into())
+    );
+    assert_eq!(
+        store.claim_replay("d2", 60_000).await.unwrap(),
+        ReplayClaim::Claimed
+    );
+    store.finish_replay("d2", None, 60_000).await.unwrap();
+    assert_eq!(
+        store.claim_replay("d2", 60_000).await.unwrap(),
+        ReplayClaim::Claimed
+    );
+}
+
+#[tokio::test]
+async fn replays_keep_the_contract() {
+    replay_claims(Arc::new(MemoryStore::new())).await;
+    replay_claims(redis_store(&shared_redis().url(), &unique_prefix()).await).await;
+    replay_claims(redis_store(&shared_cluster().url(), &unique_prefix()).await).await;
+}
