@@ -73,7 +73,7 @@ pub fn api_routes(gateway: &AppState) -> (Router<AppState>, utoipa::openapi::Ope
             std::sync::Arc::clone(gateway),
             idempotency::replay_answers,
         ));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(customers::get, customers::put, customers::delete))
         .routes(routes!(meters::get, meters::update, meters::delete))
         .routes(routes!(meters::query))
@@ -97,7 +97,34 @@ pub fn api_routes(gateway: &AppState) -> (Router<AppState>, utoipa::openapi::Ope
         .routes(routes!(balances::check))
         .routes(routes!(balances::transactions))
         .merge(replayed)
-        .split_for_parts()
+        .split_for_parts();
+    name_operations(&mut document);
+    (router, document)
+}
+
+/// utoipa names an operation after its handler, and handlers of different resources share
+/// names (`create`, `check`): prefixing the tag makes every `operationId` unique, as OpenAPI
+/// requires and client generators rely on (`customers_create`, `balances_check`).
+fn name_operations(document: &mut utoipa::openapi::OpenApi) {
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let tag = operation
+                .tags
+                .as_ref()
+                .and_then(|tags| tags.first())
+                .map(|tag| tag.replace('-', "_"));
+            if let (Some(tag), Some(name)) = (tag, operation.operation_id.as_mut()) {
+                *name = format!("{tag}_{name}");
+            }
+        }
+    }
 }
 
 /// Every route of the API. Serving is separate ([`crate::app::run`]), so tests can drive the

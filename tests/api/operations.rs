@@ -140,6 +140,7 @@ async fn openapi_document_matches_the_contract_and_the_router() {
     let document = document.assert_status(200).clone();
     assert!(document["openapi"].as_str().unwrap().starts_with("3."));
     let mut documented = Vec::new();
+    let mut operation_ids = Vec::new();
     for (path, item) in document["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
             assert!(
@@ -151,8 +152,16 @@ async fn openapi_document_matches_the_contract_and_the_router() {
                 "{method} {path} documents the error envelope"
             );
             documented.push((method.clone(), path.clone()));
+            operation_ids.push(operation["operationId"].as_str().unwrap().to_string());
         }
     }
+    let unique: std::collections::BTreeSet<&String> = operation_ids.iter().collect();
+    assert_eq!(
+        unique.len(),
+        operation_ids.len(),
+        "operationIds are unique: {operation_ids:?}"
+    );
+    assert!(operation_ids.contains(&"balances_check".to_string()));
     let mut expected: Vec<(String, String)> = CONTRACT
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
