@@ -14,6 +14,7 @@ pub const STORAGE_DURATION: &str = "quotagate_storage_call_duration_seconds";
 pub const STORAGE_ERRORS: &str = "quotagate_storage_errors_total";
 pub const WEBHOOK_DELIVERIES: &str = "quotagate_webhook_deliveries_total";
 pub const CONFIG_CACHE_AGE: &str = "quotagate_config_cache_age_seconds";
+pub const BALANCE_MOVEMENTS: &str = "quotagate_balance_movements_total";
 
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -116,4 +117,11 @@ pub fn record_storage_call(seconds: f64) {
         metrics::histogram!(STORAGE_DURATION)
     });
     SERIES.record(seconds);
+}
+
+/// Counts a credit or debit by type and outcome (`applied`, `refused`, `replayed`). Not on
+/// the hot path, so through the macro.
+pub fn record_balance_movement(kind: &'static str, outcome: &'static str) {
+    prometheus();
+    metrics::counter!(BALANCE_MOVEMENTS, "type" => kind, "outcome" => outcome).increment(1);
 }

@@ -106,6 +106,16 @@ async fn movement(
     let moved = gateway
         .move_balance(kind, input, idempotency_key(headers)?)
         .await?;
+    let outcome = match (moved.replayed, moved.result.success) {
+        (true, _) => "replayed",
+        (false, true) => "applied",
+        (false, false) => "refused",
+    };
+    let kind = match kind {
+        TransactionKind::Credit => "credit",
+        TransactionKind::Debit => "debit",
+    };
+    crate::telemetry::record_balance_movement(kind, outcome);
     Ok(replayed(Json(moved.result).into_response(), moved.replayed))
 }
 

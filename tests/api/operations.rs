@@ -35,6 +35,20 @@ async fn metrics_expose_the_documented_series() {
     app.get("/v1/customers/nobody")
         .await
         .assert_error(404, "customer_not_found");
+    app.post(
+        "/v1/balances",
+        json!({"customerId": "m", "name": "prepaid", "initialBalance": 1}),
+    )
+    .await
+    .assert_status(201);
+    for amount in [1, 1] {
+        app.post(
+            "/v1/balances/debit",
+            json!({"customerId": "m", "name": "prepaid", "amount": amount}),
+        )
+        .await
+        .assert_status(200);
+    }
     // A method of a client's own invention is counted, under OTHER.
     let odd = axum::http::Method::from_bytes(b"PURGE").unwrap();
     app.call(odd, "/v1/customers", None)
@@ -75,6 +89,8 @@ async fn metrics_expose_the_documented_series() {
         "quotagate_storage_call_duration_seconds_bucket{le=",
         r#"quotagate_webhook_deliveries_total{status="failed"}"#,
         "quotagate_config_cache_age_seconds",
+        r#"quotagate_balance_movements_total{type="debit",outcome="applied"}"#,
+        r#"quotagate_balance_movements_total{type="debit",outcome="refused"}"#,
     ] {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
