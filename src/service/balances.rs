@@ -159,17 +159,9 @@ impl Gateway {
         serde_json::from_str(&doc).map_err(|e| corrupt("balances", e))
     }
 
-    /// A customer's balance by name: from this node's cache, else from storage (made on
-    /// another node within the last moment).
+    /// A customer's balance by name, read from storage rather than this node's cache: a
+    /// balance deleted on another node a moment ago must not take a credit or debit.
     async fn balance_named(&self, customer: &CustomerId, name: &str) -> ServiceResult<Balance> {
-        if let Some(balance) = self
-            .cache
-            .balances_of(customer)
-            .into_iter()
-            .find(|balance| balance.name == name)
-        {
-            return Ok((*balance).clone());
-        }
         let doc = self
             .store
             .get(Kind::BalanceName, &name_key(customer, name))

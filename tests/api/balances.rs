@@ -16,6 +16,7 @@ every_store!(
     reservations_hold_on_metered_balances,
     concurrent_debits_and_consumes_never_overdraw,
     deleting_a_customer_takes_its_balances,
+    a_node_with_a_stale_cache_moves_no_deleted_balance,
     scopes_of_balance_routes,
     bad_balance_input,
 );
@@ -541,6 +542,33 @@ async fn deleting_a_customer_takes_its_balances(app: TestApp) {
             .len(),
         1
     );
+}
+
+async fn a_node_with_a_stale_cache_moves_no_deleted_balance(app: TestApp) {
+    let balance = create_balance(
+        &app,
+        json!({"customerId": "c1", "name": "b", "initialBalance": 10}),
+    )
+    .await;
+    // A second node that loaded the balance and never hears of its deletion.
+    let stale = app.node_that_dies_after_counting().await;
+    assert_eq!(
+        stale.get("/v1/customers/c1/balances").await.body["balances"][0]["id"],
+        balance["id"]
+    );
+    app.delete(&format!("/v1/balances/{}", balance["id"].as_str().unwrap()))
+        .await
+        .assert_status(200);
+    for route in [
+        "/v1/balances/debit",
+        "/v1/balances/credit",
+        "/v1/balances/check",
+    ] {
+        stale
+            .post(route, json!({"customerId": "c1", "name": "b", "amount": 1}))
+            .await
+            .assert_error(404, "balance_not_found");
+    }
 }
 
 async fn scopes_of_balance_routes(app: TestApp) {
