@@ -54,6 +54,19 @@ pub struct NewBalance {
     pub meter_id: Option<String>,
 }
 
+/// `PUT /v1/balances/{id}` body: a partial update. The amount moves only by credits and
+/// debits; `customerId`, `meterId` and `dimensionFilters` may be repeated unchanged, not changed.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BalancePatch {
+    pub name: Option<String>,
+    pub unit: Option<String>,
+    pub minimum_balance: Option<f64>,
+    pub customer_id: Option<CustomerId>,
+    pub meter_id: Option<String>,
+    pub dimension_filters: Option<Dimensions>,
+}
+
 impl NewBalance {
     /// The meter to look up before [`Balance::create`], if any.
     pub fn meter_id(&self) -> Option<&str> {
@@ -111,6 +124,36 @@ impl Balance {
             created_at: now,
         };
         Ok((balance, initial.get()))
+    }
+
+    pub fn apply(&mut self, patch: BalancePatch) -> Result<(), FieldError> {
+        const FIXED: &str = "cannot be changed; create a new balance instead";
+        if patch.customer_id.is_some_and(|c| c != self.customer_id) {
+            return Err(FieldError::invalid("customerId", FIXED));
+        }
+        if patch.meter_id.is_some() && patch.meter_id != self.meter_id {
+            return Err(FieldError::invalid("meterId", FIXED));
+        }
+        if patch
+            .dimension_filters
+            .is_some_and(|f| f != self.dimension_filters)
+        {
+            return Err(FieldError::invalid("dimensionFilters", FIXED));
+        }
+        let mut next = self.clone();
+        if let Some(name) = patch.name {
+            bounded_str("name", &name, 1, MAX_NAME_CHARS)?;
+            next.name = name;
+        }
+        if let Some(unit) = patch.unit {
+            bounded_str("unit", &unit, 1, MAX_UNIT_CHARS)?;
+            next.unit = unit;
+        }
+        if let Some(minimum) = patch.minimum_balance {
+            next.minimum_balance = Quantity::new("minimumBalance", minimum)?;
+        }
+        *self = next;
+        Ok(())
     }
 
     /// The most the balance may have spent: a debit fits while `spent + held + v` stays at or
@@ -474,6 +517,52 @@ mod tests {
             "dimensionFilters.region"
         );
         assert!(create(base.clone(), Some(&meter("count"))).is_ok());
+    }
+
+    #[test]
+    fn updates_change_name_unit_and_minimum_only() {
+        let (mut balance, _) = Balance::create(
+            "bal_1".into(),
+            input(json!({"customerId": "c1", "name": "b"})),
+            Some(&meter("sum")),
+            now(),
+        )
+        .unwrap();
+        let patch =
+            |body: serde_json::Value| -> BalancePatch { serde_json::from_value(body).unwrap() };
+        balance
+            .apply(patch(
+                json!({"name": "c", "unit": "usd", "minimumBalance": -50,
+                "customerId": "c1", "meterId": "mtr_1", "dimensionFilters": {}}),
+            ))
+            .unwrap();
+        assert_eq!(
+            (
+                balance.name.as_str(),
+                balance.unit.as_str(),
+                balance.spending_ceiling()
+            ),
+            ("c", "usd", 50.0)
+        );
+        for (body, field) in [
+            (json!({"customerId": "c2"}), "customerId"),
+            (json!({"meterId": "mtr_2"}), "meterId"),
+            (
+                json!({"dimensionFilters": {"region": "eu"}}),
+                "dimensionFilters",
+            ),
+            (json!({"name": ""}), "name"),
+            (json!({"unit": "u".repeat(65)}), "unit"),
+            (json!({"minimumBalance": 1e16}), "minimumBalance"),
+        ] {
+            let before = balance.clone();
+            assert_eq!(balance.apply(patch(body)).unwrap_err().field(), field);
+            assert_eq!(balance, before, "a rejected update changes nothing");
+        }
+        assert!(
+            serde_json::from_value::<BalancePatch>(json!({"initialBalance": 5})).is_err(),
+            "the amount moves only by credits and debits"
+        );
     }
 
     #[test]

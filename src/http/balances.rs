@@ -13,8 +13,8 @@ use super::extract::{JsonBody, PathId, QueryParams};
 use super::json::Json;
 use super::{AppState, Deleted, ListBody, page_request};
 use crate::domain::balance::{
-    BalanceCheck, BalanceCheckRequest, BalanceView, MovementResult, NewBalance, NewMovement,
-    Transaction, TransactionKind,
+    BalanceCheck, BalanceCheckRequest, BalancePatch, BalanceView, MovementResult, NewBalance,
+    NewMovement, Transaction, TransactionKind,
 };
 
 /// `GET /v1/customers/{id}/balances` answer.
@@ -58,6 +58,25 @@ pub async fn get(
     PathId(id): PathId,
 ) -> Result<Json<BalanceView>, ApiError> {
     Ok(Json(gateway.get_balance(&id).await?))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/balances/{id}",
+    tag = "balances",
+    summary = "Rename a balance, or change its unit or minimum (the amount moves by credits and debits)",
+    params(("id" = String, Path, description = "balance ID")),
+    request_body = BalancePatch,
+    responses((status = 200, body = BalanceView), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = []))
+)]
+pub async fn update(
+    _: Authorized<Admin>,
+    State(gateway): State<AppState>,
+    PathId(id): PathId,
+    JsonBody(patch): JsonBody<BalancePatch>,
+) -> Result<Json<BalanceView>, ApiError> {
+    Ok(Json(gateway.update_balance(&id, patch).await?))
 }
 
 #[utoipa::path(

@@ -90,7 +90,7 @@ pub fn api_routes(gateway: &AppState) -> (Router<AppState>, utoipa::openapi::Ope
         .routes(routes!(webhooks::deliveries))
         .routes(routes!(api_keys::create, api_keys::list))
         .routes(routes!(api_keys::delete))
-        .routes(routes!(balances::get, balances::delete))
+        .routes(routes!(balances::get, balances::update, balances::delete))
         .routes(routes!(balances::of_customer))
         .routes(routes!(balances::credit))
         .routes(routes!(balances::debit))

@@ -13,8 +13,8 @@ use super::config::to_doc;
 use super::error::{Resource, ServiceError, ServiceResult, corrupt};
 use super::page::{Page, PageRequest};
 use crate::domain::balance::{
-    Balance, BalanceCheck, BalanceCheckRequest, BalanceView, MovementResult, NewBalance,
-    NewMovement, Transaction, TransactionEntry, TransactionKind,
+    Balance, BalanceCheck, BalanceCheckRequest, BalancePatch, BalanceView, MovementResult,
+    NewBalance, NewMovement, Transaction, TransactionEntry, TransactionKind,
 };
 use crate::domain::customer::Customer;
 use crate::domain::ids::{CustomerId, IdKind};
@@ -209,6 +209,45 @@ impl Gateway {
             .map(|balance| (**balance).clone())
             .collect();
         self.views(&balances).await
+    }
+
+    /// Renames, relabels or moves the minimum of a balance; a new name takes the old one's
+    /// place in the same atomic step.
+    pub async fn update_balance(
+        &self,
+        id: &str,
+        patch: BalancePatch,
+    ) -> ServiceResult<BalanceView> {
+        let mut balance = self.load_balance(id).await?;
+        let old_name = balance.name.clone();
+        balance.apply(patch)?;
+        let mut ops = vec![ConfigOp::Put {
+            kind: Kind::Balance,
+            id: balance.id.clone(),
+            doc: to_doc(&balance)?,
+            guard: Guard::Present,
+        }];
+        if balance.name != old_name {
+            ops.push(ConfigOp::Delete {
+                kind: Kind::BalanceName,
+                id: name_key(&balance.customer_id, &old_name),
+                guard: Guard::Always,
+            });
+            ops.push(ConfigOp::Put {
+                kind: Kind::BalanceName,
+                id: name_key(&balance.customer_id, &balance.name),
+                doc: to_doc(&balance.id)?,
+                guard: Guard::Absent,
+            });
+        }
+        match self.commit(&ops).await? {
+            Ok(()) => self.view(&balance).await,
+            Err(0) => Err(ServiceError::NotFound(Resource::Balance)),
+            Err(_) => Err(ServiceError::AlreadyExists(format!(
+                "customer `{}` already has a balance named `{}`",
+                balance.customer_id, balance.name
+            ))),
+        }
     }
 
     pub async fn delete_balance(&self, id: &str) -> ServiceResult<()> {

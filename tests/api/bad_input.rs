@@ -16,6 +16,7 @@ const WRITE_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/balances/credit"),
     ("POST", "/v1/balances/debit"),
     ("POST", "/v1/balances/check"),
+    ("PUT", "/v1/balances/bal_1"),
 ];
 
 fn method(name: &str) -> Method {

@@ -12,6 +12,7 @@ every_store!(
     debits_never_take_a_balance_below_its_minimum,
     movements_are_idempotent,
     transactions_page_newest_first,
+    updates_keep_the_amount_and_its_history,
     metered_balances_are_debited_with_every_counted_event,
     reservations_hold_on_metered_balances,
     concurrent_debits_and_consumes_never_overdraw,
@@ -310,6 +311,83 @@ async fn transactions_page_newest_first(app: TestApp) {
         .await;
     assert_eq!(newest.body["data"][0]["balanceAfter"], 15);
     assert_eq!(newest.body["data"][0]["description"], "");
+}
+
+async fn updates_keep_the_amount_and_its_history(app: TestApp) {
+    let balance = create_balance(
+        &app,
+        json!({"customerId": "c1", "name": "prepaid", "initialBalance": 10}),
+    )
+    .await;
+    let id = balance["id"].as_str().unwrap();
+    create_balance(&app, json!({"customerId": "c1", "name": "taken"})).await;
+    assert_eq!(debit(&app, "c1", "prepaid", 10.0).await["success"], true);
+    assert_eq!(debit(&app, "c1", "prepaid", 5.0).await["success"], false);
+
+    // Raising the overdraft lets the same debit through; the amount and history stay.
+    let updated = app
+        .put(
+            &format!("/v1/balances/{id}"),
+            json!({"name": "credits", "unit": "usd", "minimumBalance": -5, "customerId": "c1"}),
+        )
+        .await;
+    let body = updated.assert_status(200);
+    assert_eq!(body["name"], "credits");
+    assert_eq!(body["unit"], "usd");
+    assert_eq!(body["currentBalance"], 0);
+    assert_eq!(body["availableBalance"], 5);
+    assert_eq!(body["createdAt"], balance["createdAt"]);
+    assert_eq!(debit(&app, "c1", "credits", 5.0).await["success"], true);
+    assert_eq!(transaction_count(&app, id).await, 3);
+    // The old name is free, the new one taken.
+    app.post(
+        "/v1/balances/debit",
+        json!({"customerId": "c1", "name": "prepaid", "amount": 1}),
+    )
+    .await
+    .assert_error(404, "balance_not_found");
+    create_balance(&app, json!({"customerId": "c1", "name": "prepaid"})).await;
+
+    app.put(&format!("/v1/balances/{id}"), json!({"name": "taken"}))
+        .await
+        .assert_error(409, "already_exists");
+    for (body, code, field) in [
+        (
+            json!({"customerId": "c2"}),
+            "invalid_field_value",
+            "customerId",
+        ),
+        (
+            json!({"meterId": "mtr_x"}),
+            "invalid_field_value",
+            "meterId",
+        ),
+        (
+            json!({"initialBalance": 100}),
+            "invalid_field_value",
+            "initialBalance",
+        ),
+        (
+            json!({"minimumBalance": "low"}),
+            "invalid_field_value",
+            "minimumBalance",
+        ),
+        (json!({"name": ""}), "invalid_field_value", "name"),
+    ] {
+        app.put(&format!("/v1/balances/{id}"), body)
+            .await
+            .assert_field_error(code, field);
+    }
+    let unchanged = app.get(&format!("/v1/balances/{id}")).await;
+    assert_eq!(unchanged.body["name"], "credits");
+    assert_eq!(unchanged.body["minimumBalance"], -5);
+    assert_eq!(unchanged.body["currentBalance"], -5);
+    app.put(
+        "/v1/balances/bal_01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        json!({"name": "x"}),
+    )
+    .await
+    .assert_error(404, "balance_not_found");
 }
 
 async fn metered_balances_are_debited_with_every_counted_event(app: TestApp) {
