@@ -9,7 +9,7 @@
 -- ARGV[4]  transaction entry (JSON)
 -- ARGV[5]  idempotency TTL in ms; 0: no de-duplication
 -- Returns {0, member} when applied (member: "<id>|<spent after>|<entry>"), {1, first member}
--- for a repeat of an idempotency key, {2, spent} when refused (nothing written).
+-- for a repeat of an idempotency key, {2} when refused (nothing written).
 
 local spent_key, log_key = KEYS[1], KEYS[2]
 local change, ceiling = ARGV[1], ARGV[2]
@@ -25,7 +25,7 @@ end
 if ceiling ~= '' then
   local spent = redis.call('GET', spent_key) or '0'
   if tonumber(spent) + tonumber(change) > tonumber(ceiling) then
-    return {2, spent}
+    return {2}
   end
 end
 

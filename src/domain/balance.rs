@@ -67,13 +67,6 @@ pub struct BalancePatch {
     pub dimension_filters: Option<Dimensions>,
 }
 
-impl NewBalance {
-    /// The meter to look up before [`Balance::create`], if any.
-    pub fn meter_id(&self) -> Option<&str> {
-        self.meter_id.as_deref()
-    }
-}
-
 impl Balance {
     /// A new balance and its initial amount. `meter` is the meter named by `meterId`.
     pub fn create(
@@ -162,17 +155,25 @@ impl Balance {
         -self.minimum_balance.get()
     }
 
+    /// `currentBalance` and `availableBalance`, given what storage says it has spent.
+    fn amounts(&self, spent: f64) -> (Quantity, Quantity) {
+        // `+ 0.0` turns −0 (nothing spent) into 0.
+        let current = -spent + 0.0;
+        let available = current - self.minimum_balance.get() + 0.0;
+        (Quantity::from_f64(current), Quantity::from_f64(available))
+    }
+
     /// The balance as the API shows it, given what storage says it has spent.
     pub fn view(&self, spent: f64, updated_at: Option<DateTime<Utc>>) -> BalanceView {
-        let current = -spent;
+        let (current_balance, available_balance) = self.amounts(spent);
         BalanceView {
             id: self.id.clone(),
             customer_id: self.customer_id.clone(),
             name: self.name.clone(),
             unit: self.unit.clone(),
-            current_balance: Quantity::from_f64(current + 0.0),
+            current_balance,
             minimum_balance: self.minimum_balance,
-            available_balance: Quantity::from_f64(current - self.minimum_balance.get() + 0.0),
+            available_balance,
             dimension_filters: self.dimension_filters.clone(),
             meter_id: self.meter_id.clone(),
             created_at: self.created_at,
@@ -284,13 +285,13 @@ impl BalanceState {
         reserved: f64,
         debited: bool,
     ) -> BalanceState {
-        let view = balance.view(spent, None);
+        let (current_balance, available_balance) = balance.amounts(spent);
         BalanceState {
             id: balance.id.clone(),
             name: balance.name.clone(),
             unit: balance.unit.clone(),
-            current_balance: view.current_balance,
-            available_balance: view.available_balance,
+            current_balance,
+            available_balance,
             reserved: Quantity::from_f64(reserved),
             requested_amount: Quantity::from_f64(cost),
             sufficient: debited || spent + reserved + cost <= balance.spending_ceiling(),

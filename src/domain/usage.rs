@@ -245,7 +245,7 @@ pub struct EventPlan {
 }
 
 /// What one event changes. `meters` are ordered by ID; `balances` are the customer's
-/// metered balances.
+/// (those with a meter are debited).
 pub fn plan_event(
     event: &Event,
     meters: &[Arc<Meter>],

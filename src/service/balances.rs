@@ -6,6 +6,8 @@
 //! amount back if the document cannot be written, so no balance ever shows without its
 //! initial credit.
 
+use std::borrow::Borrow;
+
 use chrono::{DateTime, Utc};
 
 use super::Gateway;
@@ -31,8 +33,24 @@ pub struct Moved {
 
 /// The ID of a balance's name document: customer IDs cannot contain `/`, so the first `/`
 /// ends the customer.
-pub(super) fn name_key(customer: &CustomerId, name: &str) -> String {
+fn name_key(customer: &CustomerId, name: &str) -> String {
     format!("{customer}/{name}")
+}
+
+/// The ops that delete a balance's document and its name.
+pub(super) fn balance_deletion(balance: &Balance) -> [ConfigOp; 2] {
+    [
+        ConfigOp::Delete {
+            kind: Kind::Balance,
+            id: balance.id.clone(),
+            guard: Guard::Present,
+        },
+        ConfigOp::Delete {
+            kind: Kind::BalanceName,
+            id: name_key(&balance.customer_id, &balance.name),
+            guard: Guard::Always,
+        },
+    ]
 }
 
 fn decode_transaction(member: &str) -> ServiceResult<Transaction> {
@@ -57,7 +75,7 @@ fn last_moved(reading: &BalanceReading) -> Option<DateTime<Utc>> {
 
 impl Gateway {
     pub async fn create_balance(&self, input: NewBalance) -> ServiceResult<BalanceView> {
-        let meter = match input.meter_id() {
+        let meter = match input.meter_id.as_deref() {
             None => None,
             Some(id) => match self.get_meter(id).await {
                 Err(ServiceError::NotFound(_)) => {
@@ -151,39 +169,35 @@ impl Gateway {
         if !IdKind::Balance.is_plausible(id) {
             return Err(ServiceError::NotFound(Resource::Balance));
         }
-        let doc = self
-            .store
-            .get(Kind::Balance, id)
-            .await?
-            .ok_or(ServiceError::NotFound(Resource::Balance))?;
-        serde_json::from_str(&doc).map_err(|e| corrupt("balances", e))
+        self.load(Kind::Balance, id, Resource::Balance).await
     }
 
     /// A customer's balance by name, read from storage rather than this node's cache: a
     /// balance deleted on another node a moment ago must not take a credit or debit.
     async fn balance_named(&self, customer: &CustomerId, name: &str) -> ServiceResult<Balance> {
-        let doc = self
-            .store
-            .get(Kind::BalanceName, &name_key(customer, name))
-            .await?
-            .ok_or(ServiceError::NotFound(Resource::Balance))?;
-        let id: String = serde_json::from_str(&doc).map_err(|e| corrupt("balance_names", e))?;
+        let id: String = self
+            .load(
+                Kind::BalanceName,
+                &name_key(customer, name),
+                Resource::Balance,
+            )
+            .await?;
         self.load_balance(&id).await
     }
 
-    async fn views(&self, balances: &[Balance]) -> ServiceResult<Vec<BalanceView>> {
+    async fn views<B: Borrow<Balance>>(&self, balances: &[B]) -> ServiceResult<Vec<BalanceView>> {
         let Some(first) = balances.first() else {
             return Ok(Vec::new());
         };
-        let ids: Vec<&str> = balances.iter().map(|b| b.id.as_str()).collect();
+        let ids: Vec<&str> = balances.iter().map(|b| b.borrow().id.as_str()).collect();
         let readings = self
             .store
-            .balance_readings(&first.customer_id, &ids)
+            .balance_readings(&first.borrow().customer_id, &ids)
             .await?;
         Ok(balances
             .iter()
             .zip(readings)
-            .map(|(balance, reading)| balance.view(reading.spent, last_moved(&reading)))
+            .map(|(balance, reading)| balance.borrow().view(reading.spent, last_moved(&reading)))
             .collect())
     }
 
@@ -202,13 +216,7 @@ impl Gateway {
     /// Every balance of a customer, ordered by ID.
     pub async fn customer_balances(&self, customer_id: &str) -> ServiceResult<Vec<BalanceView>> {
         let customer = self.get_customer(customer_id).await?;
-        let balances: Vec<Balance> = self
-            .cache
-            .balances_of(&customer.id)
-            .iter()
-            .map(|balance| (**balance).clone())
-            .collect();
-        self.views(&balances).await
+        self.views(&self.cache.balances_of(&customer.id)).await
     }
 
     /// Renames, relabels or moves the minimum of a balance; a new name takes the old one's
@@ -252,7 +260,7 @@ impl Gateway {
 
     pub async fn delete_balance(&self, id: &str) -> ServiceResult<()> {
         let balance = self.load_balance(id).await?;
-        self.commit(&super::config::balance_deletion(&balance))
+        self.commit(&balance_deletion(&balance))
             .await?
             .map_err(|_| ServiceError::NotFound(Resource::Balance))?;
         self.forget_balances(&[balance]).await;

@@ -39,7 +39,7 @@ pub struct ConfigCache {
 pub struct Governing {
     pub meters: Arc<[Arc<Meter>]>,
     pub limits: Vec<ResolvedLimit>,
-    /// The customer's balances that a meter debits.
+    /// The customer's balances (planning debits those with a meter).
     pub balances: Vec<Arc<Balance>>,
 }
 
@@ -227,16 +227,12 @@ impl ConfigCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Every meter, the limits governing `customer` and its metered balances.
+    /// Every meter, the limits governing `customer` and its balances.
     pub fn governing(&self, customer: &CustomerId) -> Governing {
         let state = self.read();
         let mut governing = state.resolved.governing(customer);
         if let Some(balances) = state.balances.get(customer) {
-            governing.balances = balances
-                .iter()
-                .filter(|balance| balance.meter_id.is_some())
-                .cloned()
-                .collect();
+            governing.balances.clone_from(balances);
         }
         governing
     }

@@ -44,7 +44,7 @@ pub(crate) fn to_doc<T: Serialize>(value: &T) -> ServiceResult<String> {
 }
 
 impl Gateway {
-    async fn load<T: DeserializeOwned>(
+    pub(super) async fn load<T: DeserializeOwned>(
         &self,
         kind: Kind,
         id: &str,
@@ -238,7 +238,7 @@ impl Gateway {
                 },
             ];
             let mut limits = 0;
-            for limit in self.all_limits().await? {
+            for limit in self.all::<Limit>(Kind::Limit).await? {
                 if belongs(&limit) {
                     ops.push(ConfigOp::Delete {
                         kind: Kind::Limit,
@@ -258,7 +258,7 @@ impl Gateway {
                 _ => Vec::new(),
             };
             for balance in &balances {
-                ops.extend(balance_deletion(balance));
+                ops.extend(super::balances::balance_deletion(balance));
             }
             match self.commit(&ops).await? {
                 Ok(()) => {
@@ -281,10 +281,6 @@ impl Gateway {
         docs.iter()
             .map(|(_, doc)| serde_json::from_str(doc).map_err(|e| corrupt(kind.name(), e)))
             .collect()
-    }
-
-    async fn all_limits(&self) -> ServiceResult<Vec<Limit>> {
-        self.all(Kind::Limit).await
     }
 
     pub async fn create_limit(&self, input: NewLimit) -> ServiceResult<Limit> {
@@ -394,22 +390,6 @@ impl Gateway {
             .await?
             .map_err(|_| ServiceError::NotFound(Resource::Limit))
     }
-}
-
-/// The ops that delete a balance's document and its name.
-pub(super) fn balance_deletion(balance: &Balance) -> [ConfigOp; 2] {
-    [
-        ConfigOp::Delete {
-            kind: Kind::Balance,
-            id: balance.id.clone(),
-            guard: Guard::Present,
-        },
-        ConfigOp::Delete {
-            kind: Kind::BalanceName,
-            id: super::balances::name_key(&balance.customer_id, &balance.name),
-            guard: Guard::Always,
-        },
-    ]
 }
 
 /// A path ID that cannot be a customer ID is a 404, not a 400.

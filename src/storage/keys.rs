@@ -184,6 +184,12 @@ impl Keys {
         format!("{}:{{i:{digest}}}:answer", self.prefix)
     }
 
+    /// What a balance has spent: the counter [`CounterId::balance`] names, which the usage
+    /// script also debits.
+    pub fn balance_spent(&self, customer: &CustomerId, balance_id: &str) -> String {
+        self.counter(customer, &CounterId::balance(balance_id))
+    }
+
     /// A balance's transactions (sorted set, all scores 0, members
     /// `<transactionId>|<spent after>|<entry JSON>`: lexical order is ID order, which is time
     /// order).
@@ -248,7 +254,7 @@ mod tests {
         );
         assert_eq!(keys.event_log(&customer), "qg:{c:cust_1}:events");
         assert_eq!(
-            keys.counter(&customer, &CounterId::balance("bal_1")),
+            keys.balance_spent(&customer, "bal_1"),
             "qg:{c:cust_1}:u:bal_1:_:all_time:all"
         );
         assert_eq!(

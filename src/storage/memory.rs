@@ -856,7 +856,7 @@ impl MemoryUsage {
         if let Some(first) = dedupe_key.as_deref().and_then(|key| self.text(key, now)) {
             return MovementOutcome::Duplicate(first);
         }
-        let spent_key = keys.counter(customer, &CounterId::balance(movement.balance_id));
+        let spent_key = keys.balance_spent(customer, movement.balance_id);
         let spent = self
             .text(&spent_key, now)
             .as_deref()
@@ -921,7 +921,7 @@ impl BalanceStore for MemoryStore {
             .iter()
             .map(|id| BalanceReading {
                 spent: usage
-                    .text(&self.keys.counter(customer, &CounterId::balance(id)), now)
+                    .text(&self.keys.balance_spent(customer, id), now)
                     .as_deref()
                     .map_or(0.0, parse_counter),
                 newest: usage
@@ -956,7 +956,7 @@ impl BalanceStore for MemoryStore {
         let mut usage = self.usage();
         usage
             .entries
-            .remove(&self.keys.counter(customer, &CounterId::balance(balance_id)));
+            .remove(&self.keys.balance_spent(customer, balance_id));
         usage
             .entries
             .remove(&self.keys.balance_transactions(customer, balance_id));

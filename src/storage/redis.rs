@@ -1323,8 +1323,7 @@ impl BalanceStore for RedisStore {
         movement: &Movement<'_>,
     ) -> StoreResult<MovementOutcome> {
         let mut keys = vec![
-            self.keys
-                .counter(customer, &CounterId::balance(movement.balance_id)),
+            self.keys.balance_spent(customer, movement.balance_id),
             self.keys
                 .balance_transactions(customer, movement.balance_id),
         ];
@@ -1361,7 +1360,7 @@ impl BalanceStore for RedisStore {
             [Value::Int(1), member] => Ok(MovementOutcome::Duplicate(
                 text(member).ok_or_else(unexpected)?,
             )),
-            [Value::Int(2), _] => Ok(MovementOutcome::Refused),
+            [Value::Int(2)] => Ok(MovementOutcome::Refused),
             _ => Err(unexpected()),
         }
     }
@@ -1376,7 +1375,7 @@ impl BalanceStore for RedisStore {
         }
         let counters: Vec<String> = balance_ids
             .iter()
-            .map(|id| self.keys.counter(customer, &CounterId::balance(id)))
+            .map(|id| self.keys.balance_spent(customer, id))
             .collect();
         let mut pipe = redis::pipe();
         pipe.cmd("MGET").arg(&counters);
@@ -1440,7 +1439,7 @@ impl BalanceStore for RedisStore {
         self.guarded(
             CONFIG_DEADLINE,
             redis::cmd("DEL")
-                .arg(self.keys.counter(customer, &CounterId::balance(balance_id)))
+                .arg(self.keys.balance_spent(customer, balance_id))
                 .arg(self.keys.balance_transactions(customer, balance_id))
                 .query_async::<()>(&mut conn),
         )
