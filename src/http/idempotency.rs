@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
-use super::events::{IDEMPOTENT_REPLAYED, idempotency_key};
+use super::events::{idempotency_key, replayed};
 use crate::service::replay::Replay;
 
 /// The largest answer kept for a replay; these routes answer one document.
@@ -76,14 +76,9 @@ pub async fn replay_answers(
 fn replayed_answer(status: u16, body: String) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     let mut response = (status, body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
+    response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(
-        IDEMPOTENT_REPLAYED.clone(),
-        HeaderValue::from_static("true"),
-    );
-    response
+    replayed(response, true)
 }
