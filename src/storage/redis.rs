@@ -84,9 +84,15 @@ impl RedisConnection {
                 .filter(|s| !s.is_empty())
                 .map(|seed| format!("redis://{seed}"))
                 .collect();
+            // A slot in the middle of a migration (TRYAGAIN) or a failover is retried within
+            // milliseconds, so the call's own deadline bounds it, not the library's default
+            // waits of more than a second.
             let client = redis::cluster::ClusterClient::builder(nodes)
                 .connection_timeout(Duration::from_secs(1))
                 .response_timeout(timeout)
+                .min_retry_wait(1)
+                .max_retry_wait(50)
+                .retry_wait_formula(2, 2)
                 .build()?;
             return Ok(RedisConnection::Cluster(
                 client.get_async_connection().await?,
@@ -104,12 +110,15 @@ impl RedisConnection {
     }
 }
 
+/// What the client library itself would retry (a lost connection, a timeout, a cluster
+/// redirect, a slot whose keys are split by a migration, a failover in progress) and a full
+/// Redis are outages that pass: callers answer 503 or decide by fail mode. What it would not
+/// retry (a script error, a reply of the wrong shape) is a bug.
 pub fn store_error(error: RedisError) -> StoreError {
-    if error.is_timeout()
-        || error.is_io_error()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-    {
+    let passing = error.is_io_error()
+        || !matches!(error.retry_method(), redis::RetryMethod::NoRetry)
+        || error.code() == Some("OOM");
+    if passing {
         StoreError::Unavailable(error.to_string())
     } else {
         StoreError::Internal(error.to_string())
@@ -1497,6 +1506,39 @@ impl ReplayStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passing_storage_states_are_outages_and_script_errors_are_bugs() {
+        use redis::{ErrorKind, ServerErrorKind};
+        let server = |kind| store_error(RedisError::from((ErrorKind::Server(kind), "x")));
+        for kind in [
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::ClusterDown,
+            ServerErrorKind::MasterDown,
+            ServerErrorKind::Moved,
+            ServerErrorKind::Ask,
+            ServerErrorKind::ReadOnly,
+            ServerErrorKind::BusyLoading,
+        ] {
+            assert!(
+                matches!(server(kind), StoreError::Unavailable(_)),
+                "{kind:?}"
+            );
+        }
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(matches!(
+            store_error(refused.into()),
+            StoreError::Unavailable(_)
+        ));
+        let full =
+            redis::make_extension_error("OOM".into(), Some("used memory > maxmemory".into()));
+        assert!(matches!(store_error(full), StoreError::Unavailable(_)));
+        for kind in [ServerErrorKind::ResponseError, ServerErrorKind::CrossSlot] {
+            assert!(matches!(server(kind), StoreError::Internal(_)), "{kind:?}");
+        }
+        let shape = RedisError::from((ErrorKind::UnexpectedReturnType, "not a number"));
+        assert!(matches!(store_error(shape), StoreError::Internal(_)));
+    }
 
     fn event(mode: &'static str, dedupe: bool, alerts: usize) -> EventOps {
         let op = |kind, cap| super::super::usage::KeyOp {

@@ -6,6 +6,7 @@ mod common;
 mod auth;
 mod bad_input;
 mod balances;
+mod cluster;
 mod concurrency;
 mod customers;
 mod enforcement;

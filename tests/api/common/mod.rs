@@ -85,6 +85,15 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Runs one command on this server alone (a cluster node does not redirect it).
+    pub fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let mut conn = redis::Client::open(self.url())
+            .and_then(|client| client.get_connection())
+            .unwrap_or_else(|e| panic!("port {}: {e}", self.port));
+        cmd.query(&mut conn)
+            .unwrap_or_else(|e| panic!("{cmd:?} on port {}: {e}", self.port))
+    }
+
     /// Stops redis-server (the watchdog shell then exits by itself).
     pub fn kill(&mut self) {
         let _ = Command::new("redis-cli")
@@ -124,17 +133,22 @@ fn free_cluster_port() -> u16 {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        Self::start_with(0, &[])
+    }
+
+    /// 3 masters with `replicas` replicas each (`redis-cli --cluster create` pairs them up),
+    /// each node started with `extra` arguments.
+    pub fn start_with(replicas: usize, extra: &[&str]) -> RedisCluster {
         let dir = std::env::temp_dir().join(format!("qg-cluster-{}", unique_prefix()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             let port = free_cluster_port();
             let config = format!("--cluster-config-file {}/nodes-{port}.conf", dir.display());
             let dir_arg = format!("--dir {}", dir.display());
-            nodes.push(RedisServer::start_on(
-                port,
-                &["--cluster-enabled yes", &config, &dir_arg],
-            ));
+            let mut args = vec!["--cluster-enabled yes", &config, &dir_arg];
+            args.extend_from_slice(extra);
+            nodes.push(RedisServer::start_on(port, &args));
         }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
@@ -142,7 +156,7 @@ impl RedisCluster {
             create.arg(format!("127.0.0.1:{}", node.port));
         }
         let output = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .unwrap();
         assert!(
@@ -155,24 +169,114 @@ impl RedisCluster {
         cluster
     }
 
-    fn wait_until_ok(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for node in &self.nodes {
-            loop {
-                let output = Command::new("redis-cli")
-                    .args(["-p", &node.port.to_string(), "cluster", "info"])
-                    .output()
-                    .unwrap();
-                let info = String::from_utf8_lossy(&output.stdout);
-                if info.contains("cluster_state:ok")
-                    && info.contains("cluster_slots_assigned:16384")
-                {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "cluster never became ok: {info}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+    pub fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.all_ok() {
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Every node sees all slots served, and every replica is in sync with its master.
+    fn all_ok(&self) -> bool {
+        self.nodes.iter().all(|node| {
+            let info: String = node.query(redis::cmd("CLUSTER").arg("INFO"));
+            let replication: String = node.query(redis::cmd("INFO").arg("replication"));
+            info.contains("cluster_state:ok")
+                && info.contains("cluster_slots_assigned:16384")
+                && (!replication.contains("role:slave")
+                    || replication.contains("master_link_status:up"))
+        })
+    }
+
+    /// The hash slot of `key` (of its `{hash tag}` when it has one).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        self.nodes[0].query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+    }
+
+    /// The index in `nodes` of the master that serves `slot`, as the first node sees it.
+    pub fn master_of(&self, slot: u16) -> usize {
+        let table: String = self.nodes[0].query(redis::cmd("CLUSTER").arg("NODES"));
+        // <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges…>
+        let port: u16 = table
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let serves = fields[2].contains("master")
+                    && !fields[2].contains("fail")
+                    // Entries like `[slot->-id]` describe a migration, not ownership.
+                    && fields[8..].iter().filter(|range| !range.starts_with('[')).any(|range| match range.split_once('-') {
+                        Some((low, high)) => {
+                            (low.parse().unwrap()..=high.parse().unwrap()).contains(&slot)
+                        }
+                        None => range.parse::<u16>().is_ok_and(|single| single == slot),
+                    });
+                serves.then(|| fields[1].split([':', '@']).nth(1).unwrap().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no live master serves slot {slot}: {table}"));
+        self.nodes
+            .iter()
+            .position(|node| node.port == port)
+            .unwrap_or_else(|| panic!("slot {slot} is served by a stopped node"))
+    }
+
+    /// Starts moving `slot` to the master `to`, the way `redis-cli --cluster reshard` does:
+    /// from now on the owner answers ASK for keys it no longer has, and TRYAGAIN for a call
+    /// whose keys are split between the two nodes.
+    pub fn begin_slot_move(&self, slot: u16, to: usize) -> SlotMove {
+        let from = self.master_of(slot);
+        assert_ne!(from, to, "slot {slot} is already on node {to}");
+        let id =
+            |index: usize| -> String { self.nodes[index].query(redis::cmd("CLUSTER").arg("MYID")) };
+        let slot_move = SlotMove {
+            slot,
+            from,
+            to,
+            from_id: id(from),
+            to_id: id(to),
+        };
+        slot_move.set_slot(self, to, "IMPORTING", &slot_move.from_id);
+        slot_move.set_slot(self, from, "MIGRATING", &slot_move.to_id);
+        slot_move
+    }
+
+    /// Moves `slot` with all its keys to the master `to`.
+    pub fn move_slot(&self, slot: u16, to: usize) {
+        let slot_move = self.begin_slot_move(slot, to);
+        while slot_move.migrate_keys(self, 100) > 0 {}
+        slot_move.finish(self);
+    }
+
+    /// Stops the master serving `slot` once its replica has every write. The stopped node
+    /// leaves `nodes`; the last node takes its index. [`Self::wait_until_ok`] waits for the
+    /// replica to take over.
+    pub fn kill_master_of(&mut self, slot: u16) {
+        let index = self.master_of(slot);
+        let replication =
+            |node: &RedisServer| -> String { node.query(redis::cmd("INFO").arg("replication")) };
+        let field = |info: &str, name: &str| -> String {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {info}"))
+                .trim()
+                .to_string()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = replication(&self.nodes[index]);
+            let written = field(&info, "master_repl_offset:");
+            // slave0:ip=…,port=…,state=online,offset=N,lag=0
+            let replica = field(&info, "slave0:");
+            if replica.contains(&format!("offset={written},")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica never caught up: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.nodes.swap_remove(index).kill();
     }
 
     pub fn url(&self) -> String {
@@ -202,6 +306,62 @@ impl RedisCluster {
                 String::from_utf8_lossy(&output.stdout).lines().count()
             })
             .collect()
+    }
+}
+
+/// A slot on its way from one master to another (see [`RedisCluster::begin_slot_move`]).
+pub struct SlotMove {
+    slot: u16,
+    from: usize,
+    to: usize,
+    from_id: String,
+    to_id: String,
+}
+
+impl SlotMove {
+    fn set_slot(&self, cluster: &RedisCluster, node: usize, state: &str, node_id: &str) {
+        let _: () = cluster.nodes[node].query(
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(self.slot)
+                .arg(state)
+                .arg(node_id),
+        );
+    }
+
+    /// Migrates up to `count` of the slot's keys; returns how many it moved.
+    pub fn migrate_keys(&self, cluster: &RedisCluster, count: usize) -> usize {
+        let source = &cluster.nodes[self.from];
+        let keys: Vec<String> = source.query(
+            redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(self.slot)
+                .arg(count),
+        );
+        if !keys.is_empty() {
+            let _: () = source.query(
+                redis::cmd("MIGRATE")
+                    .arg("127.0.0.1")
+                    .arg(cluster.nodes[self.to].port)
+                    .arg("")
+                    .arg(0)
+                    .arg(5000)
+                    .arg("KEYS")
+                    .arg(&keys),
+            );
+        }
+        keys.len()
+    }
+
+    /// Hands the slot to its new master on every node: the old one answers MOVED from now on.
+    pub fn finish(self, cluster: &RedisCluster) {
+        assert_eq!(self.migrate_keys(cluster, 1), 0, "keys are left to migrate");
+        let mut order = vec![self.to, self.from];
+        order.extend((0..cluster.nodes.len()).filter(|&n| n != self.to && n != self.from));
+        for node in order {
+            self.set_slot(cluster, node, "NODE", &self.to_id);
+        }
+        cluster.wait_until_ok();
     }
 }
 
