@@ -79,7 +79,7 @@ pub async fn run(config: Config) -> Result<(), String> {
             config.listen
         );
     }
-    let router = build_router(Arc::clone(&gateway), config.max_body_bytes);
+    let router = build_router(Arc::clone(&gateway), config.http_limits());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot bind {}: {e}", config.listen))?;

@@ -6,6 +6,8 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use clap::{Parser, ValueEnum};
 
+use crate::http::HttpLimits;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -79,8 +81,13 @@ pub struct Config {
     pub rollup_retention_days: u64,
 
     /// Largest accepted request body, in bytes.
-    #[arg(long, env = "QUOTAGATE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "QUOTAGATE_MAX_BODY_BYTES", default_value_t = HttpLimits::default().max_body_bytes)]
     pub max_body_bytes: usize,
+
+    /// API requests this node serves at once; beyond it, `429 rate_limit_exceeded` with
+    /// `Retry-After: 1` (health, readiness and metrics are never refused).
+    #[arg(long, env = "QUOTAGATE_MAX_IN_FLIGHT", default_value_t = HttpLimits::default().max_in_flight, value_parser = parse_positive)]
+    pub max_in_flight: usize,
 
     /// Threads serving requests; one per CPU when unset. Fewer pay off when Redis (or the
     /// clients) share this machine's CPUs: each thread handing work to another costs CPU.
@@ -89,6 +96,13 @@ pub struct Config {
 }
 
 impl Config {
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_in_flight: self.max_in_flight,
+        }
+    }
+
     pub fn retention(&self) -> crate::storage::usage::Retention {
         let days = |n: u64| Duration::from_secs(n.max(1) * 24 * 3600);
         crate::storage::usage::Retention {
@@ -130,6 +144,13 @@ fn parse_fraction(raw: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_positive(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(value) if (1..=1 << 24).contains(&value) => Ok(value),
+        _ => Err("must be a whole number from 1 to 16777216".into()),
+    }
+}
+
 fn parse_key_prefix(raw: &str) -> Result<String, String> {
     let valid = !raw.is_empty()
         && raw.len() <= 64
@@ -158,6 +179,8 @@ mod tests {
         assert_eq!(config.key_prefix, "qg");
         assert_eq!(config.default_timezone, Tz::UTC);
         assert_eq!(config.storage_timeout_ms, 50);
+        assert_eq!(config.http_limits().max_body_bytes, 1024 * 1024);
+        assert_eq!(config.http_limits().max_in_flight, 4096);
         assert!(config.check().is_ok());
     }
 
@@ -177,6 +200,9 @@ mod tests {
         assert!(parse(&["--key-prefix", "a{b}"]).is_err());
         assert!(parse(&["--worker-threads", "0"]).is_err());
         assert!(parse(&["--worker-threads", "two"]).is_err());
+        assert!(parse(&["--max-in-flight", "0"]).is_err());
+        assert!(parse(&["--max-in-flight", "many"]).is_err());
+        assert_eq!(parse(&["--max-in-flight", "64"]).unwrap().max_in_flight, 64);
     }
 
     #[test]

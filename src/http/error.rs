@@ -80,6 +80,17 @@ impl ApiError {
         }
     }
 
+    pub fn overloaded() -> ApiError {
+        ApiError {
+            retry_after_secs: Some(1),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                "this node is serving too many requests at once; retry later",
+            )
+        }
+    }
+
     pub fn internal() -> ApiError {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod json;
 pub mod limits;
 pub mod meters;
+pub mod overload;
 pub mod request_id;
 pub mod webhooks;
 
@@ -28,6 +29,24 @@ use crate::service::Gateway;
 use crate::service::page::Page;
 
 pub type AppState = Arc<Gateway>;
+
+/// What one node accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest request body, in bytes (`413 payload_too_large` beyond).
+    pub max_body_bytes: usize,
+    /// API requests served at once (`429 rate_limit_exceeded` beyond).
+    pub max_in_flight: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            max_body_bytes: 1024 * 1024,
+            max_in_flight: 4096,
+        }
+    }
+}
 
 /// The OpenAPI document's frame; operations and schemas come from the handlers' annotations.
 #[derive(utoipa::OpenApi)]
@@ -129,10 +148,15 @@ fn name_operations(document: &mut utoipa::openapi::OpenApi) {
 
 /// Every route of the API. Serving is separate ([`crate::app::run`]), so tests can drive the
 /// router in process.
-pub fn build_router(gateway: AppState, max_body_bytes: usize) -> Router {
+pub fn build_router(gateway: AppState, limits: HttpLimits) -> Router {
     // Install the recorder before the first request records anything.
     crate::telemetry::prometheus();
     let (api, document) = api_routes(&gateway);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight));
+    let api = api.layer(axum::middleware::from_fn_with_state(
+        in_flight,
+        overload::shed,
+    ));
     let document = std::sync::Arc::new(document);
     api.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -145,7 +169,7 @@ pub fn build_router(gateway: AppState, max_body_bytes: usize) -> Router {
             }),
         )
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn(request_id::envelope))
         .with_state(gateway)
 }

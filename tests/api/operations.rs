@@ -1,4 +1,5 @@
-//! Operations endpoints: /metrics after real traffic.
+//! Operations endpoints: /metrics after real traffic, the OpenAPI document, the node's own
+//! protection against overload.
 
 use serde_json::json;
 
@@ -227,4 +228,55 @@ async fn openapi_document_matches_the_contract_and_the_router() {
     app.call_as(None, axum::http::Method::GET, "/v1/openapi.json", None)
         .await
         .assert_error(401, "missing_api_key");
+}
+
+/// The node's own protection: with its API requests in flight at the cap, the next one is
+/// answered 429 at once, while health, readiness and metrics still answer.
+#[tokio::test]
+async fn a_node_at_its_in_flight_cap_refuses_with_429_and_stays_observable() {
+    use axum::body::{Body, Bytes};
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    let limits = quotagate::http::HttpLimits {
+        max_in_flight: 1,
+        ..Default::default()
+    };
+    let app = TestApp::memory().await.with_http_limits(limits);
+    // A consume whose body arrives only when the test says so stays in flight until then.
+    let (send_body, body_sent) = tokio::sync::oneshot::channel::<()>();
+    let body = json!({"customerId": "slow", "eventType": "llm"}).to_string();
+    let slow_body = futures_util::stream::once(async move {
+        body_sent.await.unwrap();
+        Ok::<_, std::convert::Infallible>(Bytes::from(body))
+    });
+    let request = Request::post("/v1/limits/consume")
+        .header(
+            "authorization",
+            format!("Bearer {}", crate::common::ADMIN_KEY),
+        )
+        .header("content-type", "application/json")
+        .body(Body::from_stream(slow_body))
+        .unwrap();
+    let slow = tokio::spawn(app.router.clone().oneshot(request));
+    // The slow request holds the only place once the router has polled it.
+    let mut refused = app.get("/v1/meters").await;
+    for _ in 0..1000 {
+        if refused.status != 200 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        refused = app.get("/v1/meters").await;
+    }
+    refused.assert_error(429, "rate_limit_exceeded");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    for path in ["/healthz", "/readyz"] {
+        app.get(path).await.assert_status(200);
+    }
+    let (status, _, _) = app.get_text("/metrics").await;
+    assert_eq!(status, 200);
+
+    send_body.send(()).unwrap();
+    assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+    app.get("/v1/meters").await.assert_status(200);
 }

@@ -498,10 +498,16 @@ impl TestApp {
     async fn without_background(store: Arc<dyn Store>, settings: Settings) -> TestApp {
         let gateway = Gateway::start(Arc::clone(&store), settings).await.unwrap();
         TestApp {
-            router: quotagate::http::build_router(Arc::clone(&gateway), 1024 * 1024),
+            router: quotagate::http::build_router(Arc::clone(&gateway), Default::default()),
             gateway,
             store,
         }
+    }
+
+    /// The same gateway behind a router with other limits.
+    pub fn with_http_limits(mut self, limits: quotagate::http::HttpLimits) -> TestApp {
+        self.router = quotagate::http::build_router(Arc::clone(&self.gateway), limits);
+        self
     }
 
     /// A GET answered with text (no key), e.g. `/metrics`.
