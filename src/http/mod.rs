@@ -152,11 +152,6 @@ pub fn build_router(gateway: AppState, limits: HttpLimits) -> Router {
     // Install the recorder before the first request records anything.
     crate::telemetry::prometheus();
     let (api, document) = api_routes(&gateway);
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight));
-    let api = api.layer(axum::middleware::from_fn_with_state(
-        in_flight,
-        overload::shed,
-    ));
     let document = std::sync::Arc::new(document);
     api.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -169,8 +164,14 @@ pub fn build_router(gateway: AppState, limits: HttpLimits) -> Router {
             }),
         )
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(axum::middleware::from_fn(request_id::envelope))
+        // One layer call: each wraps every route once more (a boxed service and future per
+        // request).
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(request_id::envelope))
+                .layer(overload::ShedLayer::new(limits.max_in_flight))
+                .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+        )
         .with_state(gateway)
 }
 
