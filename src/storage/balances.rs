@@ -8,6 +8,10 @@ use super::StoreResult;
 use super::keys::Keys;
 use crate::domain::ids::CustomerId;
 
+/// How long a deleted balance's spent counter outlives it: twice the interval of a node's full
+/// configuration reload, the longest any node can act on a balance that is gone.
+pub const DROPPED_SPENT_TTL_MS: u64 = 120_000;
+
 /// One credit or debit, applied atomically with its transaction record.
 #[derive(Debug, Clone)]
 pub struct Movement<'a> {
@@ -88,7 +92,10 @@ pub trait BalanceStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<String>>;
 
-    /// Forgets a balance's amount and transactions (after its document went).
+    /// Forgets a balance's amount and transactions (after its document went). The spent
+    /// counter is not deleted but zeroed to expire after [`DROPPED_SPENT_TTL_MS`]: a node whose
+    /// cache has not heard of the deletion yet may still debit it, and a debit keeps the
+    /// counter's expiry where it would have created a counter that never expires.
     async fn drop_balance(&self, customer: &CustomerId, balance_id: &str) -> StoreResult<()>;
 }
 

@@ -10,8 +10,8 @@ use super::alerts::{
     split_delivery_member,
 };
 use super::balances::{
-    BalanceReading, BalanceStore, Movement, MovementOutcome, movement_dedupe_key,
-    transaction_member,
+    BalanceReading, BalanceStore, DROPPED_SPENT_TTL_MS, Movement, MovementOutcome,
+    movement_dedupe_key, transaction_member,
 };
 use super::keys::Keys;
 use super::replays::{ReplayClaim, ReplayStore};
@@ -954,9 +954,13 @@ impl BalanceStore for MemoryStore {
 
     async fn drop_balance(&self, customer: &CustomerId, balance_id: &str) -> StoreResult<()> {
         let mut usage = self.usage();
-        usage
-            .entries
-            .remove(&self.keys.balance_spent(customer, balance_id));
+        usage.entries.insert(
+            self.keys.balance_spent(customer, balance_id),
+            Entry {
+                value: Value::Text("0".into()),
+                expire_at_ms: Some(now_ms() + DROPPED_SPENT_TTL_MS as i64),
+            },
+        );
         usage
             .entries
             .remove(&self.keys.balance_transactions(customer, balance_id));

@@ -15,7 +15,8 @@ use super::alerts::{
     split_delivery_member,
 };
 use super::balances::{
-    BalanceReading, BalanceStore, Movement, MovementOutcome, movement_dedupe_key,
+    BalanceReading, BalanceStore, DROPPED_SPENT_TTL_MS, Movement, MovementOutcome,
+    movement_dedupe_key,
 };
 use super::keys::Keys;
 use super::replays::{ReplayClaim, ReplayStore};
@@ -1444,15 +1445,19 @@ impl BalanceStore for RedisStore {
     }
 
     async fn drop_balance(&self, customer: &CustomerId, balance_id: &str) -> StoreResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.keys.balance_spent(customer, balance_id))
+            .arg(0)
+            .arg("PX")
+            .arg(DROPPED_SPENT_TTL_MS)
+            .ignore()
+            .cmd("DEL")
+            .arg(self.keys.balance_transactions(customer, balance_id))
+            .ignore();
         let mut conn = self.conn();
-        self.guarded(
-            CONFIG_DEADLINE,
-            redis::cmd("DEL")
-                .arg(self.keys.balance_spent(customer, balance_id))
-                .arg(self.keys.balance_transactions(customer, balance_id))
-                .query_async::<()>(&mut conn),
-        )
-        .await
+        self.guarded(CONFIG_DEADLINE, pipe.query_async::<()>(&mut conn))
+            .await
     }
 }
 

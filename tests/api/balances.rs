@@ -878,3 +878,52 @@ async fn bad_balance_input(app: TestApp) {
         .await
         .assert_error(404, "customer_not_found");
 }
+
+/// A node that has not heard of a balance's deletion still debits its spent counter for the
+/// events it records; the counter then expires with the deletion's grace instead of living
+/// forever in Redis.
+#[tokio::test]
+async fn a_deleted_balance_leaves_no_lasting_key_in_redis() {
+    use crate::common::{redis_store, settings, shared_redis, unique_prefix};
+
+    let prefix = unique_prefix();
+    let app = TestApp::on(
+        redis_store(&shared_redis().url(), &prefix).await,
+        settings(),
+    )
+    .await;
+    let meter = app.tokens_meter().await;
+    let balance = create_balance(
+        &app,
+        json!({"customerId": "c1", "name": "b", "initialBalance": 10, "meterId": meter}),
+    )
+    .await;
+    let id = balance["id"].as_str().unwrap();
+    let stale = app.node_that_dies_after_counting().await;
+    assert_eq!(
+        stale.get("/v1/customers/c1/balances").await.body["balances"][0]["id"],
+        id
+    );
+    app.delete(&format!("/v1/balances/{id}"))
+        .await
+        .assert_status(200);
+    stale
+        .post(
+            "/v1/events/record",
+            json!({"customerId": "c1", "eventType": "llm", "values": {"tokens": 3}}),
+        )
+        .await
+        .assert_status(200);
+
+    let server = shared_redis();
+    let keys: Vec<String> = server.query(::redis::cmd("KEYS").arg(format!("{prefix}:*{id}*")));
+    assert_eq!(keys.len(), 1, "only the spent counter is left: {keys:?}");
+    let spent: String = server.query(::redis::cmd("GET").arg(&keys[0]));
+    assert_eq!(spent, "3", "the stale node debited the deleted balance");
+    let ttl_ms: i64 = server.query(::redis::cmd("PTTL").arg(&keys[0]));
+    assert!(
+        (1..=120_000).contains(&ttl_ms),
+        "{} expires in {ttl_ms} ms",
+        keys[0]
+    );
+}
