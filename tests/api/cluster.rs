@@ -165,6 +165,7 @@ async fn a_dead_master_is_replaced_by_its_replica_without_losing_a_count() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(used(&app, &limit).await, (6.0, 0.0));
+    app.get("/readyz").await.assert_status(200);
     let refused = app.post("/v1/limits/consume", consume_body(5)).await;
     assert_eq!(refused.assert_status(200)["allowed"], false);
     let allowed = app.post("/v1/limits/consume", consume_body(4)).await;
