@@ -17,6 +17,20 @@ fn consume_body(tokens: u64) -> Value {
     json!({"customerId": CUSTOMER, "eventType": "llm", "values": {"tokens": tokens}})
 }
 
+/// A gateway on `cluster` with a default daily limit of `value` tokens, and the limit's ID.
+async fn gateway_with_daily_limit(cluster: &RedisCluster, value: u64) -> (TestApp, String) {
+    let app = TestApp::on(
+        redis_store(&cluster.url(), &unique_prefix()).await,
+        settings(),
+    )
+    .await;
+    let meter = app.tokens_meter().await;
+    let limit = app
+        .limit(json!({"name": "daily", "meterId": meter, "limitValue": value, "period": "day"}))
+        .await;
+    (app, limit)
+}
+
 /// The customer's use of `limit`, read by a check that storage answered.
 async fn used(app: &TestApp, limit: &str) -> (f64, f64) {
     let answer = app
@@ -57,15 +71,7 @@ async fn spend(app: &TestApp) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slots_that_move_to_another_master_keep_every_count() {
     let cluster = RedisCluster::start();
-    let app = TestApp::on(
-        redis_store(&cluster.url(), &unique_prefix()).await,
-        settings(),
-    )
-    .await;
-    let meter = app.tokens_meter().await;
-    let limit = app
-        .limit(json!({"name": "daily", "meterId": meter, "limitValue": 1000, "period": "day"}))
-        .await;
+    let (app, limit) = gateway_with_daily_limit(&cluster, 1000).await;
     let held = app
         .post(
             "/v1/reservations",
@@ -130,15 +136,7 @@ async fn slots_that_move_to_another_master_keep_every_count() {
 async fn a_dead_master_is_replaced_by_its_replica_without_losing_a_count() {
     // Nodes give up on a silent peer after 1 s, so a replica takes over within seconds.
     let mut cluster = RedisCluster::start_with(1, &["--cluster-node-timeout 1000"]);
-    let app = TestApp::on(
-        redis_store(&cluster.url(), &unique_prefix()).await,
-        settings(),
-    )
-    .await;
-    let meter = app.tokens_meter().await;
-    let limit = app
-        .limit(json!({"name": "daily", "meterId": meter, "limitValue": 10, "period": "day"}))
-        .await;
+    let (app, limit) = gateway_with_daily_limit(&cluster, 10).await;
     for _ in 0..3 {
         let answer = app.post("/v1/limits/consume", consume_body(2)).await;
         assert_eq!(answer.assert_status(200)["allowed"], true);
