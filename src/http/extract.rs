@@ -1,5 +1,7 @@
 //! Extractors that turn every rejection into the API's error envelope.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -28,9 +30,18 @@ fn is_json(parts: &axum::http::HeaderMap) -> bool {
         .unwrap_or(false)
 }
 
+/// How long a request's body may take to arrive. Everything after has its own deadlines
+/// (storage calls, webhook deliveries); a client sending its body slowly would otherwise hold
+/// its place under the in-flight cap for as long as it likes.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<(bool, Bytes), ApiError> {
     let json = is_json(req.headers());
-    let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+    // A body already received is read without arming the timer.
+    let read = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state))
+        .await
+        .map_err(|_| ApiError::from_status(StatusCode::REQUEST_TIMEOUT))?;
+    let bytes = read.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)
         } else {

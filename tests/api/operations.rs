@@ -280,3 +280,45 @@ async fn a_node_at_its_in_flight_cap_refuses_with_429_and_stays_observable() {
     assert_eq!(slow.await.unwrap().unwrap().status(), 200);
     app.get("/v1/meters").await.assert_status(200);
 }
+
+/// A client that never finishes sending its body is answered 408 once the body timeout has
+/// passed, and its place under the in-flight cap is free again. Time is paused: tokio moves it
+/// on whenever nothing else can run, so the test waits for no real time.
+#[tokio::test(start_paused = true)]
+async fn a_body_that_never_arrives_times_out_and_frees_its_place() {
+    use std::time::Duration;
+
+    use axum::body::{Body, Bytes};
+    use axum::http::Request;
+    use quotagate::http::extract::BODY_TIMEOUT;
+
+    let limits = quotagate::http::HttpLimits {
+        max_in_flight: 1,
+        ..Default::default()
+    };
+    let app = TestApp::memory().await.with_http_limits(limits);
+    let (_sender_kept_open, never) = tokio::sync::oneshot::channel::<()>();
+    let endless_body = futures_util::stream::once(async move {
+        let _ = never.await;
+        Ok::<_, std::convert::Infallible>(Bytes::new())
+    });
+    let request = Request::post("/v1/limits/consume")
+        .header(
+            "authorization",
+            format!("Bearer {}", crate::common::ADMIN_KEY),
+        )
+        .header("content-type", "application/json")
+        .body(Body::from_stream(endless_body))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let answer = tokio::time::timeout(2 * BODY_TIMEOUT, app.send(request))
+        .await
+        .expect("the gateway never answered");
+    answer.assert_error(408, "request_timeout");
+    let waited = started.elapsed();
+    assert!(
+        waited >= BODY_TIMEOUT && waited < BODY_TIMEOUT + Duration::from_secs(1),
+        "answered after {waited:?}"
+    );
+    app.get("/v1/meters").await.assert_status(200);
+}
