@@ -1,5 +1,6 @@
 //! Redis Cluster changing under a running gateway: slots that move to another master while
-//! requests flow (ASK, then MOVED) and a master that dies and is replaced by its replica.
+//! requests flow (ASK, then MOVED), a master that dies and is replaced by its replica, and
+//! masters that lost their script cache.
 //! Following the cluster is the client library's job; these prove it does so for every kind of
 //! call the gateway makes (usage scripts, configuration scripts, plain commands), that no
 //! answer is an error meanwhile and that no count is lost. Each test starts its own cluster:
@@ -185,4 +186,36 @@ async fn a_dead_master_is_replaced_by_its_replica_without_losing_a_count() {
     )
     .await
     .assert_status(201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_that_lost_their_scripts_are_given_them_again() {
+    let cluster = RedisCluster::start();
+    let (app, limit) = gateway_with_daily_limit(&cluster, 100).await;
+    let consume = || async {
+        let answer = app.post("/v1/limits/consume", consume_body(1)).await;
+        let body = answer.assert_status(200).clone();
+        assert_eq!(
+            (&body["allowed"], &body["degraded"]),
+            (&json!(true), &json!(false))
+        );
+    };
+    consume().await;
+
+    // A master restarted from its data keeps its keys but not its script cache: EVALSHA
+    // answers NOSCRIPT there until the gateway loads the script again.
+    for node in &cluster.nodes {
+        let _: () = node.query(::redis::cmd("SCRIPT").arg("FLUSH"));
+    }
+    consume().await;
+    app.put(&format!("/v1/limits/{limit}"), json!({"limitValue": 50}))
+        .await
+        .assert_status(200);
+    app.post(
+        "/v1/balances",
+        json!({"customerId": CUSTOMER, "name": "prepaid", "initialBalance": 5}),
+    )
+    .await
+    .assert_status(201);
+    assert_eq!(used(&app, &limit).await, (2.0, 0.0));
 }
