@@ -50,27 +50,35 @@ pub async fn replay_answers(
         Ok(Replay::Answered { status, body }) => return replayed_answer(status, body),
         Err(error) => return ApiError::from(error).into_response(),
     };
-    let response = next.run(request).await;
-    // Failed requests change nothing: a repeat may run.
-    if !response.status().is_success() {
-        gateway.finish_replay(ticket, None).await;
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            gateway
-                .finish_replay(ticket, Some((parts.status.as_u16(), &text)))
-                .await;
-            Response::from_parts(parts, Body::from(bytes))
-        }
-        Err(error) => {
-            tracing::error!(%error, "could not read an answer to keep for its idempotency key");
+    // The request runs to its end in a task of its own, even if its client stops waiting:
+    // what it changed must be kept for its key, or a retry would make the change again.
+    let finished = tokio::spawn(async move {
+        let response = next.run(request).await;
+        // Failed requests change nothing: a repeat may run.
+        if !response.status().is_success() {
             gateway.finish_replay(ticket, None).await;
-            ApiError::internal().into_response()
+            return response;
         }
-    }
+        let (parts, body) = response.into_parts();
+        match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                gateway
+                    .finish_replay(ticket, Some((parts.status.as_u16(), &text)))
+                    .await;
+                Response::from_parts(parts, Body::from(bytes))
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not read an answer to keep for its idempotency key");
+                gateway.finish_replay(ticket, None).await;
+                ApiError::internal().into_response()
+            }
+        }
+    });
+    finished.await.unwrap_or_else(|error| {
+        tracing::error!(%error, "a request kept for its idempotency key did not finish");
+        ApiError::internal().into_response()
+    })
 }
 
 fn replayed_answer(status: u16, body: String) -> Response {

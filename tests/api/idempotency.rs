@@ -1,5 +1,6 @@
 //! `Idempotency-Key` on POST routes without de-duplication of their own: a repeat answers the
-//! first answer, a concurrent repeat is told to wait, and a failed request frees its key.
+//! first answer, a concurrent repeat is told to wait, a failed request frees its key, and a
+//! request runs to its end even when its client stops waiting.
 
 use axum::body::Body;
 use axum::http::Request;
@@ -12,6 +13,7 @@ every_store!(
     creations_replay_their_first_answer,
     failed_requests_free_their_key,
     a_key_in_use_is_refused_until_its_request_ends,
+    a_request_whose_client_stopped_waiting_still_keeps_its_answer,
 );
 
 async fn post_with_key(
@@ -160,4 +162,49 @@ async fn a_key_in_use_is_refused_until_its_request_ends(app: TestApp) {
         1,
         "the refused request created nothing"
     );
+}
+
+async fn a_request_whose_client_stopped_waiting_still_keeps_its_answer(app: TestApp) {
+    use axum::body::Bytes;
+    use tower::ServiceExt;
+
+    // A creation whose body arrives only when the test says so; reading it starts once the
+    // request holds its key.
+    let (reading_tx, reading) = tokio::sync::oneshot::channel::<()>();
+    let (send_body, body_sent) = tokio::sync::oneshot::channel::<()>();
+    let meter = json!({"name": "m", "aggregation": "count", "field": "*"}).to_string();
+    let gated_body = futures_util::stream::once(async move {
+        let _ = reading_tx.send(());
+        let _ = body_sent.await;
+        Ok::<_, std::convert::Infallible>(Bytes::from(meter))
+    });
+    let request = Request::post("/v1/meters")
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "gone")
+        .body(Body::from_stream(gated_body))
+        .unwrap();
+    let client = tokio::spawn(app.router.clone().oneshot(request));
+    reading.await.unwrap();
+    // A probe with the same key and a body that could never create anything.
+    let probe = || post_with_key(&app, ADMIN_KEY, "/v1/meters", json!({"name": "x"}), "gone");
+    probe().await.assert_error(409, "idempotency_in_progress");
+
+    // The client stops waiting; the request it sent goes on and creates the meter.
+    client.abort();
+    assert!(client.await.unwrap_err().is_cancelled());
+    let _ = send_body.send(());
+    let mut replay = probe().await;
+    for _ in 0..1000 {
+        if replay.status != 409 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        replay = probe().await;
+    }
+    replay.assert_status(201);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.body["name"], "m", "the first request's answer");
+    let meters = app.get("/v1/meters").await;
+    assert_eq!(meters.body["data"].as_array().unwrap().len(), 1);
 }
