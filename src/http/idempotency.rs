@@ -1,6 +1,7 @@
 //! `Idempotency-Key` on POST routes without de-duplication of their own (creations, webhook
-//! tests, redeliveries, reservation release and extend): the first answer is replayed.
-//! Routes that count or move amounts de-duplicate inside their own atomic step instead.
+//! tests, redeliveries, reservation release and extend): the first answer is replayed. These
+//! requests run to their end even if their client disconnects. Routes that count or move
+//! amounts de-duplicate inside their own atomic step instead.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -26,7 +27,7 @@ pub async fn replay_answers(
     }
     let key = match idempotency_key(request.headers()) {
         Ok(Some(key)) => key.to_string(),
-        Ok(None) => return next.run(request).await,
+        Ok(None) => return run_to_end(next.run(request)).await,
         Err(error) => return error.into_response(),
     };
     let credential = request
@@ -50,9 +51,8 @@ pub async fn replay_answers(
         Ok(Replay::Answered { status, body }) => return replayed_answer(status, body),
         Err(error) => return ApiError::from(error).into_response(),
     };
-    // The request runs to its end in a task of its own, even if its client stops waiting:
-    // what it changed must be kept for its key, or a retry would make the change again.
-    let finished = tokio::spawn(async move {
+    // What the request changed must be kept for its key, or a retry would make the change again.
+    run_to_end(async move {
         let response = next.run(request).await;
         // Failed requests change nothing: a repeat may run.
         if !response.status().is_success() {
@@ -74,9 +74,16 @@ pub async fn replay_answers(
                 ApiError::internal().into_response()
             }
         }
-    });
-    finished.await.unwrap_or_else(|error| {
-        tracing::error!(%error, "a request kept for its idempotency key did not finish");
+    })
+    .await
+}
+
+/// Runs a request in a task of its own, so it ends even if its client stops waiting: these
+/// routes change state in several steps (a balance's amount, then its document), and a
+/// cancelled request must not stop between them.
+async fn run_to_end(request: impl Future<Output = Response> + Send + 'static) -> Response {
+    tokio::spawn(request).await.unwrap_or_else(|error| {
+        tracing::error!(%error, "a request did not run to its end");
         ApiError::internal().into_response()
     })
 }

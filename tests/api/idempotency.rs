@@ -1,6 +1,6 @@
 //! `Idempotency-Key` on POST routes without de-duplication of their own: a repeat answers the
-//! first answer, a concurrent repeat is told to wait, a failed request frees its key, and a
-//! request runs to its end even when its client stops waiting.
+//! first answer, a concurrent repeat is told to wait, a failed request frees its key, and these
+//! requests run to their end even when their client stops waiting.
 
 use axum::body::Body;
 use axum::http::Request;
@@ -14,6 +14,7 @@ every_store!(
     failed_requests_free_their_key,
     a_key_in_use_is_refused_until_its_request_ends,
     a_request_whose_client_stopped_waiting_still_keeps_its_answer,
+    a_creation_whose_client_stopped_waiting_is_made_all_the_same,
 );
 
 async fn post_with_key(
@@ -164,12 +165,12 @@ async fn a_key_in_use_is_refused_until_its_request_ends(app: TestApp) {
     );
 }
 
-async fn a_request_whose_client_stopped_waiting_still_keeps_its_answer(app: TestApp) {
+/// A meter creation whose client stops waiting once the gateway reads its body (before the
+/// body has arrived); the body arrives afterwards.
+async fn creation_whose_client_stops_waiting(app: &TestApp, key: Option<&str>) {
     use axum::body::Bytes;
     use tower::ServiceExt;
 
-    // A creation whose body arrives only when the test says so; reading it starts once the
-    // request holds its key.
     let (reading_tx, reading) = tokio::sync::oneshot::channel::<()>();
     let (send_body, body_sent) = tokio::sync::oneshot::channel::<()>();
     let meter = json!({"name": "m", "aggregation": "count", "field": "*"}).to_string();
@@ -178,22 +179,42 @@ async fn a_request_whose_client_stopped_waiting_still_keeps_its_answer(app: Test
         let _ = body_sent.await;
         Ok::<_, std::convert::Infallible>(Bytes::from(meter))
     });
-    let request = Request::post("/v1/meters")
+    let mut request = Request::post("/v1/meters")
         .header("authorization", format!("Bearer {ADMIN_KEY}"))
-        .header("content-type", "application/json")
-        .header("idempotency-key", "gone")
-        .body(Body::from_stream(gated_body))
-        .unwrap();
+        .header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let request = request.body(Body::from_stream(gated_body)).unwrap();
     let client = tokio::spawn(app.router.clone().oneshot(request));
     reading.await.unwrap();
-    // A probe with the same key and a body that could never create anything.
-    let probe = || post_with_key(&app, ADMIN_KEY, "/v1/meters", json!({"name": "x"}), "gone");
-    probe().await.assert_error(409, "idempotency_in_progress");
-
-    // The client stops waiting; the request it sent goes on and creates the meter.
+    if let Some(key) = key {
+        // A probe with the same key and a body that could never create anything.
+        post_with_key(app, ADMIN_KEY, "/v1/meters", json!({"name": "x"}), key)
+            .await
+            .assert_error(409, "idempotency_in_progress");
+    }
     client.abort();
     assert!(client.await.unwrap_err().is_cancelled());
     let _ = send_body.send(());
+}
+
+async fn a_creation_whose_client_stopped_waiting_is_made_all_the_same(app: TestApp) {
+    creation_whose_client_stops_waiting(&app, None).await;
+    let mut meters = app.get("/v1/meters").await;
+    for _ in 0..1000 {
+        if !meters.body["data"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::task::yield_now().await;
+        meters = app.get("/v1/meters").await;
+    }
+    assert_eq!(meters.body["data"][0]["name"], "m");
+}
+
+async fn a_request_whose_client_stopped_waiting_still_keeps_its_answer(app: TestApp) {
+    creation_whose_client_stops_waiting(&app, Some("gone")).await;
+    let probe = || post_with_key(&app, ADMIN_KEY, "/v1/meters", json!({"name": "x"}), "gone");
     let mut replay = probe().await;
     for _ in 0..1000 {
         if replay.status != 409 {
