@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::Request;
 use serde_json::{Value, json};
 
-use crate::common::{ADMIN_KEY, TestApp, TestResponse};
+use crate::common::{ADMIN_KEY, TestApp, TestResponse, gated_post};
 use crate::every_store;
 
 every_store!(
@@ -168,26 +168,16 @@ async fn a_key_in_use_is_refused_until_its_request_ends(app: TestApp) {
 /// A meter creation whose client stops waiting once the gateway reads its body (before the
 /// body has arrived); the body arrives afterwards.
 async fn creation_whose_client_stops_waiting(app: &TestApp, key: Option<&str>) {
-    use axum::body::Bytes;
     use tower::ServiceExt;
 
-    let (reading_tx, reading) = tokio::sync::oneshot::channel::<()>();
-    let (send_body, body_sent) = tokio::sync::oneshot::channel::<()>();
-    let meter = json!({"name": "m", "aggregation": "count", "field": "*"}).to_string();
-    let gated_body = futures_util::stream::once(async move {
-        let _ = reading_tx.send(());
-        let _ = body_sent.await;
-        Ok::<_, std::convert::Infallible>(Bytes::from(meter))
-    });
-    let mut request = Request::post("/v1/meters")
-        .header("authorization", format!("Bearer {ADMIN_KEY}"))
-        .header("content-type", "application/json");
-    if let Some(key) = key {
-        request = request.header("idempotency-key", key);
-    }
-    let request = request.body(Body::from_stream(gated_body)).unwrap();
-    let client = tokio::spawn(app.router.clone().oneshot(request));
-    reading.await.unwrap();
+    let meter = json!({"name": "m", "aggregation": "count", "field": "*"});
+    let headers: Vec<(&str, &str)> = key
+        .map(|key| ("idempotency-key", key))
+        .into_iter()
+        .collect();
+    let gated = gated_post("/v1/meters", &meter, &headers);
+    let client = tokio::spawn(app.router.clone().oneshot(gated.request));
+    gated.reading.await.unwrap();
     if let Some(key) = key {
         // A probe with the same key and a body that could never create anything.
         post_with_key(app, ADMIN_KEY, "/v1/meters", json!({"name": "x"}), key)
@@ -196,7 +186,7 @@ async fn creation_whose_client_stops_waiting(app: &TestApp, key: Option<&str>) {
     }
     client.abort();
     assert!(client.await.unwrap_err().is_cancelled());
-    let _ = send_body.send(());
+    let _ = gated.release.send(());
 }
 
 async fn a_creation_whose_client_stopped_waiting_is_made_all_the_same(app: TestApp) {

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::common::TestApp;
+use crate::common::{GatedRequest, TestApp, gated_post};
 
 #[tokio::test]
 async fn metrics_expose_the_documented_series() {
@@ -230,45 +230,31 @@ async fn openapi_document_matches_the_contract_and_the_router() {
         .assert_error(401, "missing_api_key");
 }
 
-/// The node's own protection: with its API requests in flight at the cap, the next one is
-/// answered 429 at once, while health, readiness and metrics still answer.
-#[tokio::test]
-async fn a_node_at_its_in_flight_cap_refuses_with_429_and_stays_observable() {
-    use axum::body::{Body, Bytes};
-    use axum::http::Request;
-    use tower::ServiceExt;
-
+/// A node that serves one API request at a time, and a consume whose body is held back.
+async fn one_place_and_a_gated_consume() -> (TestApp, GatedRequest) {
     let limits = quotagate::http::HttpLimits {
         max_in_flight: 1,
         ..Default::default()
     };
     let app = TestApp::memory().await.with_http_limits(limits);
-    // A consume whose body arrives only when the test says so stays in flight until then.
-    let (send_body, body_sent) = tokio::sync::oneshot::channel::<()>();
-    let body = json!({"customerId": "slow", "eventType": "llm"}).to_string();
-    let slow_body = futures_util::stream::once(async move {
-        body_sent.await.unwrap();
-        Ok::<_, std::convert::Infallible>(Bytes::from(body))
-    });
-    let request = Request::post("/v1/limits/consume")
-        .header(
-            "authorization",
-            format!("Bearer {}", crate::common::ADMIN_KEY),
-        )
-        .header("content-type", "application/json")
-        .body(Body::from_stream(slow_body))
-        .unwrap();
-    let slow = tokio::spawn(app.router.clone().oneshot(request));
-    // The slow request holds the only place once the router has polled it.
-    let mut refused = app.get("/v1/meters").await;
-    for _ in 0..1000 {
-        if refused.status != 200 {
-            break;
-        }
-        tokio::task::yield_now().await;
-        refused = app.get("/v1/meters").await;
-    }
-    refused.assert_error(429, "rate_limit_exceeded");
+    let body = json!({"customerId": "slow", "eventType": "llm"});
+    (app, gated_post("/v1/limits/consume", &body, &[]))
+}
+
+/// The node's own protection: with its API requests in flight at the cap, the next one is
+/// answered 429 at once, while health, readiness and metrics still answer.
+#[tokio::test]
+async fn a_node_at_its_in_flight_cap_refuses_with_429_and_stays_observable() {
+    use tower::ServiceExt;
+
+    // A consume whose body has not arrived holds the only place.
+    let (app, gated) = one_place_and_a_gated_consume().await;
+    let slow = tokio::spawn(app.router.clone().oneshot(gated.request));
+    gated.reading.await.unwrap();
+    app.get("/v1/meters")
+        .await
+        .assert_error(429, "rate_limit_exceeded");
+    let refused = app.get("/v1/meters").await;
     assert_eq!(refused.header("retry-after"), Some("1"));
     for path in ["/healthz", "/readyz"] {
         app.get(path).await.assert_status(200);
@@ -276,7 +262,7 @@ async fn a_node_at_its_in_flight_cap_refuses_with_429_and_stays_observable() {
     let (status, _, _) = app.get_text("/metrics").await;
     assert_eq!(status, 200);
 
-    send_body.send(()).unwrap();
+    gated.release.send(()).unwrap();
     assert_eq!(slow.await.unwrap().unwrap().status(), 200);
     app.get("/v1/meters").await.assert_status(200);
 }
@@ -288,30 +274,12 @@ async fn a_node_at_its_in_flight_cap_refuses_with_429_and_stays_observable() {
 async fn a_body_that_never_arrives_times_out_and_frees_its_place() {
     use std::time::Duration;
 
-    use axum::body::{Body, Bytes};
-    use axum::http::Request;
     use quotagate::http::extract::BODY_TIMEOUT;
 
-    let limits = quotagate::http::HttpLimits {
-        max_in_flight: 1,
-        ..Default::default()
-    };
-    let app = TestApp::memory().await.with_http_limits(limits);
-    let (_sender_kept_open, never) = tokio::sync::oneshot::channel::<()>();
-    let endless_body = futures_util::stream::once(async move {
-        let _ = never.await;
-        Ok::<_, std::convert::Infallible>(Bytes::new())
-    });
-    let request = Request::post("/v1/limits/consume")
-        .header(
-            "authorization",
-            format!("Bearer {}", crate::common::ADMIN_KEY),
-        )
-        .header("content-type", "application/json")
-        .body(Body::from_stream(endless_body))
-        .unwrap();
+    let (app, gated) = one_place_and_a_gated_consume().await;
+    let _body_held_back = gated.release;
     let started = tokio::time::Instant::now();
-    let answer = tokio::time::timeout(2 * BODY_TIMEOUT, app.send(request))
+    let answer = tokio::time::timeout(2 * BODY_TIMEOUT, app.send(gated.request))
         .await
         .expect("the gateway never answered");
     answer.assert_error(408, "request_timeout");

@@ -735,3 +735,34 @@ macro_rules! every_store {
         }
     };
 }
+
+/// A POST as the admin whose JSON body arrives only when the test says so.
+pub struct GatedRequest {
+    pub request: Request<Body>,
+    /// Fires once the gateway starts reading the body.
+    pub reading: tokio::sync::oneshot::Receiver<()>,
+    /// Sending on it, or dropping it, lets the body arrive; while it is kept, the body is held.
+    pub release: tokio::sync::oneshot::Sender<()>,
+}
+
+pub fn gated_post(path: &str, body: &Value, headers: &[(&str, &str)]) -> GatedRequest {
+    let (reading_tx, reading) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let body = body.to_string();
+    let gated_body = futures_util::stream::once(async move {
+        let _ = reading_tx.send(());
+        let _ = released.await;
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(body))
+    });
+    let mut request = Request::post(path)
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    GatedRequest {
+        request: request.body(Body::from_stream(gated_body)).unwrap(),
+        reading,
+        release,
+    }
+}
