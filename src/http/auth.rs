@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 
 use super::AppState;
 use super::error::ApiError;
@@ -32,13 +32,33 @@ impl RequiredScope for Admin {
 /// Proof that the caller holds scope `S` (or a wider one).
 pub struct Authorized<S>(PhantomData<S>);
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+/// The key presented as `Authorization: Bearer <key>`, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
+}
+
+/// The scope of the caller's key, or the answer for a caller without a valid one.
+pub fn caller_scope(headers: &HeaderMap, gateway: &AppState) -> Result<Scope, ApiError> {
+    match gateway.authenticate(bearer(headers)) {
+        Ok(scope) => Ok(scope),
+        Err(AuthError::Missing) if !headers.contains_key(header::AUTHORIZATION) => {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "send Authorization: Bearer <key>",
+            ))
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "unknown or revoked API key",
+        )),
+    }
 }
 
 impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
@@ -48,24 +68,14 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
         parts: &mut Parts,
         gateway: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let has_header = parts.headers.contains_key(header::AUTHORIZATION);
-        match gateway.authenticate(bearer(parts)) {
-            Ok(scope) if scope >= S::SCOPE => Ok(Authorized(PhantomData)),
-            Ok(_) => Err(ApiError::new(
+        if caller_scope(&parts.headers, gateway)? >= S::SCOPE {
+            Ok(Authorized(PhantomData))
+        } else {
+            Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "insufficient_permissions",
                 format!("this route needs the `{}` scope", scope_name(S::SCOPE)),
-            )),
-            Err(AuthError::Missing) if !has_header => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_api_key",
-                "send Authorization: Bearer <key>",
-            )),
-            Err(_) => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_api_key",
-                "unknown or revoked API key",
-            )),
+            ))
         }
     }
 }

@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::auth::caller_scope;
 use super::error::ApiError;
 use super::events::{idempotency_key, replayed};
 use crate::service::replay::Replay;
@@ -30,6 +31,11 @@ pub async fn replay_answers(
         Ok(None) => return run_to_end(next.run(request)).await,
         Err(error) => return error.into_response(),
     };
+    // Only a valid key reaches its stored answers: a revoked one gets none back, and a
+    // caller without one makes no storage call.
+    if let Err(error) = caller_scope(request.headers(), &gateway) {
+        return error.into_response();
+    }
     let credential = request
         .headers()
         .get(header::AUTHORIZATION)

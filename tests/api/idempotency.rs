@@ -15,6 +15,7 @@ every_store!(
     a_key_in_use_is_refused_until_its_request_ends,
     a_request_whose_client_stopped_waiting_still_keeps_its_answer,
     a_creation_whose_client_stopped_waiting_is_made_all_the_same,
+    a_revoked_key_gets_no_stored_answer,
 );
 
 async fn post_with_key(
@@ -218,4 +219,22 @@ async fn a_request_whose_client_stopped_waiting_still_keeps_its_answer(app: Test
     assert_eq!(replay.body["name"], "m", "the first request's answer");
     let meters = app.get("/v1/meters").await;
     assert_eq!(meters.body["data"].as_array().unwrap().len(), 1);
+}
+
+async fn a_revoked_key_gets_no_stored_answer(app: TestApp) {
+    let created = app
+        .post("/v1/api-keys", json!({"name": "ops", "scopes": ["admin"]}))
+        .await;
+    let secret = created.body["key"].as_str().unwrap().to_string();
+    let key_id = created.body["id"].as_str().unwrap().to_string();
+    // The stored answer holds a webhook's secret, shown only once.
+    let webhook = json!({"url": "https://example.com/hook"});
+    let first = post_with_key(&app, &secret, "/v1/webhooks", webhook.clone(), "w-1").await;
+    assert!(first.assert_status(201)["secret"].is_string());
+    app.delete(&format!("/v1/api-keys/{key_id}"))
+        .await
+        .assert_status(200);
+    post_with_key(&app, &secret, "/v1/webhooks", webhook, "w-1")
+        .await
+        .assert_error(401, "invalid_api_key");
 }
