@@ -1,6 +1,6 @@
 //! Idempotency keys on requests that have no de-duplication of their own: the first request
-//! with a key runs and its answer is kept for 24 h; a repeat gets that answer back, and one
-//! that arrives while the first still runs is told so.
+//! with a key runs and its answer is kept as long as event keys are (24 h); a repeat gets
+//! that answer back, and one that arrives while the first still runs is told so.
 
 use std::time::Duration;
 
@@ -8,12 +8,11 @@ use sha2::{Digest, Sha256};
 
 use super::Gateway;
 use super::error::ServiceResult;
+use crate::storage::StoreError;
 use crate::storage::replays::ReplayClaim;
 
 /// How long a claimed key waits for its request's answer (longer than any request runs).
 const PENDING: Duration = Duration::from_secs(60);
-/// How long an answer is replayed (API.md §0).
-const KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// What a request with an idempotency key is to do.
 #[derive(Debug)]
@@ -58,9 +57,11 @@ impl Gateway {
             ReplayClaim::Claimed => Replay::Run(ReplayTicket { digest }),
             ReplayClaim::InProgress => Replay::InProgress,
             ReplayClaim::Answered(stored) => {
-                let (status, body) = stored.split_once(' ').unwrap_or(("200", ""));
+                // Stored by finish_replay as "<status> <body>"; anything else is corrupt.
+                let corrupt = || StoreError::Internal("unreadable stored answer".into());
+                let (status, body) = stored.split_once(' ').ok_or_else(corrupt)?;
                 Replay::Answered {
-                    status: status.parse().unwrap_or(200),
+                    status: status.parse().map_err(|_| corrupt())?,
                     body: body.to_string(),
                 }
             }
@@ -74,7 +75,7 @@ impl Gateway {
         let stored = answer.map(|(status, body)| format!("{status} {body}"));
         if let Err(error) = self
             .store
-            .finish_replay(&ticket.digest, stored.as_deref(), KEEP.as_millis() as i64)
+            .finish_replay(&ticket.digest, stored.as_deref())
             .await
         {
             tracing::warn!(%error, "could not keep the answer for an idempotency key");

@@ -992,12 +992,7 @@ impl ReplayStore for MemoryStore {
         })
     }
 
-    async fn finish_replay(
-        &self,
-        key: &str,
-        answer: Option<&str>,
-        keep_ms: i64,
-    ) -> StoreResult<()> {
+    async fn finish_replay(&self, key: &str, answer: Option<&str>) -> StoreResult<()> {
         let key = self.keys.replay(key);
         let mut usage = self.usage();
         match answer {
@@ -1006,7 +1001,9 @@ impl ReplayStore for MemoryStore {
                     key,
                     Entry {
                         value: Value::Text(answer.to_string()),
-                        expire_at_ms: Some(now_ms() + keep_ms),
+                        expire_at_ms: Some(
+                            now_ms() + self.retention.idempotency.as_millis() as i64,
+                        ),
                     },
                 );
             }

@@ -1486,12 +1486,7 @@ impl ReplayStore for RedisStore {
         })
     }
 
-    async fn finish_replay(
-        &self,
-        key: &str,
-        answer: Option<&str>,
-        keep_ms: i64,
-    ) -> StoreResult<()> {
+    async fn finish_replay(&self, key: &str, answer: Option<&str>) -> StoreResult<()> {
         let mut conn = self.conn();
         let key = self.keys.replay(key);
         let command = match answer {
@@ -1499,7 +1494,7 @@ impl ReplayStore for RedisStore {
                 .arg(key)
                 .arg(answer)
                 .arg("PX")
-                .arg(keep_ms)
+                .arg(self.retention.idempotency.as_millis() as u64)
                 .to_owned(),
             None => redis::cmd("DEL").arg(key).to_owned(),
         };

@@ -22,8 +22,7 @@ pub trait ReplayStore: Send + Sync + 'static {
     /// Claims `key` for `pending_ms` (the longest a request may run), unless it is taken.
     async fn claim_replay(&self, key: &str, pending_ms: i64) -> StoreResult<ReplayClaim>;
 
-    /// Stores the answer for `keep_ms`, or with `None` frees the key (the request changed
-    /// nothing, so a repeat may run).
-    async fn finish_replay(&self, key: &str, answer: Option<&str>, keep_ms: i64)
-    -> StoreResult<()>;
+    /// Stores the answer for the idempotency retention (as long as events are de-duplicated),
+    /// or with `None` frees the key (the request changed nothing, so a repeat may run).
+    async fn finish_replay(&self, key: &str, answer: Option<&str>) -> StoreResult<()>;
 }

@@ -366,7 +366,7 @@ async fn replay_claims(store: Arc<dyn Store>) {
         ReplayClaim::InProgress
     );
     store
-        .finish_replay("d1", Some("201 {\"id\":1}"), 60_000)
+        .finish_replay("d1", Some("201 {\"id\":1}"))
         .await
         .unwrap();
     assert_eq!(
@@ -377,7 +377,7 @@ async fn replay_claims(store: Arc<dyn Store>) {
         store.claim_replay("d2", 60_000).await.unwrap(),
         ReplayClaim::Claimed
     );
-    store.finish_replay("d2", None, 60_000).await.unwrap();
+    store.finish_replay("d2", None).await.unwrap();
     assert_eq!(
         store.claim_replay("d2", 60_000).await.unwrap(),
         ReplayClaim::Claimed
