@@ -77,12 +77,7 @@ impl Gateway {
     pub async fn create_balance(&self, input: NewBalance) -> ServiceResult<BalanceView> {
         let meter = match input.meter_id.as_deref() {
             None => None,
-            Some(id) => match self.get_meter(id).await {
-                Err(ServiceError::NotFound(_)) => {
-                    return Err(ServiceError::NotFound(Resource::Meter));
-                }
-                other => Some(other?),
-            },
+            Some(id) => Some(self.get_meter(id).await?),
         };
         let now = self.clock.now();
         let (balance, initial) =

@@ -59,14 +59,21 @@ impl Gateway {
     }
 
     /// Applies ops atomically and mirrors them into this node's cache.
-    /// `Err(index)` names the op whose guard failed.
+    /// `Err(index)` names the op whose guard failed: always an index into `ops`.
     pub(super) async fn commit(&self, ops: &[ConfigOp]) -> ServiceResult<Result<(), usize>> {
         match self.store.apply(ops).await? {
             Ok(()) => {
                 self.cache.apply_local(ops);
                 Ok(Ok(()))
             }
-            Err(failed) => Ok(Err(failed.index)),
+            Err(failed) if failed.index < ops.len() => Ok(Err(failed.index)),
+            Err(failed) => Err(ServiceError::Storage(crate::storage::StoreError::Internal(
+                format!(
+                    "a config change of {} ops failed at op {}",
+                    ops.len(),
+                    failed.index
+                ),
+            ))),
         }
     }
 
@@ -284,10 +291,7 @@ impl Gateway {
     }
 
     pub async fn create_limit(&self, input: NewLimit) -> ServiceResult<Limit> {
-        let meter = match self.get_meter(&input.meter_id).await {
-            Err(ServiceError::NotFound(_)) => return Err(ServiceError::NotFound(Resource::Meter)),
-            other => other?,
-        };
+        let meter = self.get_meter(&input.meter_id).await?;
         let now = self.clock.now();
         let limit = Limit::create(self.new_id(IdKind::Limit), input, &meter, now)?;
         // Touching the meter and the customer makes a concurrent delete of either start over

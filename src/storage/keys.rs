@@ -177,7 +177,6 @@ impl Keys {
         )
     }
 
-    /// An idempotency record; the caller's key is hashed so any key fits.
     /// A stored answer for an idempotency key (see [`super::replays`]); the key's digest is
     /// its own hash tag, so it may live on any shard.
     pub fn replay(&self, digest: &str) -> String {
@@ -197,6 +196,7 @@ impl Keys {
         self.customer_key(customer, &["txn", balance_id])
     }
 
+    /// An idempotency record; the caller's key is hashed so any key fits.
     pub fn idempotency(&self, customer: &CustomerId, key: &str) -> String {
         use sha2::{Digest, Sha256};
         let digest = crate::domain::apikey::hex(&Sha256::digest(key.as_bytes())[..16]);
