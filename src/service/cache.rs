@@ -267,7 +267,8 @@ impl ConfigCache {
         let started = std::time::Instant::now();
         let cursor = store.change_cursor().await?;
         let mut documents = Vec::with_capacity(Kind::ALL.len());
-        for kind in Kind::ALL {
+        // Balance names are an index that only storage reads: nothing to load.
+        for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::BalanceName) {
             documents.push((kind, store.all(kind).await?));
         }
         let fresh = tokio::task::spawn_blocking(move || {
