@@ -276,14 +276,13 @@ pub struct BalanceState {
 }
 
 impl BalanceState {
-    /// `spent` and `reserved` as storage read them; `debited` when they already include this
-    /// event's debit (or hold).
+    /// `spent` and `reserved` as storage read them; `sufficient` as the decision found it.
     pub fn new(
         balance: &Balance,
         cost: f64,
         spent: f64,
         reserved: f64,
-        debited: bool,
+        sufficient: bool,
     ) -> BalanceState {
         let (current_balance, available_balance) = balance.amounts(spent);
         BalanceState {
@@ -294,7 +293,7 @@ impl BalanceState {
             available_balance,
             reserved: Quantity::from_f64(reserved),
             requested_amount: Quantity::from_f64(cost),
-            sufficient: debited || spent + reserved + cost <= balance.spending_ceiling(),
+            sufficient,
         }
     }
 }

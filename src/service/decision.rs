@@ -154,12 +154,20 @@ fn balance_states(
         .iter()
         .map(|(balance, index)| {
             let reading = readings.get(*index).copied().unwrap_or_default();
+            let op = plan.counters[*index].op;
+            let sufficient = debited
+                || fits(
+                    op,
+                    reading.used,
+                    reading.reserved,
+                    balance.spending_ceiling(),
+                );
             BalanceState::new(
                 balance,
-                plan.counters[*index].op.amount(),
+                op.amount(),
                 reading.used,
                 reading.reserved,
-                debited,
+                sufficient,
             )
         })
         .collect()
