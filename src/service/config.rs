@@ -157,9 +157,13 @@ impl Gateway {
     /// Deletes the customer with its own limits and its balances, in one atomic step.
     pub async fn delete_customer(&self, id: &str) -> ServiceResult<String> {
         let id = parse_path_customer(id)?;
-        self.delete_with_dependents(Kind::Customer, id.as_str(), Resource::Customer, |limit| {
-            limit.customer_id.as_ref() == Some(&id)
-        })
+        self.delete_with_dependents(
+            Kind::Customer,
+            id.as_str(),
+            Resource::Customer,
+            |limit| limit.customer_id.as_ref() == Some(&id),
+            Some(|balance: &Balance| balance.customer_id == id),
+        )
         .await?;
         Ok(id.to_string())
     }
@@ -211,24 +215,29 @@ impl Gateway {
         if !IdKind::Meter.is_plausible(id) {
             return Err(ServiceError::NotFound(Resource::Meter));
         }
-        self.delete_with_dependents(Kind::Meter, id, Resource::Meter, |limit| {
-            limit.meter_id == id
-        })
+        // A meter's balances stay: they hold money, and simply stop being debited.
+        self.delete_with_dependents(
+            Kind::Meter,
+            id,
+            Resource::Meter,
+            |limit| limit.meter_id == id,
+            None::<fn(&Balance) -> bool>,
+        )
         .await
     }
 
-    /// Deletes a document together with the limits that belong to it (and, for a customer,
-    /// its balances), in one atomic step. Returns how many limits went. A limit or balance
-    /// created for the document between the read of its dependents and the delete touches
-    /// it (see [`ConfigOp::Touch`]) and fails the step, which then starts over, so nothing is
-    /// left behind pointing at nothing. A meter's balances stay: they hold money, and simply
-    /// stop being debited.
+    /// Deletes a document together with the limits that belong to it and, when the caller
+    /// names them, the balances that do, in one atomic step. Returns how many limits went. A
+    /// limit or balance created for the document between the read of its dependents and the
+    /// delete touches it (see [`ConfigOp::Touch`]) and fails the step, which then starts over,
+    /// so nothing is left behind pointing at nothing.
     async fn delete_with_dependents(
         &self,
         kind: Kind,
         id: &str,
         resource: Resource,
-        belongs: impl Fn(&Limit) -> bool,
+        limit_belongs: impl Fn(&Limit) -> bool,
+        balance_belongs: Option<impl Fn(&Balance) -> bool>,
     ) -> ServiceResult<usize> {
         for _ in 0..DELETE_ATTEMPTS {
             let version = self.store.version(kind, id).await?;
@@ -246,7 +255,7 @@ impl Gateway {
             ];
             let mut limits = 0;
             for limit in self.all::<Limit>(Kind::Limit).await? {
-                if belongs(&limit) {
+                if limit_belongs(&limit) {
                     ops.push(ConfigOp::Delete {
                         kind: Kind::Limit,
                         id: limit.id,
@@ -255,14 +264,14 @@ impl Gateway {
                     limits += 1;
                 }
             }
-            let balances: Vec<Balance> = match kind {
-                Kind::Customer => self
+            let balances: Vec<Balance> = match &balance_belongs {
+                Some(belongs) => self
                     .all::<Balance>(Kind::Balance)
                     .await?
                     .into_iter()
-                    .filter(|balance| balance.customer_id.as_str() == id)
+                    .filter(|balance| belongs(balance))
                     .collect(),
-                _ => Vec::new(),
+                None => Vec::new(),
             };
             for balance in &balances {
                 ops.extend(super::balances::balance_deletion(balance));
