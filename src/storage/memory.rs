@@ -338,6 +338,17 @@ impl MemoryUsage {
         );
     }
 
+    /// `SET key text PXAT expire_at_ms`: value and expiry replaced alike.
+    fn set_text_until(&mut self, key: String, text: String, expire_at_ms: i64) {
+        self.entries.insert(
+            key,
+            Entry {
+                value: Value::Text(text),
+                expire_at_ms: Some(expire_at_ms),
+            },
+        );
+    }
+
     fn expire_if_unset(&mut self, key: &str, at_ms: i64) {
         if let Some(entry) = self.entries.get_mut(key)
             && entry.expire_at_ms.is_none()
@@ -487,12 +498,10 @@ impl MemoryUsage {
             return RecordOutcome::Refused { counters: readings };
         }
         if let Some(key) = &event.dedupe_key {
-            self.entries.insert(
+            self.set_text_until(
                 key.clone(),
-                Entry {
-                    value: Value::Text(event.event_id.clone()),
-                    expire_at_ms: Some(now + event.dedupe_ttl_ms),
-                },
+                event.event_id.clone(),
+                now + event.dedupe_ttl_ms,
             );
         }
         if event.mode == "reserve" {
@@ -653,12 +662,10 @@ impl UsageStore for MemoryStore {
         let mut usage = self.usage();
         for (write, event) in writes.iter().zip(&ops) {
             if let Mode::Reserve { reservation, .. } = write.mode {
-                usage.entries.insert(
+                usage.set_text_until(
                     self.keys.reservation_owner(&reservation.id),
-                    Entry {
-                        value: Value::Text(write.event.customer_id.to_string()),
-                        expire_at_ms: Some(event.now_ms + event.reservation_ttl_ms),
-                    },
+                    write.event.customer_id.to_string(),
+                    event.now_ms + event.reservation_ttl_ms,
                 );
             }
         }
@@ -886,12 +893,10 @@ impl MemoryUsage {
             }
         }
         if let Some(key) = dedupe_key {
-            self.entries.insert(
+            self.set_text_until(
                 key,
-                Entry {
-                    value: Value::Text(member.clone()),
-                    expire_at_ms: Some(now + retention.idempotency.as_millis() as i64),
-                },
+                member.clone(),
+                now + retention.idempotency.as_millis() as i64,
             );
         }
         MovementOutcome::Applied(member)
@@ -954,12 +959,10 @@ impl BalanceStore for MemoryStore {
 
     async fn drop_balance(&self, customer: &CustomerId, balance_id: &str) -> StoreResult<()> {
         let mut usage = self.usage();
-        usage.entries.insert(
+        usage.set_text_until(
             self.keys.balance_spent(customer, balance_id),
-            Entry {
-                value: Value::Text("0".into()),
-                expire_at_ms: Some(now_ms() + DROPPED_SPENT_TTL_MS as i64),
-            },
+            "0".into(),
+            now_ms() + DROPPED_SPENT_TTL_MS as i64,
         );
         usage
             .entries
@@ -980,13 +983,7 @@ impl ReplayStore for MemoryStore {
             Some(answer) if answer.is_empty() => ReplayClaim::InProgress,
             Some(answer) => ReplayClaim::Answered(answer),
             None => {
-                usage.entries.insert(
-                    key,
-                    Entry {
-                        value: Value::Text(String::new()),
-                        expire_at_ms: Some(now + pending_ms),
-                    },
-                );
+                usage.set_text_until(key, String::new(), now + pending_ms);
                 ReplayClaim::Claimed
             }
         })
@@ -997,14 +994,10 @@ impl ReplayStore for MemoryStore {
         let mut usage = self.usage();
         match answer {
             Some(answer) => {
-                usage.entries.insert(
+                usage.set_text_until(
                     key,
-                    Entry {
-                        value: Value::Text(answer.to_string()),
-                        expire_at_ms: Some(
-                            now_ms() + self.retention.idempotency.as_millis() as i64,
-                        ),
-                    },
+                    answer.to_string(),
+                    now_ms() + self.retention.idempotency.as_millis() as i64,
                 );
             }
             None => {
