@@ -8,7 +8,8 @@
 # in front of it, creates a meter with 3 default limits (1e12 each, so consumes are admitted),
 # pre-warms 10 000 customers, checks with curl that one consume is admitted and counted, then
 # measures with wrk (record, check, consume, batch × 1, 16, 64 connections; the consume answers
-# are classified by the wrk script: admitted, refused, degraded) and, on the same redis-server,
+# are classified from the gateway's decision counters: admitted, refused, degraded; consume and
+# check again at about half of their saturated rate, paced) and, on the same redis-server,
 # redis-benchmark replaying verbatim the record script call, the check read and the consume
 # script call that the gateway sent for one request (captured with MONITOR). Prints a markdown
 # report to stdout and writes it to bench/results-latest.md. Everything it starts is stopped on
@@ -253,14 +254,22 @@ children_cpu() { # file: gets the user + system seconds of finished children
     awk 'END { for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] }
         printf "%.3f", s }' "$1" >"$1.seconds"
 }
-wrk_run() { # mode connections seconds output-file [label for degraded.txt and cpu.txt]
-    local mode=$1 conns=$2 secs=$3 out=$4 label=${5:-$2}
-    local threads=$((conns < 2 ? conns : 2)) before cpu_before
+# Consume answers by outcome, from the gateway's own counters: "allowed refused degraded".
+consume_decisions() {
+    curl -fsS --max-time 5 "$BASE/metrics" | awk '
+        /^quotagate_decisions_total\{/ && /kind="consume"/ {
+            match($0, /outcome="[a-z]+"/); n[substr($0, RSTART + 9, RLENGTH - 10)] += $NF }
+        END { printf "%d %d %d", n["allowed"], n["refused"], n["degraded"] }'
+}
+wrk_run() { # mode connections seconds output-file [label for degraded.txt and cpu.txt] [pace-ms]
+    local mode=$1 conns=$2 secs=$3 out=$4 label=${5:-$2} pace=${6:-0}
+    local threads=$((conns < 2 ? conns : 2)) before cpu_before decided_before=""
     before=$(degraded_logged)
+    [ "$mode" = consume ] && decided_before=$(consume_decisions)
     children_cpu "$RUN_DIR/children-before"
     cpu_before="$(proc_cpu "$GW_PID") $(proc_cpu "$REDIS_PID") $(cat "$RUN_DIR/children-before.seconds")"
     run_child wrk -t "$threads" -c "$conns" -d "${secs}s" --timeout "$WRK_TIMEOUT" --latency \
-        -s "$BENCH/quotagate.lua" "$BASE" -- "$mode" "$CUSTOMERS" "$BATCH_EVENTS" "$ADMIN_KEY" \
+        -s "$BENCH/quotagate.lua" "$BASE" -- "$mode" "$CUSTOMERS" "$BATCH_EVENTS" "$ADMIN_KEY" "$pace" \
         >"$out" 2>&1 || die "wrk $mode -c $conns failed: $(tail -n 5 "$out")"
     running "$GW_PID" || die "the gateway died during wrk $mode -c $conns"
     echo "$mode $label $(($(degraded_logged) - before))" >>"$RESULTS/degraded.txt"
@@ -268,6 +277,14 @@ wrk_run() { # mode connections seconds output-file [label for degraded.txt and c
     children_cpu "$RUN_DIR/children-after"
     echo "$mode $label $cpu_before $(proc_cpu "$GW_PID") $(proc_cpu "$REDIS_PID")" \
         "$(cat "$RUN_DIR/children-after.seconds")" >>"$RESULTS/cpu.txt"
+    if [ -n "$decided_before" ]; then
+        # The gateway also counts the answers still in flight when wrk stopped (at most one
+        # per connection), which wrk does not.
+        local a0 r0 d0 a1 r1 d1
+        read -r a0 r0 d0 <<<"$decided_before"
+        read -r a1 r1 d1 <<<"$(consume_decisions)"
+        sed -i "s/^BENCH_RESULT .*/& answers_admitted=$((a1 - a0)) answers_refused=$((r1 - r0)) answers_degraded=$((d1 - d0)) in_flight_at_end=$conns/" "$out"
+    fi
 }
 
 for mode in "${MODES[@]}"; do
@@ -278,10 +295,27 @@ for mode in "${MODES[@]}"; do
         wrk_run "$mode" "$conns" "$SECS" "$out"
         line=$(grep '^BENCH_RESULT' "$out") || die "no BENCH_RESULT in $out: $(tail -n 5 "$out")"
         log "wrk $mode -c $conns: ${line#BENCH_RESULT }"
-        if [ "$mode" = consume ] && ! [[ $line =~ answers_refused=0\ answers_degraded=0\ answers_other=0 ]]; then
+        if [ "$mode" = consume ] && ! [[ $line =~ errors_status=0\ .*answers_refused=0\ answers_degraded=0 ]]; then
             log "warning: not every consume answer was admitted (see the report)"
         fi
     done
+done
+
+# --------------------------------------------------------------- half load, paced
+# Latency below saturation: each connection waits PACE_MS after every answer, and the number of
+# connections is chosen so that the rate comes to about half of the saturated rate measured
+# above (at the highest connection count), assuming answers of about half a millisecond.
+PACE_MS=5
+for mode in consume check; do
+    [[ " ${MODES[*]} " == *" $mode "* ]] || continue
+    saturated=$RESULTS/wrk-$mode-${CONNS[-1]}.txt
+    rate=$(python3 "$BENCH/helper.py" rate "$saturated") || die "no rate in $saturated"
+    conns=$(awk -v r="$rate" -v p="$PACE_MS" 'BEGIN { c = int(r / 2 * (p + 0.5) / 1000 + 0.5); print (c < 1 ? 1 : c) }')
+    out=$RESULTS/wrk-paced-$mode.txt
+    wrk_run "$mode" "$conns" "$SECS" "$out" paced "$PACE_MS"
+    line=$(grep '^BENCH_RESULT' "$out") || die "no BENCH_RESULT in $out"
+    echo "paced_$mode=$conns $PACE_MS $rate" >>"$RESULTS/env.txt"
+    log "wrk $mode -c $conns paced ${PACE_MS} ms (saturated: $rate req/s): ${line#BENCH_RESULT }"
 done
 
 # ------------------------------------------------------------------- worker threads
