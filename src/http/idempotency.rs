@@ -1,7 +1,8 @@
 //! `Idempotency-Key` on POST routes without de-duplication of their own (creations, webhook
-//! tests, redeliveries, reservation release and extend): the first answer is replayed. These
-//! requests run to their end even if their client disconnects. Routes that count or move
-//! amounts de-duplicate inside their own atomic step instead.
+//! tests, redeliveries, reservation release and extend): the first answer is replayed. Routes
+//! that count or move amounts de-duplicate inside their own atomic step instead. Like every
+//! request that may change state, these run to their end even if their client disconnects
+//! ([`super::run_to_end`]), so their answer is always kept for their key.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -28,7 +29,7 @@ pub async fn replay_answers(
     }
     let key = match idempotency_key(request.headers()) {
         Ok(Some(key)) => key.to_string(),
-        Ok(None) => return run_to_end(next.run(request)).await,
+        Ok(None) => return next.run(request).await,
         Err(error) => return error.into_response(),
     };
     // Only a valid key reaches its stored answers: a revoked one gets none back, and a
@@ -57,41 +58,27 @@ pub async fn replay_answers(
         Ok(Replay::Answered { status, body }) => return replayed_answer(status, body),
         Err(error) => return ApiError::from(error).into_response(),
     };
-    // What the request changed must be kept for its key, or a retry would make the change again.
-    run_to_end(async move {
-        let response = next.run(request).await;
-        // Failed requests change nothing: a repeat may run.
-        if !response.status().is_success() {
+    let response = next.run(request).await;
+    // Failed requests change nothing: a repeat may run.
+    if !response.status().is_success() {
+        gateway.finish_replay(ticket, None).await;
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            gateway
+                .finish_replay(ticket, Some((parts.status.as_u16(), &text)))
+                .await;
+            Response::from_parts(parts, Body::from(bytes))
+        }
+        Err(error) => {
+            tracing::error!(%error, "could not read an answer to keep for its idempotency key");
             gateway.finish_replay(ticket, None).await;
-            return response;
+            ApiError::internal().into_response()
         }
-        let (parts, body) = response.into_parts();
-        match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
-            Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                gateway
-                    .finish_replay(ticket, Some((parts.status.as_u16(), &text)))
-                    .await;
-                Response::from_parts(parts, Body::from(bytes))
-            }
-            Err(error) => {
-                tracing::error!(%error, "could not read an answer to keep for its idempotency key");
-                gateway.finish_replay(ticket, None).await;
-                ApiError::internal().into_response()
-            }
-        }
-    })
-    .await
-}
-
-/// Runs a request in a task of its own, so it ends even if its client stops waiting: these
-/// routes change state in several steps (a balance's amount, then its document), and a
-/// cancelled request must not stop between them.
-async fn run_to_end(request: impl Future<Output = Response> + Send + 'static) -> Response {
-    tokio::spawn(request).await.unwrap_or_else(|error| {
-        tracing::error!(%error, "a request did not run to its end");
-        ApiError::internal().into_response()
-    })
+    }
 }
 
 fn replayed_answer(status: u16, body: String) -> Response {

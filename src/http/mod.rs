@@ -16,6 +16,7 @@ pub mod limits;
 pub mod meters;
 pub mod overload;
 pub mod request_id;
+pub mod run_to_end;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -168,6 +169,7 @@ pub fn build_router(gateway: AppState, limits: HttpLimits) -> Router {
         // request).
         .layer(
             tower::ServiceBuilder::new()
+                .layer(run_to_end::RunToEndLayer)
                 .layer(axum::middleware::from_fn(request_id::envelope))
                 .layer(overload::ShedLayer::new(limits.max_in_flight))
                 .layer(DefaultBodyLimit::max(limits.max_body_bytes)),

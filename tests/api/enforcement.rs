@@ -3,7 +3,7 @@
 use chrono::TimeDelta;
 use serde_json::{Value, json};
 
-use crate::common::{TestApp, state};
+use crate::common::{TestApp, abandon, gated_post, soon, state};
 use crate::every_store;
 
 every_store!(
@@ -16,6 +16,7 @@ every_store!(
     reservations_expire_without_any_call,
     holds_never_leak_into_the_next_window,
     reservation_refusals_and_conflicts,
+    a_commit_whose_client_stopped_waiting_is_made_all_the_same,
     bad_decision_input,
 );
 
@@ -180,6 +181,30 @@ async fn consume_honours_idempotency(app: TestApp) {
     assert_eq!(again.body["eventId"], first.body["eventId"]);
     assert_eq!(again.body["allowed"], true);
     assert_eq!(used(&app, "idc", &id).await.0, 10);
+}
+
+/// A commit records the event, then marks the reservation committed: a client that stops
+/// waiting must not leave the first step without the second (nor make neither, here).
+async fn a_commit_whose_client_stopped_waiting_is_made_all_the_same(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let id = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 1000, "period": "day"}))
+        .await;
+    let held = app.post("/v1/reservations", tokens("gone", 300.0)).await;
+    let rsv = held.assert_status(200)["reservation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let commit = json!({"values": {"tokens": 120}});
+    let gated = gated_post(&format!("/v1/reservations/{rsv}/commit"), &commit, &[]);
+    abandon(&app, gated, async {}).await;
+    let committed = soon(async || {
+        let reservation = app.get(&format!("/v1/reservations/{rsv}")).await;
+        reservation.body["status"] == "committed"
+    })
+    .await;
+    assert!(committed, "the reservation was never committed");
+    assert_eq!(used(&app, "gone", &id).await, (json!(120), json!(0)));
 }
 
 async fn reservation_lifecycle(app: TestApp) {

@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::Request;
 use serde_json::{Value, json};
 
-use crate::common::{ADMIN_KEY, TestApp, TestResponse, gated_post};
+use crate::common::{ADMIN_KEY, TestApp, TestResponse, abandon, gated_post, soon};
 use crate::every_store;
 
 every_store!(
@@ -169,38 +169,31 @@ async fn a_key_in_use_is_refused_until_its_request_ends(app: TestApp) {
 /// A meter creation whose client stops waiting once the gateway reads its body (before the
 /// body has arrived); the body arrives afterwards.
 async fn creation_whose_client_stops_waiting(app: &TestApp, key: Option<&str>) {
-    use tower::ServiceExt;
-
     let meter = json!({"name": "m", "aggregation": "count", "field": "*"});
     let headers: Vec<(&str, &str)> = key
         .map(|key| ("idempotency-key", key))
         .into_iter()
         .collect();
     let gated = gated_post("/v1/meters", &meter, &headers);
-    let client = tokio::spawn(app.router.clone().oneshot(gated.request));
-    gated.reading.await.unwrap();
-    if let Some(key) = key {
-        // A probe with the same key and a body that could never create anything.
-        post_with_key(app, ADMIN_KEY, "/v1/meters", json!({"name": "x"}), key)
-            .await
-            .assert_error(409, "idempotency_in_progress");
-    }
-    client.abort();
-    assert!(client.await.unwrap_err().is_cancelled());
-    let _ = gated.release.send(());
+    abandon(app, gated, async {
+        if let Some(key) = key {
+            // A probe with the same key and a body that could never create anything.
+            post_with_key(app, ADMIN_KEY, "/v1/meters", json!({"name": "x"}), key)
+                .await
+                .assert_error(409, "idempotency_in_progress");
+        }
+    })
+    .await;
 }
 
 async fn a_creation_whose_client_stopped_waiting_is_made_all_the_same(app: TestApp) {
     creation_whose_client_stops_waiting(&app, None).await;
-    let mut meters = app.get("/v1/meters").await;
-    for _ in 0..1000 {
-        if !meters.body["data"].as_array().unwrap().is_empty() {
-            break;
-        }
-        tokio::task::yield_now().await;
-        meters = app.get("/v1/meters").await;
-    }
-    assert_eq!(meters.body["data"][0]["name"], "m");
+    let made = soon(async || {
+        let meters = app.get("/v1/meters").await;
+        meters.body["data"][0]["name"] == "m"
+    })
+    .await;
+    assert!(made, "the meter was never created");
 }
 
 async fn a_request_whose_client_stopped_waiting_still_keeps_its_answer(app: TestApp) {

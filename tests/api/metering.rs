@@ -4,7 +4,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::{Value, json};
 
-use crate::common::{TestApp, state};
+use crate::common::{TestApp, abandon, gated_post, soon, state};
 use crate::every_store;
 
 every_store!(
@@ -16,6 +16,7 @@ every_store!(
     idempotent_replays_count_once,
     changing_limit_value_keeps_usage,
     unknown_customers,
+    a_record_whose_client_stopped_waiting_counts_and_creates_its_customer,
     batch_validates_whole_batch_first,
     large_mixed_batches_count_every_event,
     meter_query_with_and_without_dates,
@@ -353,6 +354,21 @@ async fn unknown_customers(app: TestApp) {
     .await;
     let created = app.get("/v1/customers/newbie").await;
     assert_eq!(created.assert_status(200)["timezone"], "UTC");
+}
+
+/// Recording counts the usage, then creates the customer it met for the first time: a client
+/// that stops waiting must not leave usage of a customer that does not exist.
+async fn a_record_whose_client_stopped_waiting_counts_and_creates_its_customer(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let daily = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 10, "period": "day"}))
+        .await;
+    let event = json!({"customerId": "walked-away", "eventType": "llm", "values": {"tokens": 3}});
+    abandon(&app, gated_post("/v1/events/record", &event, &[]), async {}).await;
+    let created = soon(async || app.get("/v1/customers/walked-away").await.status == 200).await;
+    assert!(created, "the customer was never created");
+    let answer = check(&app, json!({"customerId": "walked-away"})).await;
+    assert_eq!(state(&answer, &daily)["used"], 3);
 }
 
 /// A batch larger than one storage call, mixing customers (one with more events than a call

@@ -745,6 +745,32 @@ pub struct GatedRequest {
     pub release: tokio::sync::oneshot::Sender<()>,
 }
 
+/// A client that gives up mid-request: it sends `gated`, and once the gateway has started
+/// reading the body, runs `while_held`, stops waiting for the answer, and only then lets the
+/// body arrive.
+pub async fn abandon(app: &TestApp, gated: GatedRequest, while_held: impl Future<Output = ()>) {
+    use tower::ServiceExt;
+
+    let client = tokio::spawn(app.router.clone().oneshot(gated.request));
+    gated.reading.await.unwrap();
+    while_held.await;
+    client.abort();
+    assert!(client.await.unwrap_err().is_cancelled());
+    let _ = gated.release.send(());
+}
+
+/// Asks `done` again (letting other tasks run in between) until it says yes; false if it never
+/// does. For work that a request goes on with after its client stopped waiting.
+pub async fn soon(mut done: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..1000 {
+        if done().await {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    false
+}
+
 pub fn gated_post(path: &str, body: &Value, headers: &[(&str, &str)]) -> GatedRequest {
     let (reading_tx, reading) = tokio::sync::oneshot::channel::<()>();
     let (release, released) = tokio::sync::oneshot::channel::<()>();
