@@ -69,6 +69,9 @@ pub async fn build_gateway(config: &Config) -> Result<Arc<Gateway>, String> {
     Ok(gateway)
 }
 
+/// How long a stopping node waits for requests whose clients left.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves until SIGTERM/SIGINT, then finishes the requests in flight.
 pub async fn run(config: Config) -> Result<(), String> {
     config.check()?;
@@ -79,7 +82,8 @@ pub async fn run(config: Config) -> Result<(), String> {
             config.listen
         );
     }
-    let router = build_router(Arc::clone(&gateway), config.http_limits());
+    let running = tokio_util::task::TaskTracker::new();
+    let router = build_router(Arc::clone(&gateway), config.http_limits(), &running);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot bind {}: {e}", config.listen))?;
@@ -93,6 +97,18 @@ pub async fn run(config: Config) -> Result<(), String> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))?;
+    // Requests whose clients left before their answers may still be changing state: let them
+    // end. Each step has its own storage deadline, so they end soon.
+    running.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, running.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            still_running = running.len(),
+            "stopping with requests that did not end within {SHUTDOWN_GRACE:?}"
+        );
+    }
     tracing::info!("quotagate stopped");
     Ok(())
 }

@@ -148,8 +148,13 @@ fn name_operations(document: &mut utoipa::openapi::OpenApi) {
 }
 
 /// Every route of the API. Serving is separate ([`crate::app::run`]), so tests can drive the
-/// router in process.
-pub fn build_router(gateway: AppState, limits: HttpLimits) -> Router {
+/// router in process. Requests that may change state run as tasks of `running`
+/// ([`run_to_end`]), which the caller waits for before it stops.
+pub fn build_router(
+    gateway: AppState,
+    limits: HttpLimits,
+    running: &tokio_util::task::TaskTracker,
+) -> Router {
     // Install the recorder before the first request records anything.
     crate::telemetry::prometheus();
     let (api, document) = api_routes(&gateway);
@@ -169,7 +174,7 @@ pub fn build_router(gateway: AppState, limits: HttpLimits) -> Router {
         // request).
         .layer(
             tower::ServiceBuilder::new()
-                .layer(run_to_end::RunToEndLayer)
+                .layer(run_to_end::RunToEndLayer::new(running.clone()))
                 .layer(axum::middleware::from_fn(request_id::envelope))
                 .layer(overload::ShedLayer::new(limits.max_in_flight))
                 .layer(DefaultBodyLimit::max(limits.max_body_bytes)),

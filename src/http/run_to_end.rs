@@ -6,7 +6,8 @@
 //! steps would leave the first without the second.
 //!
 //! The layer sits outside the overload cap, so a request keeps its place under the cap until
-//! its task ends, not only while its client waits.
+//! its task ends, not only while its client waits. The tasks are tracked: a node that shuts
+//! down waits for them ([`crate::app::run`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,24 +19,38 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 use tower::{Layer, Service};
 
 use super::error::ApiError;
 
-#[derive(Clone, Copy, Default)]
-pub struct RunToEndLayer;
+#[derive(Clone)]
+pub struct RunToEndLayer {
+    running: TaskTracker,
+}
+
+impl RunToEndLayer {
+    /// Runs the requests that may change state as tasks of `running`.
+    pub fn new(running: TaskTracker) -> RunToEndLayer {
+        RunToEndLayer { running }
+    }
+}
 
 impl<S> Layer<S> for RunToEndLayer {
     type Service = RunToEnd<S>;
 
     fn layer(&self, inner: S) -> RunToEnd<S> {
-        RunToEnd { inner }
+        RunToEnd {
+            inner,
+            running: self.running.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct RunToEnd<S> {
     inner: S,
+    running: TaskTracker,
 }
 
 impl<S> Service<Request> for RunToEnd<S>
@@ -61,7 +76,7 @@ where
             Either::Left(answer)
         } else {
             Either::Right(Detached {
-                task: tokio::spawn(answer),
+                task: self.running.spawn(answer),
             })
         }
     }

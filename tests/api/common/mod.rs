@@ -19,6 +19,7 @@ use quotagate::storage::keys::Keys;
 use quotagate::storage::memory::MemoryStore;
 use quotagate::storage::redis::{RedisConnection, RedisStore};
 use serde_json::Value;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 pub const ADMIN_KEY: &str = "test-admin-key";
@@ -414,6 +415,8 @@ pub struct TestApp {
     pub router: Router,
     pub gateway: Arc<Gateway>,
     store: Arc<dyn Store>,
+    /// The requests that run to their end on their own (as a stopping node waits for them).
+    running: TaskTracker,
 }
 
 #[derive(Debug)]
@@ -497,17 +500,32 @@ impl TestApp {
 
     async fn without_background(store: Arc<dyn Store>, settings: Settings) -> TestApp {
         let gateway = Gateway::start(Arc::clone(&store), settings).await.unwrap();
+        let running = TaskTracker::new();
         TestApp {
-            router: quotagate::http::build_router(Arc::clone(&gateway), Default::default()),
+            router: quotagate::http::build_router(
+                Arc::clone(&gateway),
+                Default::default(),
+                &running,
+            ),
             gateway,
             store,
+            running,
         }
     }
 
     /// The same gateway behind a router with other limits.
     pub fn with_http_limits(mut self, limits: quotagate::http::HttpLimits) -> TestApp {
-        self.router = quotagate::http::build_router(Arc::clone(&self.gateway), limits);
+        self.router =
+            quotagate::http::build_router(Arc::clone(&self.gateway), limits, &self.running);
         self
+    }
+
+    /// Waits until every request that changes state has ended, as a stopping node does,
+    /// including those whose clients stopped waiting; the app serves on afterwards.
+    pub async fn requests_ended(&self) {
+        self.running.close();
+        self.running.wait().await;
+        self.running.reopen();
     }
 
     /// A GET answered with text (no key), e.g. `/metrics`.
@@ -749,26 +767,12 @@ pub struct GatedRequest {
 /// reading the body, runs `while_held`, stops waiting for the answer, and only then lets the
 /// body arrive.
 pub async fn abandon(app: &TestApp, gated: GatedRequest, while_held: impl Future<Output = ()>) {
-    use tower::ServiceExt;
-
     let client = tokio::spawn(app.router.clone().oneshot(gated.request));
     gated.reading.await.unwrap();
     while_held.await;
     client.abort();
     assert!(client.await.unwrap_err().is_cancelled());
     let _ = gated.release.send(());
-}
-
-/// Asks `done` again (letting other tasks run in between) until it says yes; false if it never
-/// does. For work that a request goes on with after its client stopped waiting.
-pub async fn soon(mut done: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..1000 {
-        if done().await {
-            return true;
-        }
-        tokio::task::yield_now().await;
-    }
-    false
 }
 
 pub fn gated_post(path: &str, body: &Value, headers: &[(&str, &str)]) -> GatedRequest {
