@@ -445,7 +445,7 @@ def cpu_section(results, env, endpoints, conns):
                 continue
             gu, gs, ru, rs, w = (x * 1e6 / res["requests"] for x in spent[(mode, c)])
             box = nproc * res["duration_us"] / res["requests"] if nproc else 0
-            rps = res["requests"] / (res["duration_us"] / 1e6)
+            rps = wrk_rate(res)
             lines.append(
                 f"| {label} | {c} | {num(rps)} | {gu + gs:.1f} ({gu:.1f} + {gs:.1f}) "
                 f"| {ru + rs:.1f} ({ru:.1f} + {rs:.1f}) | {w:.1f} | {gu + gs + ru + rs + w:.1f} "
@@ -462,12 +462,23 @@ def wrk_result(path):
     return {k: float(v) for k, v in (kv.split("=") for kv in match.group(1).split())}
 
 
+def wrk_rate(res):
+    return res["requests"] / (res["duration_us"] / 1e6)
+
+
+def latency_and_errors(res):
+    """p50, p99, p99.9 and max latency (ms) and the error count of one wrk run, as table cells."""
+    errors = sum(res[k] for k in res if k.startswith("errors_"))
+    return (f"{ms(res['p50_us'])} | {ms(res['p99_us'])} | {ms(res['p999_us'])} "
+            f"| {ms(res['max_us'])} | {num(errors)}")
+
+
 def rate(path):
     """Prints the requests per second of one wrk run (for run.sh)."""
     res = wrk_result(path)
     if res is None or not res["requests"]:
         raise SystemExit(f"no wrk result in {path}")
-    print(f"{res['requests'] / (res['duration_us'] / 1e6):.0f}")
+    print(f"{wrk_rate(res):.0f}")
 
 
 def rb_result(path):
@@ -493,7 +504,7 @@ def sweep_cells(res):
     refused, degraded and other consume answers count as errors."""
     if res is None:
         return "(no result) | | | |"
-    rps = res["requests"] / (res["duration_us"] / 1e6)
+    rps = wrk_rate(res)
     errors = sum(res[k] for k in res if k.startswith("errors_"))
     errors += sum(res.get(k, 0) for k in ("answers_refused", "answers_degraded"))
     return (f"{num(rps)} | {ms(res['p50_us'])} | {ms(res['p99_us'])} | {ms(res['p999_us'])} "
@@ -550,17 +561,13 @@ def report(results, out_md):
             if res is None:
                 lines.append(f"| {label} | {c} | (no result) | | | | | | |")
                 continue
-            rps = res["requests"] / (res["duration_us"] / 1e6)
-            errors = sum(res[k] for k in res if k.startswith("errors_"))
+            rps = wrk_rate(res)
             ev = num(rps * events) if events else ""
             if mode in gateway_rps:
                 gateway_rps[mode][c] = rps
             if mode == "consume":
                 consume_answers.append((c, res))
-            lines.append(
-                f"| {label} | {c} | {num(rps)} | {ev} | {ms(res['p50_us'])} | {ms(res['p99_us'])} "
-                f"| {ms(res['p999_us'])} | {ms(res['max_us'])} | {num(errors)} |"
-            )
+            lines.append(f"| {label} | {c} | {num(rps)} | {ev} | {latency_and_errors(res)} |")
     paced = [(mode, label, env[f"paced_{mode}"].split()) for mode, label, _ in endpoints
              if f"paced_{mode}" in env]
     if paced:
@@ -579,14 +586,12 @@ def report(results, out_md):
             if res is None:
                 lines.append(f"| {label} | {c} | {pace} | (no result) | | | | | | | |")
                 continue
-            rps = res["requests"] / (res["duration_us"] / 1e6)
-            errors = sum(res[k] for k in res if k.startswith("errors_"))
+            rps = wrk_rate(res)
             if mode == "consume":
                 consume_answers.append((f"{c} (paced)", res))
             lines.append(
                 f"| {label} | {c} | {pace} | {num(float(saturated))} | {num(rps)} "
-                f"| {rps / float(saturated):.2f} | {ms(res['p50_us'])} | {ms(res['p99_us'])} "
-                f"| {ms(res['p999_us'])} | {ms(res['max_us'])} | {num(errors)} |"
+                f"| {rps / float(saturated):.2f} | {latency_and_errors(res)} |"
             )
     record_rps = gateway_rps["record"]
     degraded = [l.split() for l in read(os.path.join(results, "degraded.txt")).splitlines()]
@@ -734,7 +739,7 @@ def report(results, out_md):
     for c in conns:
         res = wrk_result(os.path.join(results, f"wrk-batch-{c}.txt"))
         if res:
-            batch_rates.append(res["requests"] / (res["duration_us"] / 1e6) * 100)
+            batch_rates.append(wrk_rate(res) * 100)
     for kind, what in (("batch", "verbatim"), ("batch-spread", "spread")):
         if batch_rates and raw.get(kind):
             lines += ["", f"Batch ingestion: best {num(max(batch_rates))} events/s ÷ raw pipelined "
