@@ -100,6 +100,12 @@ pub async fn run(config: Config) -> Result<(), String> {
     // Requests whose clients left before their answers may still be changing state: let them
     // end. Each step has its own storage deadline, so they end soon.
     running.close();
+    if !running.is_empty() {
+        tracing::info!(
+            still_running = running.len(),
+            "waiting for requests whose clients left"
+        );
+    }
     if tokio::time::timeout(SHUTDOWN_GRACE, running.wait())
         .await
         .is_err()

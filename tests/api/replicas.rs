@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{ADMIN_KEY, GatewayProcess, shared_redis, unique_prefix};
+use crate::common::{ADMIN_KEY, GatewayProcess, HoldingProxy, shared_redis, unique_prefix};
 
 fn start_pair() -> (GatewayProcess, GatewayProcess) {
     let url = shared_redis().url();
@@ -125,6 +125,91 @@ async fn sigterm_exits_cleanly() {
     let (mut a, _b) = start_pair();
     let status = a.terminate();
     assert!(status.success(), "{status:?}");
+}
+
+/// A node told to stop (SIGTERM) while a record is on its way to Redis, whose client has hung
+/// up, waits for the record before it exits: the usage is counted and the customer created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_finishes_changes_whose_clients_left() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::task::block_in_place;
+
+    // The node reaches Redis through a proxy that holds back the record's script.
+    let mut proxy = HoldingProxy::start(shared_redis().port, "{c:left}").await;
+    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+    let prefix = unique_prefix();
+    let envs = [
+        ("QUOTAGATE_REDIS_URL", proxied.as_str()),
+        ("QUOTAGATE_KEY_PREFIX", prefix.as_str()),
+        ("QUOTAGATE_ADMIN_KEY", ADMIN_KEY),
+        ("QUOTAGATE_LOG", "info"),
+    ];
+    let (mut node, log) = block_in_place(|| GatewayProcess::start_logged(&envs));
+    let client = reqwest::Client::new();
+    let (_, meter) = call(
+        &client,
+        ADMIN_KEY,
+        reqwest::Method::POST,
+        node.url("/v1/meters"),
+        Some(json!({"name": "t", "aggregation": "sum", "field": "values.tokens"})),
+    )
+    .await;
+    let limit =
+        json!({"name": "all", "meterId": meter["id"], "limitValue": 100, "period": "all_time"});
+    let (status, limit) = call(
+        &client,
+        ADMIN_KEY,
+        reqwest::Method::POST,
+        node.url("/v1/limits"),
+        Some(limit),
+    )
+    .await;
+    assert_eq!(status, 201, "{limit}");
+
+    let body =
+        json!({"customerId": "left", "eventType": "llm", "values": {"tokens": 3}}).to_string();
+    let request = format!(
+        "POST /v1/events/record HTTP/1.1\r\nhost: quotagate\r\nauthorization: Bearer {ADMIN_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut hanging_up = tokio::net::TcpStream::connect(node.address).await.unwrap();
+    hanging_up.write_all(request.as_bytes()).await.unwrap();
+    proxy.seen().await;
+    drop(hanging_up);
+    node.send_sigterm();
+    let waited = block_in_place(|| log.wait_for("waiting for requests whose clients left"));
+    assert!(waited, "the node exited without waiting for the record");
+    proxy.release();
+    let status = block_in_place(|| node.wait());
+    assert!(status.success(), "{status:?}");
+
+    let direct = shared_redis().url();
+    let envs = [
+        ("QUOTAGATE_REDIS_URL", direct.as_str()),
+        ("QUOTAGATE_KEY_PREFIX", prefix.as_str()),
+        ("QUOTAGATE_ADMIN_KEY", ADMIN_KEY),
+    ];
+    let after = block_in_place(|| GatewayProcess::start(&envs));
+    let (status, check) = call(
+        &client,
+        ADMIN_KEY,
+        reqwest::Method::POST,
+        after.url("/v1/limits/check"),
+        Some(json!({"customerId": "left"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{check}");
+    assert_eq!(check["limits"][0]["used"], 3, "{check}");
+    let (status, customer) = call(
+        &client,
+        ADMIN_KEY,
+        reqwest::Method::GET,
+        after.url("/v1/customers/left"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{customer}");
 }
 
 #[test]

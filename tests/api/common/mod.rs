@@ -668,6 +668,13 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub fn start(envs: &[(&str, &str)]) -> GatewayProcess {
+        let process = Self::spawn(envs, Stdio::null());
+        process.wait_until_up();
+        process
+    }
+
+    /// The process logs to stdout.
+    fn spawn(envs: &[(&str, &str)], log: Stdio) -> GatewayProcess {
         let port = free_port();
         let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_quotagate"));
@@ -675,15 +682,13 @@ impl GatewayProcess {
             .env_clear()
             .env("QUOTAGATE_LISTEN", address.to_string())
             .env("QUOTAGATE_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(log)
             .stderr(Stdio::inherit());
         for (key, value) in envs {
             command.env(key, value);
         }
         let child = command.spawn().expect("gateway binary");
-        let process = GatewayProcess { address, child };
-        process.wait_until_up();
-        process
+        GatewayProcess { address, child }
     }
 
     fn wait_until_up(&self) {
@@ -709,10 +714,119 @@ impl GatewayProcess {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.child.wait().unwrap()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn send_sigterm(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+
+    /// Starts a process whose log lines the test reads (they are echoed to its stderr too).
+    pub fn start_logged(envs: &[(&str, &str)]) -> (GatewayProcess, ProcessLog) {
+        let mut process = Self::spawn(envs, Stdio::piped());
+        let log = process.child.stdout.take().expect("piped log");
+        let (lines_tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(log).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        process.wait_until_up();
+        (process, ProcessLog { lines })
+    }
+
+    /// Waits for the exit status (the process was told to stop).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().unwrap()
+    }
+}
+
+/// A TCP proxy in front of a Redis server that holds back the first chunk a client sends with
+/// `text` in it, until the test releases it: a storage call kept on its way for as long as a
+/// test needs.
+pub struct HoldingProxy {
+    pub port: u16,
+    seen: Option<tokio::sync::oneshot::Receiver<()>>,
+    release: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl HoldingProxy {
+    pub async fn start(redis_port: u16, text: &str) -> HoldingProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (seen_tx, seen) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel();
+        let hold = Arc::new(std::sync::Mutex::new(Some((seen_tx, released))));
+        let text = text.as_bytes().to_vec();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
+                    .await
+                    .unwrap();
+                let (mut client_read, client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let (hold, text) = (Arc::clone(&hold), text.clone());
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = client_read.read(&mut buffer).await {
+                        let chunk = &buffer[..n];
+                        if chunk.windows(text.len()).any(|w| w == text) {
+                            let held = hold.lock().unwrap().take();
+                            if let Some((seen, released)) = held {
+                                let _ = seen.send(());
+                                let _ = released.await;
+                            }
+                        }
+                        if server_write.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut client_write = client_write;
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+            }
+        });
+        HoldingProxy {
+            port,
+            seen: Some(seen),
+            release: Some(release),
+        }
+    }
+
+    /// Waits until a client has sent the text (now held back).
+    pub async fn seen(&mut self) {
+        self.seen.take().expect("waited once").await.unwrap();
+    }
+
+    /// Lets the held chunk go on to Redis.
+    pub fn release(&mut self) {
+        let _ = self.release.take().expect("released once").send(());
+    }
+}
+
+/// The log of a [`GatewayProcess::start_logged`] process, line by line.
+pub struct ProcessLog {
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ProcessLog {
+    /// Reads lines until one contains `text`: true, or false once the process has closed its
+    /// log (exited) without writing it.
+    pub fn wait_for(&self, text: &str) -> bool {
+        self.lines.iter().any(|line| line.contains(text))
     }
 }
 
