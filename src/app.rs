@@ -54,6 +54,7 @@ pub fn settings(config: &Config) -> Settings {
             crate::domain::webhook::Destinations::Any
         },
         alert_sweep: Duration::from_secs(config.alert_sweep_seconds.max(1)),
+        config_refresh: Duration::from_secs(config.config_refresh_seconds.max(1)),
         rollup_retention: config.retention().rollups,
         event_retention: config.retention().events,
     }

@@ -68,6 +68,11 @@ pub struct Config {
     #[arg(long, env = "QUOTAGATE_ALERT_SWEEP_SECONDS", default_value_t = 10)]
     pub alert_sweep_seconds: u64,
 
+    /// How often each node reads the whole configuration again (the safety net beside the
+    /// change log, which it tails every 200 ms).
+    #[arg(long, env = "QUOTAGATE_CONFIG_REFRESH_SECONDS", default_value_t = 600)]
+    pub config_refresh_seconds: u64,
+
     /// How long each customer's event log keeps events, in days.
     #[arg(long, env = "QUOTAGATE_EVENT_RETENTION_DAYS", default_value_t = 30)]
     pub event_retention_days: u64,

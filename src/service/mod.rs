@@ -31,6 +31,8 @@ pub struct Settings {
     pub webhook_destinations: crate::domain::webhook::Destinations,
     /// How often each node sweeps all outboxes for alerts a dead node left behind.
     pub alert_sweep: std::time::Duration,
+    /// How often each node reads the whole configuration again, whatever the change log says.
+    pub config_refresh: std::time::Duration,
     /// How far back meter queries with dates can reach (the storage's roll-up retention).
     pub rollup_retention: std::time::Duration,
     /// How long listed events stay visible (the storage's event retention).

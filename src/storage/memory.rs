@@ -28,7 +28,7 @@ use crate::domain::usage::CounterId;
 /// How long the holds hash outlives its last change (no reservation lasts longer than an hour).
 const HOLDS_TTL_MS: i64 = 3_660_000;
 
-/// How many changes the log keeps; a node further behind does a full reload.
+/// How many changes the log keeps by default; a node further behind reads everything again.
 const CHANGE_LOG_LEN: usize = 10_000;
 
 pub struct MemoryStore {
@@ -228,9 +228,18 @@ impl ConfigStore for MemoryStore {
         &self,
         cursor: &str,
         max: usize,
-    ) -> StoreResult<(Vec<ConfigChange>, String)> {
+    ) -> StoreResult<Option<(Vec<ConfigChange>, String)>> {
         let state = self.lock();
         let after: u64 = cursor.parse().unwrap_or(0);
+        // Sequence numbers have no gaps: the log reaches back to `after` unless the change
+        // right after it was dropped.
+        let oldest_kept = state
+            .changes
+            .front()
+            .map_or(state.last_seq + 1, |(seq, _)| *seq);
+        if after + 1 < oldest_kept {
+            return Ok(None);
+        }
         let mut last = after;
         let changes = state
             .changes
@@ -242,7 +251,7 @@ impl ConfigStore for MemoryStore {
                 change.clone()
             })
             .collect();
-        Ok((changes, last.to_string()))
+        Ok(Some((changes, last.to_string())))
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -169,12 +169,14 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// A cursor at the current end of the change log.
     async fn change_cursor(&self) -> StoreResult<String>;
 
-    /// Changes logged after `cursor`, oldest first, and the cursor after the last of them.
+    /// Changes logged after `cursor`, oldest first, and the cursor after the last of them;
+    /// `None` when the log, which keeps only the latest changes, may no longer reach back to
+    /// `cursor`: what changed since cannot be replayed, only read in full.
     async fn changes_after(
         &self,
         cursor: &str,
         max: usize,
-    ) -> StoreResult<(Vec<ConfigChange>, String)>;
+    ) -> StoreResult<Option<(Vec<ConfigChange>, String)>>;
 
     /// Whether storage answers (and its scripts are loaded).
     async fn ping(&self) -> StoreResult<()>;

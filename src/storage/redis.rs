@@ -39,6 +39,8 @@ const CHANGE_LOG_LEN: usize = 100_000;
 const CONFIG_DEADLINE: Duration = Duration::from_secs(2);
 /// Documents per `HSCAN` page of a full config read: Redis serves other clients between pages.
 const CONFIG_SCAN_COUNT: usize = 1000;
+/// The change-log cursor of a node that loaded the configuration while the log was empty.
+const EMPTY_LOG_CURSOR: &str = "0-0";
 
 /// A connection to one server or to a cluster; both pipeline concurrent requests.
 #[derive(Clone)]
@@ -569,33 +571,55 @@ impl ConfigStore for RedisStore {
         Ok(reply
             .ids
             .first()
-            .map_or_else(|| "0-0".to_string(), |entry| entry.id.clone()))
+            .map_or_else(|| EMPTY_LOG_CURSOR.to_string(), |entry| entry.id.clone()))
     }
 
     async fn changes_after(
         &self,
         cursor: &str,
         max: usize,
-    ) -> StoreResult<(Vec<ConfigChange>, String)> {
-        let mut conn = self.conn();
-        let reply: redis::streams::StreamRangeReply = self
-            .guarded(
-                CONFIG_DEADLINE,
-                redis::cmd("XRANGE")
-                    .arg(self.keys.config_changes())
-                    .arg(format!("({cursor}"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(max)
-                    .query_async(&mut conn),
-            )
+    ) -> StoreResult<Option<(Vec<ConfigChange>, String)>> {
+        let key = self.keys.config_changes();
+        // The oldest entry kept, read with the page: if it is newer than the cursor, entries
+        // after the cursor may have been trimmed (stream IDs do not say whether any were). A
+        // node that loaded an empty log (`0-0`) reads it from its start: the log would have
+        // had to grow past its length before that node's next poll.
+        let oldest = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .to_owned();
+        let page = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg(format!("({cursor}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(max)
+            .to_owned();
+        let answers = self
+            .concurrently(CONFIG_DEADLINE, [&oldest, &page].into_iter())
             .await?;
-        let next = reply
+        let [oldest, page] = <[_; 2]>::try_from(answers).map_err(|_| unexpected_answer())?;
+        let read =
+            |answer: Result<Value, RedisError>| -> StoreResult<redis::streams::StreamRangeReply> {
+                redis::from_redis_value(answer.map_err(store_error)?)
+                    .map_err(|e| StoreError::Internal(e.to_string()))
+            };
+        let (oldest, page) = (read(oldest)?, read(page)?);
+        if let Some(entry) = oldest.ids.first()
+            && cursor != EMPTY_LOG_CURSOR
+            && stream_id(&entry.id) > stream_id(cursor)
+        {
+            return Ok(None);
+        }
+        let next = page
             .ids
             .last()
             .map_or_else(|| cursor.to_string(), |entry| entry.id.clone());
-        let changes = reply.ids.iter().filter_map(decode_change).collect();
-        Ok((changes, next))
+        let changes = page.ids.iter().filter_map(decode_change).collect();
+        Ok(Some((changes, next)))
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -1069,6 +1093,12 @@ pub fn live_holds(
 }
 
 /// Hides a password in a Redis URL before it is logged.
+/// A stream entry ID (`<ms>-<seq>`, or a bare `<ms>`) in its order; anything else as `0-0`.
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {

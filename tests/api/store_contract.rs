@@ -5,6 +5,8 @@ use std::sync::Arc;
 use quotagate::storage::memory::MemoryStore;
 use quotagate::storage::{ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, Store};
 
+use quotagate::storage::keys::Keys;
+
 use crate::common::{redis_store, shared_cluster, shared_redis, unique_prefix};
 
 fn put(kind: Kind, id: &str, guard: Guard) -> ConfigOp {
@@ -127,7 +129,7 @@ async fn contract(store: Arc<dyn ConfigStore>) {
     );
 
     // The change log holds every effective change in order, deletions without a document.
-    let (changes, cursor) = store.changes_after(&start, 100).await.unwrap();
+    let (changes, cursor) = store.changes_after(&start, 100).await.unwrap().unwrap();
     let summary: Vec<(Kind, &str, bool)> = changes
         .iter()
         .map(|c| (c.kind, c.id.as_str(), c.doc.is_some()))
@@ -143,14 +145,15 @@ async fn contract(store: Arc<dyn ConfigStore>) {
             (Kind::Meter, "m2", false),
         ]
     );
-    assert_eq!(
-        store.changes_after(&cursor, 100).await.unwrap().0,
-        Vec::<ConfigChange>::new()
-    );
+    let after = |cursor: String| {
+        let store = Arc::clone(&store);
+        async move { store.changes_after(&cursor, 100).await.unwrap().unwrap() }
+    };
+    assert_eq!(after(cursor.clone()).await.0, Vec::<ConfigChange>::new());
     assert_eq!(store.change_cursor().await.unwrap(), cursor);
-    let (first_two, middle) = store.changes_after(&start, 2).await.unwrap();
+    let (first_two, middle) = store.changes_after(&start, 2).await.unwrap().unwrap();
     assert_eq!(first_two.len(), 2);
-    assert_eq!(store.changes_after(&middle, 100).await.unwrap().0.len(), 4);
+    assert_eq!(after(middle).await.0.len(), 4);
 
     // A document's version moves when it is touched, and only then; a batch guarded by a
     // stale version writes nothing.
@@ -241,6 +244,67 @@ async fn redis_store_keeps_the_contract() {
         .expect("Redis has a clock");
     assert!((server - chrono::Utc::now()).num_seconds().abs() < 2);
     contract(store).await;
+}
+
+/// After `trim` has dropped the oldest changes, a cursor they passed no longer reaches the
+/// log (`None`: read everything again), while the latest cursor still does.
+async fn a_trimmed_change_log_says_so(store: Arc<dyn ConfigStore>, trim: impl AsyncFnOnce()) {
+    let first = put(Kind::Meter, "first", Guard::Always);
+    store.apply(&[first]).await.unwrap().unwrap();
+    let stale = store.change_cursor().await.unwrap();
+    let ops: Vec<ConfigOp> = (0..3)
+        .map(|i| put(Kind::Meter, &format!("m{i}"), Guard::Always))
+        .collect();
+    store.apply(&ops).await.unwrap().unwrap();
+    let (changes, _) = store.changes_after(&stale, 100).await.unwrap().unwrap();
+    assert_eq!(changes.len(), 3, "nothing trimmed yet");
+    trim().await;
+    assert_eq!(store.changes_after(&stale, 100).await.unwrap(), None);
+    let latest = store.change_cursor().await.unwrap();
+    let (changes, next) = store.changes_after(&latest, 100).await.unwrap().unwrap();
+    assert!(changes.is_empty());
+    assert_eq!(next, latest);
+}
+
+#[tokio::test]
+async fn a_change_log_that_no_longer_reaches_a_cursor_says_so() {
+    // The embedded store keeps the latest 10 000 changes.
+    let memory = Arc::new(MemoryStore::new());
+    let more = memory.clone();
+    a_trimmed_change_log_says_so(memory, async move || {
+        let ops: Vec<ConfigOp> = (0..10_000)
+            .map(|i| put(Kind::Customer, &format!("c{i}"), Guard::Always))
+            .collect();
+        more.apply(&ops).await.unwrap().unwrap();
+    })
+    .await;
+    // Redis trims its stream itself; here the test does, to one entry.
+    let prefix = unique_prefix();
+    let log = Keys::new(&prefix).config_changes();
+    let xtrim = redis::cmd("XTRIM")
+        .arg(&log)
+        .arg("MAXLEN")
+        .arg(1)
+        .to_owned();
+    let store = redis_store(&shared_redis().url(), &prefix).await;
+    a_trimmed_change_log_says_so(store, async || {
+        let _: i64 = shared_redis().query(&xtrim);
+    })
+    .await;
+    let prefix = unique_prefix();
+    let log = Keys::new(&prefix).config_changes();
+    let xtrim = redis::cmd("XTRIM")
+        .arg(&log)
+        .arg("MAXLEN")
+        .arg(1)
+        .to_owned();
+    let cluster = shared_cluster();
+    let store = redis_store(&cluster.url(), &prefix).await;
+    a_trimmed_change_log_says_so(store, async || {
+        let owner = cluster.master_of(cluster.slot_of(&log));
+        let _: i64 = cluster.nodes[owner].query(&xtrim);
+    })
+    .await;
 }
 
 /// One node sweeps the outboxes per interval, whichever asks first.

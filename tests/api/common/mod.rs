@@ -405,6 +405,7 @@ pub fn settings() -> Settings {
         max_hold_fraction: 1.0,
         webhook_destinations: quotagate::domain::webhook::Destinations::Any,
         alert_sweep: Duration::from_secs(1),
+        config_refresh: Duration::from_secs(600),
         rollup_retention: quotagate::storage::usage::Retention::default().rollups,
         event_retention: quotagate::storage::usage::Retention::default().events,
     }
