@@ -1,9 +1,9 @@
 //! Requests that may change state (every method but GET, HEAD and OPTIONS) run in a task of
 //! their own, so they end even if their client stops waiting. Several change state in more
-//! than one step: usage, then the customer it created implicitly; a commit's event, then the
-//! reservation's status; a deleted balance's document, then its amount; a replayed route's
-//! answer, then the record of it under its `Idempotency-Key`. A request dropped between two
-//! steps would leave the first without the second.
+//! than one step: a commit's event, then the reservation's status; a deleted balance's
+//! document, then its amount; a replayed route's answer, then the record of it under its
+//! `Idempotency-Key`. A request dropped between two steps would leave the first without the
+//! second.
 //!
 //! The layer sits outside the overload cap, so a request keeps its place under the cap until
 //! its task ends, not only while its client waits. The tasks are tracked: a node that shuts

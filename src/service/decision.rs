@@ -296,6 +296,11 @@ impl Gateway {
             tracing::warn!(%error, "decision degraded");
             Decision::degraded(customer_id.clone(), &plan_windows(&plan))
         };
+        match self.create_implicitly(unknown.into_iter().collect()).await {
+            Ok(()) => {}
+            Err(error) if is_outage(&error) => return Ok(Err(degraded(&error))),
+            Err(error) => return Err(error),
+        }
         let mode = match mode_for(&plan)? {
             Ok(mode) => mode,
             Err(too_big) => {
@@ -337,8 +342,6 @@ impl Gateway {
             Err(error) if is_outage(&error) => return Ok(Err(degraded(&error))),
             Err(error) => return Err(error),
         };
-        self.create_implicitly(unknown.into_iter().collect())
-            .await?;
         Ok(Ok((plan, written)))
     }
 

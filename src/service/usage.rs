@@ -161,8 +161,10 @@ impl Gateway {
         })
     }
 
-    /// Creates customers that recording met for the first time. Runs after the usage is
-    /// stored, so a failed record creates nothing; a retry (same idempotency key) gets here again.
+    /// Creates customers that an event meets for the first time, before anything is counted
+    /// for them: usage never belongs to a customer that storage does not know (the alert
+    /// sweep visits known customers only). A request that fails after this leaves the
+    /// customer, with defaults, as a retry would create it anyway.
     pub(super) async fn create_implicitly(&self, customers: Vec<Customer>) -> ServiceResult<()> {
         if customers.is_empty() {
             return Ok(());
@@ -237,6 +239,8 @@ impl Gateway {
         now: DateTime<Utc>,
     ) -> ServiceResult<Recorded> {
         let (calendar, unknown) = self.calendar_of(&event.customer_id, now).await?;
+        self.create_implicitly(unknown.into_iter().collect())
+            .await?;
         let plan = self.plan(&event, calendar);
         let recorded = match self.write_one(&event, &plan, &Mode::Record, now).await? {
             RecordOutcome::Written { after, alerts, .. } => {
@@ -260,8 +264,6 @@ impl Gateway {
                 )));
             }
         };
-        self.create_implicitly(unknown.into_iter().collect())
-            .await?;
         Ok(recorded)
     }
 
@@ -306,6 +308,7 @@ impl Gateway {
                 unknown.extend(fresh);
             }
         }
+        self.create_implicitly(unknown).await?;
         let plans: Vec<EventPlan> = events
             .iter()
             .map(|e| self.plan(e, calendars[&e.customer_id]))
@@ -330,7 +333,6 @@ impl Gateway {
                 self.note_alerts(&event.customer_id);
             }
         }
-        self.create_implicitly(unknown).await?;
         Ok((outcomes.len() - duplicates, duplicates))
     }
 

@@ -356,8 +356,8 @@ async fn unknown_customers(app: TestApp) {
     assert_eq!(created.assert_status(200)["timezone"], "UTC");
 }
 
-/// Recording counts the usage, then creates the customer it met for the first time: a client
-/// that stops waiting must not leave usage of a customer that does not exist.
+/// Recording creates the customer it meets for the first time, then counts: a client that
+/// stops waiting must leave both done, not one.
 async fn a_record_whose_client_stopped_waiting_counts_and_creates_its_customer(app: TestApp) {
     let meter = app.tokens_meter().await;
     let daily = app

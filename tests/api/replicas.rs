@@ -212,6 +212,66 @@ async fn a_stopping_node_finishes_changes_whose_clients_left() {
     assert_eq!(status, 200, "{customer}");
 }
 
+/// A customer that an event meets for the first time exists before anything is counted for
+/// it: while the record's count is held on its way to Redis, another node already finds the
+/// customer. (Created afterwards, a node dying in between would leave usage, and an alert in
+/// its outbox, of a customer no node knows, which the alert sweep never visits.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_customer_exists_before_its_first_usage_is_counted() {
+    let mut proxy = HoldingProxy::start(shared_redis().port, "{c:newbie}").await;
+    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+    let direct = shared_redis().url();
+    let prefix = unique_prefix();
+    let envs = |url| {
+        [
+            ("QUOTAGATE_REDIS_URL", url),
+            ("QUOTAGATE_KEY_PREFIX", prefix.as_str()),
+            ("QUOTAGATE_ADMIN_KEY", ADMIN_KEY),
+        ]
+    };
+    let counting = tokio::task::block_in_place(|| GatewayProcess::start(&envs(&proxied)));
+    let other = tokio::task::block_in_place(|| GatewayProcess::start(&envs(&direct)));
+    let client = reqwest::Client::new();
+    let (status, meter) = call(
+        &client,
+        ADMIN_KEY,
+        reqwest::Method::POST,
+        other.url("/v1/meters"),
+        Some(json!({"name": "t", "aggregation": "sum", "field": "values.tokens"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{meter}");
+
+    let event = json!({"customerId": "newbie", "eventType": "llm", "values": {"tokens": 3}});
+    let (recording, url) = (client.clone(), counting.url("/v1/events/record"));
+    let record = tokio::spawn(async move {
+        call(
+            &recording,
+            ADMIN_KEY,
+            reqwest::Method::POST,
+            url,
+            Some(event),
+        )
+        .await
+    });
+    proxy.seen().await;
+    let (status, customer) = call(
+        &client,
+        ADMIN_KEY,
+        reqwest::Method::GET,
+        other.url("/v1/customers/newbie"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "the customer is known while its usage is on the way: {customer}"
+    );
+    proxy.release();
+    let (status, recorded) = record.await.unwrap();
+    assert_eq!(status, 200, "{recorded}");
+}
+
 #[test]
 fn refuses_to_run_open_on_a_public_address() {
     let output = Command::new(env!("CARGO_BIN_EXE_quotagate"))
