@@ -46,6 +46,15 @@ async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Du
     panic!("condition not met within {limit:?}");
 }
 
+/// Creates, through `node`, a sum meter of `values.tokens`; returns its ID.
+async fn tokens_meter(client: &reqwest::Client, node: &GatewayProcess) -> String {
+    let meter = json!({"name": "t", "aggregation": "sum", "field": "values.tokens"});
+    let url = node.url("/v1/meters");
+    let (status, meter) = call(client, ADMIN_KEY, reqwest::Method::POST, url, Some(meter)).await;
+    assert_eq!(status, 201, "{meter}");
+    meter["id"].as_str().unwrap().to_string()
+}
+
 #[tokio::test]
 async fn replicas_see_each_others_config_within_a_second() {
     let (a, b) = start_pair();
@@ -146,16 +155,8 @@ async fn a_stopping_node_finishes_changes_whose_clients_left() {
     ];
     let (mut node, log) = block_in_place(|| GatewayProcess::start_logged(&envs));
     let client = reqwest::Client::new();
-    let (_, meter) = call(
-        &client,
-        ADMIN_KEY,
-        reqwest::Method::POST,
-        node.url("/v1/meters"),
-        Some(json!({"name": "t", "aggregation": "sum", "field": "values.tokens"})),
-    )
-    .await;
-    let limit =
-        json!({"name": "all", "meterId": meter["id"], "limitValue": 100, "period": "all_time"});
+    let meter = tokens_meter(&client, &node).await;
+    let limit = json!({"name": "all", "meterId": meter, "limitValue": 100, "period": "all_time"});
     let (status, limit) = call(
         &client,
         ADMIN_KEY,
@@ -232,15 +233,7 @@ async fn a_new_customer_exists_before_its_first_usage_is_counted() {
     let counting = tokio::task::block_in_place(|| GatewayProcess::start(&envs(&proxied)));
     let other = tokio::task::block_in_place(|| GatewayProcess::start(&envs(&direct)));
     let client = reqwest::Client::new();
-    let (status, meter) = call(
-        &client,
-        ADMIN_KEY,
-        reqwest::Method::POST,
-        other.url("/v1/meters"),
-        Some(json!({"name": "t", "aggregation": "sum", "field": "values.tokens"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{meter}");
+    tokens_meter(&client, &other).await;
 
     let event = json!({"customerId": "newbie", "eventType": "llm", "values": {"tokens": 3}});
     let (recording, url) = (client.clone(), counting.url("/v1/events/record"));
@@ -292,12 +285,7 @@ async fn record_on_one_replica_check_on_the_other() {
         let client = &client;
         async move { call(client, ADMIN_KEY, reqwest::Method::POST, url, Some(body)).await }
     };
-    let (_, meter) = post(
-        a.url("/v1/meters"),
-        json!({"name": "t", "aggregation": "sum", "field": "values.tokens"}),
-    )
-    .await;
-    let meter_id = meter["id"].as_str().unwrap().to_string();
+    let meter_id = tokens_meter(&client, &a).await;
     let (status, limit) = post(
         a.url("/v1/limits"),
         json!({"name": "d", "meterId": meter_id, "limitValue": 100, "period": "day"}),

@@ -266,6 +266,18 @@ async fn a_trimmed_change_log_says_so(store: Arc<dyn ConfigStore>, trim: impl As
     assert_eq!(next, latest);
 }
 
+/// A fresh key prefix, its change log's key, and the command that trims that log to one entry.
+fn change_log_to_trim() -> (String, String, redis::Cmd) {
+    let prefix = unique_prefix();
+    let log = Keys::new(&prefix).config_changes();
+    let xtrim = redis::cmd("XTRIM")
+        .arg(&log)
+        .arg("MAXLEN")
+        .arg(1)
+        .to_owned();
+    (prefix, log, xtrim)
+}
+
 #[tokio::test]
 async fn a_change_log_that_no_longer_reaches_a_cursor_says_so() {
     // The embedded store keeps the latest 10 000 changes.
@@ -279,25 +291,13 @@ async fn a_change_log_that_no_longer_reaches_a_cursor_says_so() {
     })
     .await;
     // Redis trims its stream itself; here the test does, to one entry.
-    let prefix = unique_prefix();
-    let log = Keys::new(&prefix).config_changes();
-    let xtrim = redis::cmd("XTRIM")
-        .arg(&log)
-        .arg("MAXLEN")
-        .arg(1)
-        .to_owned();
+    let (prefix, _, xtrim) = change_log_to_trim();
     let store = redis_store(&shared_redis().url(), &prefix).await;
     a_trimmed_change_log_says_so(store, async || {
         let _: i64 = shared_redis().query(&xtrim);
     })
     .await;
-    let prefix = unique_prefix();
-    let log = Keys::new(&prefix).config_changes();
-    let xtrim = redis::cmd("XTRIM")
-        .arg(&log)
-        .arg("MAXLEN")
-        .arg(1)
-        .to_owned();
+    let (prefix, log, xtrim) = change_log_to_trim();
     let cluster = shared_cluster();
     let store = redis_store(&cluster.url(), &prefix).await;
     a_trimmed_change_log_says_so(store, async || {
