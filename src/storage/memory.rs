@@ -28,7 +28,7 @@ use crate::domain::usage::CounterId;
 /// How long the holds hash outlives its last change (no reservation lasts longer than an hour).
 const HOLDS_TTL_MS: i64 = 3_660_000;
 
-/// How many changes the log keeps by default; a node further behind reads everything again.
+/// How many changes the log keeps; a node further behind reads everything again.
 const CHANGE_LOG_LEN: usize = 10_000;
 
 pub struct MemoryStore {
