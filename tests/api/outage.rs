@@ -2,10 +2,14 @@
 
 use std::time::{Duration, Instant};
 
-use axum::http::Method;
+use axum::body::Body;
+use axum::http::{Method, Request};
 use serde_json::{Value, json};
 
-use crate::common::{RedisServer, TestApp, redis_store_with_timeout, settings, unique_prefix};
+use crate::common::{
+    ADMIN_KEY, HoldingProxy, RedisServer, TestApp, redis_store_with_timeout, settings,
+    shared_redis, state, unique_prefix,
+};
 
 async fn timed(
     app: &TestApp,
@@ -203,4 +207,56 @@ async fn outages_degrade_by_fail_mode_and_recover() {
     assert_eq!(debited.assert_status(200)["success"], true);
     assert_eq!(app.get(&balance_path).await.body["currentBalance"], 9);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A consume whose script reaches Redis only after the call's deadline is answered degraded
+/// (by fail mode), and Redis still runs the script when it arrives: the usage is counted after
+/// all. Its `Idempotency-Key` makes that safe: the client's retry is a replay, not a second
+/// count.
+#[tokio::test]
+async fn a_consume_that_missed_its_deadline_may_count_late_but_never_twice() {
+    let mut proxy = HoldingProxy::start(shared_redis().port, "{c:late}").await;
+    let url = format!("redis://127.0.0.1:{}", proxy.port);
+    let store = redis_store_with_timeout(&url, &unique_prefix(), Duration::from_millis(100)).await;
+    let app = TestApp::on(store, settings()).await;
+    let meter = app.tokens_meter().await;
+    let daily = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}))
+        .await;
+    let consume = || {
+        Request::post("/v1/limits/consume")
+            .header("authorization", format!("Bearer {ADMIN_KEY}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "once")
+            .body(Body::from(
+                json!({"customerId": "late", "eventType": "llm", "values": {"tokens": 5}})
+                    .to_string(),
+            ))
+            .unwrap()
+    };
+
+    // Another customer's consume has Redis cache the script (as it has in steady state).
+    let warm = json!({"customerId": "warm", "eventType": "llm", "values": {"tokens": 1}});
+    app.post("/v1/limits/consume", warm)
+        .await
+        .assert_status(200);
+    // The script is held on its way until the answer, degraded, is in.
+    let (late, ()) = tokio::join!(app.send(consume()), proxy.seen());
+    let late = late.assert_status(200).clone();
+    assert_eq!(late["degraded"], true, "{late}");
+    assert_eq!(late["allowed"], true, "fail mode open: {late}");
+    proxy.release();
+    // The check's read follows the script on the same connection: the script ran first.
+    let check = app
+        .post("/v1/limits/check", json!({"customerId": "late"}))
+        .await;
+    assert_eq!(state(&check.body, &daily)["used"], 5, "counted late");
+
+    let retry = app.send(consume()).await;
+    assert_eq!(retry.assert_status(200)["degraded"], false);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    let check = app
+        .post("/v1/limits/check", json!({"customerId": "late"}))
+        .await;
+    assert_eq!(state(&check.body, &daily)["used"], 5, "never twice");
 }
