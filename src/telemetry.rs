@@ -15,6 +15,7 @@ pub const STORAGE_ERRORS: &str = "quotagate_storage_errors_total";
 pub const WEBHOOK_DELIVERIES: &str = "quotagate_webhook_deliveries_total";
 pub const CONFIG_CACHE_AGE: &str = "quotagate_config_cache_age_seconds";
 pub const BALANCE_MOVEMENTS: &str = "quotagate_balance_movements_total";
+pub const HTTP_ABANDONED: &str = "quotagate_http_requests_abandoned_total";
 
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -117,6 +118,14 @@ pub fn record_storage_call(seconds: f64) {
         metrics::histogram!(STORAGE_DURATION)
     });
     SERIES.record(seconds);
+}
+
+/// Counts a request whose client stopped waiting before the answer (the request still ran to
+/// its end). Many of them mean callers give up sooner than the node answers. Rare, so through
+/// the macro.
+pub fn record_abandoned() {
+    prometheus();
+    metrics::counter!(HTTP_ABANDONED).increment(1);
 }
 
 /// Counts a credit or debit by type and outcome (`applied`, `refused`, `replayed`). Not on

@@ -77,6 +77,7 @@ where
         } else {
             Either::Right(Detached {
                 task: self.running.spawn(answer),
+                answered: false,
             })
         }
     }
@@ -85,18 +86,30 @@ where
 /// The answer of a request running in its own task; dropping it leaves the task running.
 pub struct Detached {
     task: JoinHandle<Result<Response, Infallible>>,
+    answered: bool,
 }
 
 impl Future for Detached {
     type Output = Result<Response, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(match ready!(Pin::new(&mut self.task).poll(cx)) {
+        let outcome = ready!(Pin::new(&mut self.task).poll(cx));
+        self.answered = true;
+        Poll::Ready(match outcome {
             Ok(answer) => answer,
             Err(error) => {
                 tracing::error!(%error, "a request did not run to its end");
                 Ok(ApiError::internal().into_response())
             }
         })
+    }
+}
+
+impl Drop for Detached {
+    /// Dropped before its answer: the client stopped waiting.
+    fn drop(&mut self) {
+        if !self.answered {
+            crate::telemetry::record_abandoned();
+        }
     }
 }

@@ -364,8 +364,13 @@ async fn a_record_whose_client_stopped_waiting_counts_and_creates_its_customer(a
         .limit(json!({"name": "d", "meterId": meter, "limitValue": 10, "period": "day"}))
         .await;
     let event = json!({"customerId": "walked-away", "eventType": "llm", "values": {"tokens": 3}});
+    let abandoned_before = app.abandoned_requests().await;
     abandon(&app, gated_post("/v1/events/record", &event, &[]), async {}).await;
     app.requests_ended().await;
+    assert!(
+        app.abandoned_requests().await > abandoned_before,
+        "counted in /metrics"
+    );
     app.get("/v1/customers/walked-away")
         .await
         .assert_status(200);

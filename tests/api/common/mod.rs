@@ -529,6 +529,15 @@ impl TestApp {
         self.running.reopen();
     }
 
+    /// `quotagate_http_requests_abandoned_total` in `/metrics` (0 before the first). The
+    /// recorder is shared by every test in the process, so only growth says anything.
+    pub async fn abandoned_requests(&self) -> f64 {
+        let (_, _, text) = self.get_text("/metrics").await;
+        text.lines()
+            .find_map(|line| line.strip_prefix("quotagate_http_requests_abandoned_total "))
+            .map_or(0.0, |value| value.trim().parse().unwrap())
+    }
+
     /// A GET answered with text (no key), e.g. `/metrics`.
     pub async fn get_text(&self, path: &str) -> (StatusCode, HeaderMap, String) {
         let request = Request::get(path).body(Body::empty()).unwrap();
