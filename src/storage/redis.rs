@@ -602,12 +602,8 @@ impl ConfigStore for RedisStore {
             .concurrently(CONFIG_DEADLINE, [&oldest, &page].into_iter())
             .await?;
         let [oldest, page] = <[_; 2]>::try_from(answers).map_err(|_| unexpected_answer())?;
-        let read =
-            |answer: Result<Value, RedisError>| -> StoreResult<redis::streams::StreamRangeReply> {
-                redis::from_redis_value(answer.map_err(store_error)?)
-                    .map_err(|e| StoreError::Internal(e.to_string()))
-            };
-        let (oldest, page) = (read(oldest)?, read(page)?);
+        let oldest: redis::streams::StreamRangeReply = decode_answer(oldest)?;
+        let page: redis::streams::StreamRangeReply = decode_answer(page)?;
         if let Some(entry) = oldest.ids.first()
             && cursor != EMPTY_LOG_CURSOR
             && stream_id(&entry.id) > stream_id(cursor)
@@ -791,6 +787,13 @@ fn answer_number(value: &Value) -> f64 {
         Value::Double(n) => *n,
         _ => 0.0,
     }
+}
+
+/// One answer of [`RedisStore::concurrently`] as `T`: a Redis error as [`store_error`] says,
+/// a reply of another shape as a bug.
+fn decode_answer<T: redis::FromRedisValue>(answer: Result<Value, RedisError>) -> StoreResult<T> {
+    redis::from_redis_value(answer.map_err(store_error)?)
+        .map_err(|e| StoreError::Internal(e.to_string()))
 }
 
 fn unexpected_answer() -> StoreError {
@@ -1092,13 +1095,13 @@ pub fn live_holds(
     held
 }
 
-/// Hides a password in a Redis URL before it is logged.
 /// A stream entry ID (`<ms>-<seq>`, or a bare `<ms>`) in its order; anything else as `0-0`.
 fn stream_id(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
+/// Hides a password in a Redis URL before it is logged.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
@@ -1156,9 +1159,7 @@ impl AlertStore for RedisStore {
                 })
                 .collect();
             for answer in self.concurrently(CONFIG_DEADLINE, commands.iter()).await? {
-                let length: usize = redis::from_redis_value(answer.map_err(store_error)?)
-                    .map_err(|e| StoreError::Internal(e.to_string()))?;
-                lengths.push(length);
+                lengths.push(decode_answer(answer)?);
             }
         }
         Ok(lengths)
