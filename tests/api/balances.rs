@@ -29,6 +29,15 @@ async fn create_balance(app: &TestApp, body: Value) -> Value {
         .clone()
 }
 
+/// A balance "b" of customer c1 with `initial` credits, debited by a new tokens meter; its ID.
+async fn metered_balance(app: &TestApp, initial: u32) -> String {
+    let meter = app.tokens_meter().await;
+    let body =
+        json!({"customerId": "c1", "name": "b", "initialBalance": initial, "meterId": meter});
+    let balance = create_balance(app, body).await;
+    balance["id"].as_str().unwrap().to_string()
+}
+
 async fn credit(app: &TestApp, customer: &str, name: &str, amount: f64) -> Value {
     app.post(
         "/v1/balances/credit",
@@ -512,13 +521,7 @@ async fn metered_balances_are_debited_with_every_counted_event(app: TestApp) {
 }
 
 async fn reservations_hold_on_metered_balances(app: TestApp) {
-    let meter = app.tokens_meter().await;
-    let balance = create_balance(
-        &app,
-        json!({"customerId": "c1", "name": "b", "initialBalance": 100, "meterId": meter}),
-    )
-    .await;
-    let id = balance["id"].as_str().unwrap();
+    let id: &str = &metered_balance(&app, 100).await;
     let reserve = |tokens: f64| json!({"customerId": "c1", "eventType": "llm.call", "values": {"tokens": tokens}});
     let held = app.post("/v1/reservations", reserve(60.0)).await;
     let body = held.assert_status(200);
@@ -558,13 +561,7 @@ async fn reservations_hold_on_metered_balances(app: TestApp) {
 }
 
 async fn concurrent_debits_and_consumes_never_overdraw(app: TestApp) {
-    let meter = app.tokens_meter().await;
-    let balance = create_balance(
-        &app,
-        json!({"customerId": "c1", "name": "b", "initialBalance": 10, "meterId": meter}),
-    )
-    .await;
-    let id = balance["id"].as_str().unwrap();
+    let id: &str = &metered_balance(&app, 10).await;
     let debits = (0..12).map(|_| {
         app.post(
             "/v1/balances/debit",
@@ -892,13 +889,7 @@ async fn a_deleted_balance_leaves_no_lasting_key_in_redis() {
         settings(),
     )
     .await;
-    let meter = app.tokens_meter().await;
-    let balance = create_balance(
-        &app,
-        json!({"customerId": "c1", "name": "b", "initialBalance": 10, "meterId": meter}),
-    )
-    .await;
-    let id = balance["id"].as_str().unwrap();
+    let id: &str = &metered_balance(&app, 10).await;
     let stale = app.node_that_dies_after_counting().await;
     assert_eq!(
         stale.get("/v1/customers/c1/balances").await.body["balances"][0]["id"],
