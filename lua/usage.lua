@@ -5,8 +5,9 @@
 -- created. Several events in one call share its fixed cost (the node sends a batch's events
 -- together); they run one after the other, as separate calls would.
 --
--- ARGV[1] is the number of events; then, per event, how many keys and how many arguments it
--- has, then its arguments. KEYS holds the events' keys one event after the other. Every
+-- ARGV[1] is the number of events; ARGV[2] the call's deadline, unix ms on the Redis server's
+-- clock (0: none); then, per event, how many keys and how many arguments it has, then its
+-- arguments. KEYS holds the events' keys one event after the other. Every
 -- argument costs Redis and Lua an object per call, so the layout passes only what the event
 -- needs and packs what is read rarely (an alert rule's details) into one string.
 -- Within one event's keys and arguments (numbered from 1 below):
@@ -352,8 +353,19 @@ local function run(kb, ab)
   return out
 end
 
+-- A call that reaches Redis after its deadline writes nothing and answers 'late': the node
+-- has already answered without it (degraded, or 503), and a refusal or failure it reported
+-- must not be counted after all.
+local deadline = ARGV[2] + 0
+if deadline > 0 then
+  local time = call('TIME')
+  if time[1] * 1000 + floor(time[2] / 1000) > deadline then
+    return redis.error_reply('LATE the call arrived after its deadline')
+  end
+end
+
 local answers = {}
-local kb, ab = 0, 1
+local kb, ab = 0, 2
 for e = 1, ARGV[1] + 0 do
   local keys, args = ARGV[ab + 1] + 0, ARGV[ab + 2] + 0
   answers[e] = run(kb, ab + 2)

@@ -1,5 +1,6 @@
 //! The node's notion of "now". Windows are decided by it, so it is the only place that reads
-//! the system clock.
+//! the system clock for a decision (the Redis store reads it only to put its scripts'
+//! deadlines on Redis's clock).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -33,40 +34,9 @@ impl Clock {
     }
 }
 
-/// The correction that makes the local clock read like the server's, from one exchange:
-/// `sent` and `received` on the local clock around the server's reading `server`. Assumes
-/// the server read its clock halfway; refuses exchanges too slow to say anything useful.
-pub fn estimate_offset(
-    sent: DateTime<Utc>,
-    received: DateTime<Utc>,
-    server: DateTime<Utc>,
-) -> Option<TimeDelta> {
-    let round_trip = received - sent;
-    if round_trip < TimeDelta::zero() || round_trip > TimeDelta::milliseconds(100) {
-        return None;
-    }
-    Some(server - (sent + round_trip / 2))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn offset_assumes_the_server_read_halfway() {
-        let sent = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-        let received = sent + TimeDelta::milliseconds(10);
-        let server = sent + TimeDelta::milliseconds(1005);
-        assert_eq!(
-            estimate_offset(sent, received, server),
-            Some(TimeDelta::milliseconds(1000))
-        );
-        assert_eq!(
-            estimate_offset(sent, sent + TimeDelta::seconds(1), server),
-            None
-        );
-    }
 
     #[test]
     fn clock_applies_the_offset() {

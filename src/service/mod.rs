@@ -65,6 +65,9 @@ impl Gateway {
             http,
         });
         gateway.cache.reload(gateway.store.as_ref()).await?;
+        // Before the first request: the store sets its scripts' deadlines on the server's
+        // clock from the same exchange.
+        gateway.calibrate_clock_logged().await;
         Ok(gateway)
     }
 
@@ -84,7 +87,7 @@ impl Gateway {
         let server = self.store.server_time().await?;
         let received = chrono::Utc::now();
         if let Some(offset) =
-            server.and_then(|server| clock::estimate_offset(sent, received, server))
+            server.and_then(|server| crate::domain::time::estimate_offset(sent, received, server))
         {
             if offset.num_milliseconds().abs() > 100 {
                 tracing::warn!(
@@ -95,6 +98,12 @@ impl Gateway {
             self.clock.set_offset(offset);
         }
         Ok(())
+    }
+
+    async fn calibrate_clock_logged(&self) {
+        if let Err(error) = self.calibrate_clock().await {
+            tracing::debug!(%error, "clock calibration skipped");
+        }
     }
 
     pub fn clock(&self) -> &clock::Clock {
@@ -116,13 +125,11 @@ impl Gateway {
     }
 }
 
-/// Calibrates the clock at start and every [`CALIBRATION_INTERVAL`].
+/// Calibrates the clock every [`CALIBRATION_INTERVAL`] after the start's calibration.
 async fn calibrate_clock(gateway: Arc<Gateway>) {
     loop {
-        if let Err(error) = gateway.calibrate_clock().await {
-            tracing::debug!(%error, "clock calibration skipped");
-        }
         tokio::time::sleep(CALIBRATION_INTERVAL).await;
+        gateway.calibrate_clock_logged().await;
     }
 }
 

@@ -3,6 +3,7 @@
 //! One multiplexed connection per node carries every request: redis-rs pipelines concurrent
 //! commands on it, which beats a pool of connections for this many small calls.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,6 +30,7 @@ use super::{
     ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreError, StoreResult,
 };
 use crate::domain::ids::CustomerId;
+use crate::domain::time::estimate_offset;
 use crate::domain::usage::CounterId;
 
 /// How many changes the config log keeps (approximately); a node further behind reloads.
@@ -41,6 +43,8 @@ const CONFIG_DEADLINE: Duration = Duration::from_secs(2);
 const CONFIG_SCAN_COUNT: usize = 1000;
 /// The change-log cursor of a node that loaded the configuration while the log was empty.
 const EMPTY_LOG_CURSOR: &str = "0-0";
+/// `RedisStore::server_offset_micros` before the first `TIME` exchange.
+const NO_OFFSET: i64 = i64::MIN;
 
 /// A connection to one server or to a cluster; both pipeline concurrent requests.
 #[derive(Clone)]
@@ -118,9 +122,10 @@ impl RedisConnection {
 /// Redis are outages that pass: callers answer 503 or decide by fail mode. What it would not
 /// retry (a script error, a reply of the wrong shape) is a bug.
 pub fn store_error(error: RedisError) -> StoreError {
+    // LATE: the usage script arrived after its deadline and wrote nothing.
     let passing = error.is_io_error()
         || !matches!(error.retry_method(), redis::RetryMethod::NoRetry)
-        || error.code() == Some("OOM");
+        || matches!(error.code(), Some("OOM" | "LATE"));
     if passing {
         StoreError::Unavailable(error.to_string())
     } else {
@@ -188,6 +193,9 @@ pub struct RedisStore {
     timeout: Duration,
     retention: Retention,
     breaker: Breaker,
+    /// This node's clock against Redis's (microseconds to add), from the last `TIME`
+    /// exchange, or [`NO_OFFSET`]: usage scripts' deadlines are set on Redis's clock.
+    server_offset_micros: AtomicI64,
     config_apply: Script,
     usage: Script,
     reservation_finish: Script,
@@ -208,6 +216,7 @@ impl RedisStore {
             timeout,
             retention: Retention::default(),
             breaker: Breaker::default(),
+            server_offset_micros: AtomicI64::new(NO_OFFSET),
             config_apply: Script::new(include_str!("../../lua/config_apply.lua")),
             usage: Script::new(include_str!("../../lua/usage.lua")),
             reservation_finish: Script::new(include_str!("../../lua/reservation_finish.lua")),
@@ -253,6 +262,19 @@ impl RedisStore {
 
     pub fn retention(&self) -> &Retention {
         &self.retention
+    }
+
+    /// The instant, unix ms on Redis's clock, after which a usage script sent now under
+    /// `deadline` must not write (0: none, before the clocks were first compared). Three
+    /// quarters of the deadline: a script that wrote has the last quarter for its answer to
+    /// come back before the node gives up on it and answers without it.
+    fn script_deadline_ms(&self, deadline: Duration) -> i64 {
+        let offset = self.server_offset_micros.load(Ordering::Relaxed);
+        if offset == NO_OFFSET {
+            return 0;
+        }
+        let on_server = chrono::Utc::now() + chrono::TimeDelta::microseconds(offset);
+        on_server.timestamp_millis() + (deadline * 3 / 4).as_millis() as i64
     }
 
     /// Deadline for a batch of `n` calls: the decision deadline for one, more for many.
@@ -631,13 +653,17 @@ impl ConfigStore for RedisStore {
 
     async fn server_time(&self) -> StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
         let mut conn = self.conn();
+        let sent = chrono::Utc::now();
         let (secs, micros): (i64, i64) = self
             .guarded(CONFIG_DEADLINE, redis::cmd("TIME").query_async(&mut conn))
             .await?;
-        Ok(chrono::DateTime::from_timestamp(
-            secs,
-            (micros * 1000) as u32,
-        ))
+        let received = chrono::Utc::now();
+        let server = chrono::DateTime::from_timestamp(secs, (micros * 1000) as u32);
+        if let Some(offset) = server.and_then(|server| estimate_offset(sent, received, server)) {
+            self.server_offset_micros
+                .store(offset.num_microseconds().unwrap_or(0), Ordering::Relaxed);
+        }
+        Ok(server)
     }
 
     fn describe(&self) -> String {
@@ -748,18 +774,25 @@ fn rule_details(alert: &AlertOp) -> String {
 }
 
 /// One `EVALSHA` of `lua/usage.lua` for several events (see the script's header).
-fn usage_call<'a>(script: &Script, events: impl Iterator<Item = &'a EventOps> + Clone) -> Cmd {
+fn usage_call<'a>(
+    script: &Script,
+    events: impl Iterator<Item = &'a EventOps> + Clone,
+    deadline_ms: i64,
+) -> Cmd {
     let keys: usize = events.clone().map(|e| usage_keys(e).count()).sum();
-    let args: usize = events.clone().map(|e| 2 + usage_arg_count(e)).sum();
+    let args: usize = 2 + events
+        .clone()
+        .map(|e| 2 + usage_arg_count(e))
+        .sum::<usize>();
     let log_bytes: usize = events.clone().map(|e| e.log_member.len()).sum();
-    let mut cmd = Cmd::with_capacity(4 + keys + args, 64 * (keys + args) + log_bytes);
+    let mut cmd = Cmd::with_capacity(3 + keys + args, 64 * (keys + args) + log_bytes);
     cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
     for event in events.clone() {
         for key in usage_keys(event) {
             cmd.arg(key);
         }
     }
-    cmd.arg(events.clone().count());
+    cmd.arg(events.clone().count()).arg(deadline_ms);
     for event in events {
         cmd.arg(usage_keys(event).count())
             .arg(usage_arg_count(event));
@@ -839,11 +872,6 @@ impl UsageStore for RedisStore {
             .iter()
             .map(|w| event_ops(&self.keys, &self.retention, *w))
             .collect();
-        let groups = self.call_groups(writes);
-        let calls: Vec<Cmd> = groups
-            .iter()
-            .map(|group| usage_call(&self.usage, group.iter().map(|&i| &events[i])))
-            .collect();
         // The owner pointer goes first: a reservation must be findable by its ID alone.
         let owners: Vec<Cmd> = writes
             .iter()
@@ -863,9 +891,17 @@ impl UsageStore for RedisStore {
         for answer in self.concurrently(self.timeout, owners.iter()).await? {
             answer.map_err(store_error)?;
         }
-        let answers = self
-            .eval_many(&self.usage, &calls, self.deadline_for(writes.len()))
-            .await?;
+        let deadline = self.deadline_for(writes.len());
+        let script_deadline_ms = self.script_deadline_ms(deadline);
+        let groups = self.call_groups(writes);
+        let calls: Vec<Cmd> = groups
+            .iter()
+            .map(|group| {
+                let events = group.iter().map(|&i| &events[i]);
+                usage_call(&self.usage, events, script_deadline_ms)
+            })
+            .collect();
+        let answers = self.eval_many(&self.usage, &calls, deadline).await?;
         let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; writes.len()];
         for (group, answer) in groups.iter().zip(answers) {
             let per_event = match answer {

@@ -210,18 +210,20 @@ async fn outages_degrade_by_fail_mode_and_recover() {
 }
 
 /// A consume whose script reaches Redis only after the call's deadline is answered degraded
-/// (by fail mode), and Redis still runs the script when it arrives: the usage is counted after
-/// all. Its `Idempotency-Key` makes that safe: the client's retry is a replay, not a second
-/// count.
+/// (by fail mode) and writes nothing when it arrives: a refusal is never counted after all.
+/// Its retry with the same `Idempotency-Key` then counts once.
 #[tokio::test]
-async fn a_consume_that_missed_its_deadline_may_count_late_but_never_twice() {
+async fn a_consume_that_missed_its_deadline_writes_nothing_when_it_arrives() {
     let mut proxy = HoldingProxy::start(shared_redis().port, "{c:late}").await;
     let url = format!("redis://127.0.0.1:{}", proxy.port);
     let store = redis_store_with_timeout(&url, &unique_prefix(), Duration::from_millis(100)).await;
     let app = TestApp::on(store, settings()).await;
     let meter = app.tokens_meter().await;
     let daily = app
-        .limit(json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}))
+        .limit(json!({
+            "name": "d", "meterId": meter, "limitValue": 100, "period": "day",
+            "failMode": "closed"
+        }))
         .await;
     let consume = || {
         Request::post("/v1/limits/consume")
@@ -244,19 +246,26 @@ async fn a_consume_that_missed_its_deadline_may_count_late_but_never_twice() {
     let (late, ()) = tokio::join!(app.send(consume()), proxy.seen());
     let late = late.assert_status(200).clone();
     assert_eq!(late["degraded"], true, "{late}");
-    assert_eq!(late["allowed"], true, "fail mode open: {late}");
+    assert_eq!(late["allowed"], false, "fail mode closed: {late}");
     proxy.release();
     // The check's read follows the script on the same connection: the script ran first.
     let check = app
         .post("/v1/limits/check", json!({"customerId": "late"}))
         .await;
-    assert_eq!(state(&check.body, &daily)["used"], 5, "counted late");
+    assert_eq!(
+        state(&check.body, &daily)["used"],
+        0,
+        "refused, so not counted"
+    );
 
     let retry = app.send(consume()).await;
-    assert_eq!(retry.assert_status(200)["degraded"], false);
-    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    let retry = retry.assert_status(200);
+    assert_eq!(
+        (&retry["degraded"], &retry["allowed"]),
+        (&json!(false), &json!(true))
+    );
     let check = app
         .post("/v1/limits/check", json!({"customerId": "late"}))
         .await;
-    assert_eq!(state(&check.body, &daily)["used"], 5, "never twice");
+    assert_eq!(state(&check.body, &daily)["used"], 5, "counted once");
 }
