@@ -24,7 +24,12 @@ end
 
 if ceiling ~= '' then
   local spent = redis.call('GET', spent_key) or '0'
-  if tonumber(spent) + tonumber(change) > tonumber(ceiling) then
+  -- To nine decimal places, as the gateway rounds totals (src/domain/field.rs `total`).
+  local would_spend = tonumber(spent) + tonumber(change)
+  if would_spend > -9e6 and would_spend < 9e6 then
+    would_spend = math.floor(would_spend * 1e9 + 0.5) / 1e9
+  end
+  if would_spend > tonumber(ceiling) then
     return {2}
   end
 end

@@ -70,6 +70,15 @@ local function reply_number(x)
   return tostring(x)
 end
 
+-- A total to nine decimal places, as the gateway rounds it (src/domain/field.rs `total`, the
+-- same double operations): 0.2 + 0.1 is 0.3, so a third 0.1 fits under a limit of 0.3.
+local function total(x)
+  if x > -9e6 and x < 9e6 then
+    return floor(x * 1e9 + 0.5) / 1e9
+  end
+  return x
+end
+
 -- Stored counters: plain numbers, or "value@at_ms" for latest.
 local function stored_number(raw)
   if not raw then
@@ -177,7 +186,7 @@ local function run(kb, ab)
       if cap ~= '' then
         local kind, limit = ARGV[b], cap + 0
         if kind == 'add' then
-          refused = refused or (current[i] or 0) + held[i] + ARGV[b + 1] > limit
+          refused = refused or total((current[i] or 0) + held[i] + ARGV[b + 1]) > limit
         elseif kind == 'max' then
           refused = refused or max(stored_number(current[i]), ARGV[b + 1] + 0) > limit
         else

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::field::{
-    Dimensions, FieldError, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, Quantity, bounded_str,
+    Dimensions, FieldError, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, Quantity, bounded_str, total,
     validate_dimensions,
 };
 use super::ids::CustomerId;
@@ -158,8 +158,8 @@ impl Balance {
     /// `currentBalance` and `availableBalance`, given what storage says it has spent.
     fn amounts(&self, spent: f64) -> (Quantity, Quantity) {
         // `+ 0.0` turns −0 (nothing spent) into 0.
-        let current = -spent + 0.0;
-        let available = current - self.minimum_balance.get() + 0.0;
+        let current = total(-spent) + 0.0;
+        let available = total(current - self.minimum_balance.get()) + 0.0;
         (Quantity::from_f64(current), Quantity::from_f64(available))
     }
 

@@ -115,6 +115,22 @@ pub fn validate_dimensions(field: &str, dimensions: &Dimensions) -> Result<(), F
     Ok(())
 }
 
+/// Below this magnitude a double still has a ninth decimal place to round (2^53 / 1e9).
+const ROUNDED_BELOW: f64 = 9e6;
+
+/// A total of amounts, to nine decimal places: finer than the 1e-6 the API promises, and what
+/// callers mean, since binary fractions do not add up as decimals do (0.1 + 0.2 is
+/// 0.30000000000000004, which would refuse a third 0.1 under a limit of 0.3). Totals are
+/// rounded before they are compared with a limit or shown. `lua/usage.lua` and
+/// `lua/balance_move.lua` round the same way, with the same double operations.
+pub fn total(x: f64) -> f64 {
+    if x.abs() < ROUNDED_BELOW {
+        (x * 1e9 + 0.5).floor() / 1e9
+    } else {
+        x
+    }
+}
+
 /// A finite number within ±1e15: event values, limit values, usage.
 ///
 /// Serialized as a JSON integer when it has no fractional part, so `100` stays `100` on the
@@ -184,6 +200,21 @@ pub fn serialize_number<S: Serializer>(value: f64, serializer: S) -> Result<S::O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totals_add_up_as_decimals() {
+        assert_eq!(0.2 + 0.1, 0.30000000000000004, "what binary fractions do");
+        assert_eq!(total(0.2 + 0.1), 0.3);
+        assert_eq!(total(-(0.2 + 0.1)), -0.3);
+        assert_eq!(total((0..1000).map(|_| 0.001).sum()), 1.0);
+        assert_eq!(total(0.000_000_001), 0.000_000_001, "nine places are kept");
+        assert_eq!(
+            total(1e15 - 0.5),
+            1e15 - 0.5,
+            "too large to round: unchanged"
+        );
+        assert_eq!(total(123_456_789.0), 123_456_789.0);
+    }
 
     #[test]
     fn quantity_serializes_integers_without_fraction() {

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::balance::Balance;
 use super::event::Event;
-use super::field::{Dimensions, Quantity};
+use super::field::{Dimensions, Quantity, total};
 use super::limit::{FailMode, Limit};
 use super::meter::{Aggregation, EventFilter, Meter, MeterField};
 use super::period::{BillingAnchor, Period, Window, window_containing};
@@ -330,7 +330,7 @@ pub fn hour_of(at: DateTime<Utc>) -> i64 {
 /// sum/count `used + reserved + v ≤ limit`, max `max(used, v) ≤ limit`, latest `v ≤ limit`.
 pub fn fits(op: CounterOp, used: f64, reserved: f64, limit: f64) -> bool {
     match op {
-        CounterOp::Add(v) => used + reserved + v <= limit,
+        CounterOp::Add(v) => total(used + reserved + v) <= limit,
         CounterOp::Max(v) => used.max(v) <= limit,
         CounterOp::Latest { value, .. } => value <= limit,
     }
@@ -378,10 +378,10 @@ impl LimitState {
     ) -> LimitState {
         let value = limit.limit.limit_value.get();
         LimitState {
-            remaining: Some(Quantity::from_f64((value - used - reserved).max(0.0))),
-            used: Some(Quantity::from_f64(used)),
-            reserved: Some(Quantity::from_f64(reserved)),
-            exceeded: used >= value,
+            remaining: Some(Quantity::from_f64(total(value - used - reserved).max(0.0))),
+            used: Some(Quantity::from_f64(total(used))),
+            reserved: Some(Quantity::from_f64(total(reserved))),
+            exceeded: total(used) >= value,
             ..LimitState::unknown(limit, window)
         }
     }
@@ -408,7 +408,7 @@ impl LimitState {
     /// No room left: what makes a check refuse.
     pub fn is_full(&self) -> bool {
         match (self.used, self.reserved) {
-            (Some(used), Some(reserved)) => used.get() + reserved.get() >= self.limit.get(),
+            (Some(used), Some(reserved)) => total(used.get() + reserved.get()) >= self.limit.get(),
             _ => false,
         }
     }
@@ -645,6 +645,10 @@ mod tests {
     #[test]
     fn fit_rules_per_aggregation() {
         assert!(fits(CounterOp::Add(5.0), 90.0, 5.0, 100.0));
+        assert!(
+            fits(CounterOp::Add(0.1), 0.2, 0.0, 0.3),
+            "as decimals, not binary"
+        );
         assert!(!fits(CounterOp::Add(5.1), 90.0, 5.0, 100.0));
         assert!(
             fits(CounterOp::Max(100.0), 20.0, 50.0, 100.0),

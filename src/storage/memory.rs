@@ -22,6 +22,7 @@ use super::usage::{
 };
 use super::{ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreResult};
 use crate::domain::alert::{Crossing, EXCEEDED};
+use crate::domain::field::total;
 use crate::domain::ids::CustomerId;
 use crate::domain::usage::CounterId;
 
@@ -371,7 +372,8 @@ impl MemoryUsage {
         let (before, after) = match op.kind {
             OpKind::Add => {
                 let before = self.text(&op.key, now);
-                let after = format!("{}", before.as_deref().map_or(0.0, parse_counter) + value);
+                let after = before.as_deref().map_or(0.0, parse_counter) + value;
+                let after = format!("{}", total(after));
                 self.set_text(&op.key, after.clone());
                 (before, after)
             }
@@ -400,7 +402,8 @@ impl MemoryUsage {
             OpKind::HashAdd => {
                 let hash = self.hash(&op.key, now);
                 let before = hash.get(&op.field).cloned();
-                let after = format!("{}", before.as_deref().map_or(0.0, parse_counter) + value);
+                let after = before.as_deref().map_or(0.0, parse_counter) + value;
+                let after = format!("{}", total(after));
                 hash.insert(op.field.clone(), after.clone());
                 (before, after)
             }
@@ -490,7 +493,7 @@ impl MemoryUsage {
             {
                 let value: f64 = op.value.parse().unwrap_or(0.0);
                 let fits = match op.kind {
-                    OpKind::Add => used + held + value <= cap,
+                    OpKind::Add => total(used + held + value) <= cap,
                     OpKind::Max => used.max(value) <= cap,
                     _ => value <= cap,
                 };
@@ -879,11 +882,11 @@ impl MemoryUsage {
             .map_or(0.0, parse_counter);
         if movement
             .ceiling
-            .is_some_and(|ceiling| spent + movement.spent_change > ceiling)
+            .is_some_and(|ceiling| total(spent + movement.spent_change) > ceiling)
         {
             return MovementOutcome::Refused;
         }
-        let after = format!("{}", spent + movement.spent_change);
+        let after = format!("{}", total(spent + movement.spent_change));
         self.set_text(&spent_key, after.clone());
         let member = transaction_member(movement.transaction_id, &after, movement.entry);
         let log_key = keys.balance_transactions(customer, movement.balance_id);

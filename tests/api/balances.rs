@@ -10,6 +10,7 @@ use crate::every_store;
 every_store!(
     balance_lifecycle,
     debits_never_take_a_balance_below_its_minimum,
+    fractional_debits_add_up_as_decimals,
     movements_are_idempotent,
     transactions_page_newest_first,
     updates_keep_the_amount_and_its_history,
@@ -208,6 +209,22 @@ async fn balance_lifecycle(app: TestApp) {
         transaction_count(&app, again["id"].as_str().unwrap()).await,
         1
     );
+}
+
+/// Three debits of 0.1 reach an overdraft floor of -0.3 exactly (in binary, 0.2 + 0.1 would
+/// overshoot it).
+async fn fractional_debits_add_up_as_decimals(app: TestApp) {
+    let balance = create_balance(
+        &app,
+        json!({"customerId": "c1", "name": "b", "initialBalance": 0, "minimumBalance": -0.3}),
+    )
+    .await;
+    let id = balance["id"].as_str().unwrap();
+    for _ in 0..3 {
+        assert_eq!(debit(&app, "c1", "b", 0.1).await["success"], true);
+    }
+    assert_eq!(current(&app, id).await, -0.3);
+    assert_eq!(debit(&app, "c1", "b", 0.1).await["success"], false);
 }
 
 async fn debits_never_take_a_balance_below_its_minimum(app: TestApp) {

@@ -10,6 +10,7 @@ every_store!(
     consume_admits_until_full_then_refuses,
     consume_is_all_or_nothing_across_limits,
     consume_count_max_latest_rules,
+    fractions_add_up_as_decimals,
     consume_honours_idempotency,
     reservation_lifecycle,
     reservations_count_as_reserved_everywhere,
@@ -30,6 +31,30 @@ async fn used(app: &TestApp, customer: &str, limit_id: &str) -> (Value, Value) {
         .await;
     let state = state(&answer.body, limit_id).clone();
     (state["used"].clone(), state["reserved"].clone())
+}
+
+/// 0.1 + 0.2 is 0.30000000000000004 in binary: a third 0.1 still fits under 0.3 (API.md §0:
+/// fractional values keep at least 1e-6 precision), and usage reads 0.3.
+async fn fractions_add_up_as_decimals(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let daily = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 0.3, "period": "day"}))
+        .await;
+    for expected in [0.1, 0.2, 0.3] {
+        let answer = app.post("/v1/limits/consume", tokens("frac", 0.1)).await;
+        let body = answer.assert_status(200);
+        assert_eq!(body["allowed"], true, "{body}");
+        assert_eq!(state(body, &daily)["used"], expected);
+    }
+    let full = app.post("/v1/limits/consume", tokens("frac", 0.1)).await;
+    let body = full.assert_status(200);
+    assert_eq!(body["allowed"], false);
+    assert_eq!(state(body, &daily)["remaining"], 0);
+    let check = app
+        .post("/v1/limits/check", json!({"customerId": "frac"}))
+        .await;
+    assert_eq!(check.body["allowed"], false, "full at 0.3");
+    assert_eq!(state(&check.body, &daily)["exceeded"], true);
 }
 
 async fn consume_admits_until_full_then_refuses(app: TestApp) {
