@@ -154,9 +154,12 @@ impl Gateway {
         Ok((customer, created))
     }
 
-    /// Deletes the customer with its own limits and its balances, in one atomic step.
+    /// Deletes the customer with its own limits and its balances, in one atomic step, then
+    /// forgets its usage, so that a customer created again under the same ID starts from zero.
     pub async fn delete_customer(&self, id: &str) -> ServiceResult<String> {
         let id = parse_path_customer(id)?;
+        // Read first: the customer's own limits and calendar go with it.
+        let usage = self.usage_to_forget(&id).await?;
         self.delete_with_dependents(
             Kind::Customer,
             id.as_str(),
@@ -165,6 +168,11 @@ impl Gateway {
             Some(|balance: &Balance| balance.customer_id == id),
         )
         .await?;
+        // The customer is gone whatever happens here. Usage this leaves behind is read by no
+        // check (an unknown customer's reads nothing), and expires with its windows.
+        if let Err(error) = self.store.forget_usage(&id, &usage).await {
+            tracing::warn!(%error, customer = %id, "a deleted customer's usage was kept");
+        }
         Ok(id.to_string())
     }
 

@@ -226,8 +226,8 @@ impl Gateway {
             .into_iter()
             .filter(|l| l.concerns(request.dimensions.as_ref(), request.event_type.as_deref()))
             .collect();
-        let calendar = match self.calendar_of(&request.customer_id, now).await {
-            Ok((calendar, _)) => calendar,
+        let (calendar, unknown) = match self.calendar_of(&request.customer_id, now).await {
+            Ok(found) => found,
             Err(error) if is_outage(&error) => {
                 let calendar = self.default_calendar(now);
                 let windows: Vec<_> = limits
@@ -243,11 +243,17 @@ impl Gateway {
             .map(|l| (l.clone(), calendar.window(l.limit.period, now)))
             .collect();
         let counters: Vec<_> = windowed.iter().map(|(l, w)| l.counter(*w)).collect();
-        let readings = match self
-            .store
-            .read_counters(&request.customer_id, &counters, now.timestamp_millis())
-            .await
-        {
+        // An unknown customer has no usage (API.md §1): whatever a deleted customer of that
+        // ID left behind is not its.
+        let read = match unknown {
+            Some(_) => Ok(vec![CounterReading::default(); counters.len()]),
+            None => {
+                self.store
+                    .read_counters(&request.customer_id, &counters, now.timestamp_millis())
+                    .await
+            }
+        };
+        let readings = match read {
             Ok(readings) => readings,
             Err(error @ StoreError::Unavailable(_)) => {
                 tracing::warn!(%error, "check degraded");

@@ -15,7 +15,7 @@ use crate::domain::ids::{CustomerId, IdKind};
 use crate::domain::meter::Aggregation;
 use crate::domain::time::parse_rfc3339;
 use crate::domain::usage::{CustomerCalendar, EventPlan, LimitState, hour_of, plan_event};
-use crate::storage::usage::{CounterReading, EventWrite, Mode, RecordOutcome};
+use crate::storage::usage::{CounterReading, EventWrite, Mode, RecordOutcome, UsageToForget};
 use crate::storage::{ConfigOp, Kind};
 
 pub const MAX_BATCH: usize = 1000;
@@ -159,6 +159,24 @@ impl Gateway {
                 (calendar(&fresh), Some(fresh))
             }
         })
+    }
+
+    /// What deleting `customer` forgets of its usage: what its decisions read now, each
+    /// governing limit's current window and the thresholds fired in it.
+    pub(super) async fn usage_to_forget(
+        &self,
+        customer: &CustomerId,
+    ) -> ServiceResult<UsageToForget> {
+        let now = self.clock.now();
+        let (calendar, _) = self.calendar_of(customer, now).await?;
+        let mut usage = UsageToForget::default();
+        for limit in self.cache.governing(customer).limits {
+            let window = calendar.window(limit.limit.period, now);
+            usage.counters.push(limit.counter(window));
+            let window_start = window.map(|w| w.start.timestamp());
+            usage.fired.push((limit.limit.id.clone(), window_start));
+        }
+        Ok(usage)
     }
 
     /// Creates customers that an event meets for the first time, before anything is counted

@@ -17,8 +17,8 @@ use super::keys::Keys;
 use super::replays::{ReplayClaim, ReplayStore};
 use super::usage::{
     CounterReading, EventOps, EventWrite, KeyOp, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
-    RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, decode_rollup, event_ops,
-    parse_counter,
+    RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, UsageToForget, decode_rollup,
+    event_ops, parse_counter, usage_keys_to_forget,
 };
 use super::{ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreResult};
 use crate::domain::alert::{Crossing, EXCEEDED};
@@ -847,6 +847,14 @@ impl UsageStore for MemoryStore {
                 _ => Vec::new(),
             },
         )
+    }
+
+    async fn forget_usage(&self, customer: &CustomerId, usage: &UsageToForget) -> StoreResult<()> {
+        let mut state = self.usage();
+        for key in usage_keys_to_forget(&self.keys, customer, usage) {
+            state.entries.remove(&key);
+        }
+        Ok(())
     }
 }
 

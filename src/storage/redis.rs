@@ -23,8 +23,8 @@ use super::keys::Keys;
 use super::replays::{ReplayClaim, ReplayStore};
 use super::usage::{
     AlertOp, CounterReading, EventOps, EventWrite, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
-    RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, decode_rollup, event_ops,
-    number_text, parse_counter,
+    RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, UsageToForget, decode_rollup,
+    event_ops, number_text, parse_counter, usage_keys_to_forget,
 };
 use super::{
     ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreError, StoreResult,
@@ -1109,6 +1109,18 @@ impl UsageStore for RedisStore {
                 .query_async(&mut conn),
         )
         .await
+    }
+
+    async fn forget_usage(&self, customer: &CustomerId, usage: &UsageToForget) -> StoreResult<()> {
+        let mut conn = self.conn();
+        let keys = usage_keys_to_forget(&self.keys, customer, usage);
+        let _: i64 = self
+            .guarded(
+                CONFIG_DEADLINE,
+                redis::cmd("DEL").arg(keys).query_async(&mut conn),
+            )
+            .await?;
+        Ok(())
     }
 }
 

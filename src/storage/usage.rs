@@ -356,6 +356,37 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
     }
 }
 
+/// What deleting a customer forgets of its usage: the counters its decisions read (each
+/// limit's current window) and the thresholds fired in those windows, by limit ID and window
+/// start. Older windows are never read again and expire by themselves.
+#[derive(Debug, Default)]
+pub struct UsageToForget {
+    pub counters: Vec<CounterId>,
+    pub fired: Vec<(String, Option<i64>)>,
+}
+
+/// The keys [`UsageStore::forget_usage`] deletes: those of `usage`, and the customer's event
+/// log, holds and alert outbox. All carry the customer's hash tag (one slot).
+pub fn usage_keys_to_forget(
+    keys: &Keys,
+    customer: &CustomerId,
+    usage: &UsageToForget,
+) -> Vec<String> {
+    let mut names = vec![
+        keys.event_log(customer),
+        keys.holds(customer),
+        keys.outbox(customer),
+    ];
+    names.extend(usage.counters.iter().map(|c| keys.counter(customer, c)));
+    names.extend(
+        usage
+            .fired
+            .iter()
+            .map(|(limit_id, window_start)| keys.fired(customer, limit_id, *window_start)),
+    );
+    names
+}
+
 /// A stored reservation: its document and how it ended, if it did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredReservation {
@@ -424,6 +455,9 @@ pub trait UsageStore: Send + Sync + 'static {
 
     /// The customer's event log: members `<ts13>:<id>:<json>`, oldest written first.
     async fn event_log(&self, customer: &CustomerId) -> StoreResult<Vec<String>>;
+
+    /// Forgets a deleted customer's usage (the keys of [`usage_keys_to_forget`]).
+    async fn forget_usage(&self, customer: &CustomerId, usage: &UsageToForget) -> StoreResult<()>;
 
     async fn reservation(
         &self,

@@ -1,6 +1,7 @@
+use quotagate::storage::{ConfigOp, Guard, Kind};
 use serde_json::json;
 
-use crate::common::TestApp;
+use crate::common::{TestApp, state};
 use crate::every_store;
 
 every_store!(
@@ -8,9 +9,72 @@ every_store!(
     defaults_and_aliases,
     put_updates_partially_and_creates,
     delete_removes_customer_and_its_limits,
+    a_deleted_customer_leaves_no_usage_behind,
+    a_check_reads_no_usage_of_an_unknown_customer,
     list_pages_are_stable,
     bad_customer_input,
 );
+
+/// A check for the deleted ID answers from the default limits with usage 0 (API.md §1), and
+/// a customer created again under it starts from zero, with an empty event log.
+async fn a_deleted_customer_leaves_no_usage_behind(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let daily = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 10, "period": "day"}))
+        .await;
+    let ever = app
+        .limit(json!({"name": "a", "meterId": meter, "limitValue": 100, "period": "all_time"}))
+        .await;
+    let tokens =
+        |n: u32| json!({"customerId": "gone", "eventType": "llm", "values": {"tokens": n}});
+    app.post("/v1/events/record", tokens(10))
+        .await
+        .assert_status(200);
+    app.delete("/v1/customers/gone").await.assert_status(200);
+
+    let check = app
+        .post("/v1/limits/check", json!({"customerId": "gone"}))
+        .await;
+    assert_eq!(check.body["allowed"], true, "{}", check.body);
+    assert_eq!(state(&check.body, &daily)["used"], 0);
+    assert_eq!(state(&check.body, &ever)["used"], 0);
+    let events = app.get("/v1/events?customerId=gone").await;
+    assert_eq!(events.assert_status(200)["data"], json!([]));
+
+    let again = app.post("/v1/limits/consume", tokens(4)).await;
+    let again = again.assert_status(200);
+    assert_eq!(again["allowed"], true, "{again}");
+    assert_eq!(state(again, &daily)["used"], 4);
+    assert_eq!(state(again, &ever)["used"], 4);
+}
+
+/// Usage whose customer storage no longer knows (its delete could not forget it) is read by
+/// no check: an unknown customer's usage is 0.
+async fn a_check_reads_no_usage_of_an_unknown_customer(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let daily = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 10, "period": "day"}))
+        .await;
+    app.post(
+        "/v1/events/record",
+        json!({"customerId": "orphan", "eventType": "llm", "values": {"tokens": 10}}),
+    )
+    .await
+    .assert_status(200);
+    let delete = ConfigOp::Delete {
+        kind: Kind::Customer,
+        id: "orphan".into(),
+        guard: Guard::Always,
+    };
+    app.store.apply(&[delete]).await.unwrap().unwrap();
+
+    let fresh_node = app.node_that_dies_after_counting().await;
+    let check = fresh_node
+        .post("/v1/limits/check", json!({"customerId": "orphan"}))
+        .await;
+    assert_eq!(check.body["allowed"], true, "{}", check.body);
+    assert_eq!(state(&check.body, &daily)["used"], 0);
+}
 
 async fn create_get_and_conflict(app: TestApp) {
     let created = app

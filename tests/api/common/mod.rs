@@ -415,7 +415,7 @@ pub fn settings() -> Settings {
 pub struct TestApp {
     pub router: Router,
     pub gateway: Arc<Gateway>,
-    store: Arc<dyn Store>,
+    pub store: Arc<dyn Store>,
     /// The requests that run to their end on their own (as a stopping node waits for them).
     running: TaskTracker,
 }
