@@ -52,7 +52,9 @@ pub struct NewLimit {
     #[serde(default)]
     pub customer_id: Option<CustomerId>,
     pub dimension_filters: Option<Dimensions>,
-    pub alert_thresholds: Option<Vec<i64>>,
+    /// Read as numbers: `50.0` is the integer 50, as JSON Schema's `integer` has it.
+    #[schema(value_type = Option<Vec<i64>>)]
+    pub alert_thresholds: Option<Vec<f64>>,
     pub fail_mode: Option<FailMode>,
 }
 
@@ -67,13 +69,15 @@ pub struct LimitPatch {
     pub period: Option<Period>,
     pub customer_id: Option<CustomerId>,
     pub dimension_filters: Option<Dimensions>,
-    pub alert_thresholds: Option<Vec<i64>>,
+    /// Read as numbers: `50.0` is the integer 50, as JSON Schema's `integer` has it.
+    #[schema(value_type = Option<Vec<i64>>)]
+    pub alert_thresholds: Option<Vec<f64>>,
     pub fail_mode: Option<FailMode>,
 }
 
 const MAX_THRESHOLDS: usize = 10;
 
-fn parse_thresholds(raw: Vec<i64>) -> Result<Vec<u8>, FieldError> {
+fn parse_thresholds(raw: Vec<f64>) -> Result<Vec<u8>, FieldError> {
     if raw.len() > MAX_THRESHOLDS {
         return Err(FieldError::invalid(
             "alertThresholds",
@@ -82,8 +86,8 @@ fn parse_thresholds(raw: Vec<i64>) -> Result<Vec<u8>, FieldError> {
     }
     let mut thresholds = Vec::with_capacity(raw.len());
     for (index, value) in raw.into_iter().enumerate() {
-        match u8::try_from(value) {
-            Ok(percent @ 1..=100) => thresholds.push(percent),
+        match value {
+            1.0..=100.0 if value.fract() == 0.0 => thresholds.push(value as u8),
             _ => {
                 return Err(FieldError::invalid(
                     format!("alertThresholds[{index}]"),
@@ -254,7 +258,7 @@ mod tests {
             period: Period::Day,
             customer_id: None,
             dimension_filters: None,
-            alert_thresholds: Some(vec![100, 80, 80]),
+            alert_thresholds: Some(vec![100.0, 80.0, 80.0]),
             fail_mode: None,
         }
     }
@@ -265,9 +269,13 @@ mod tests {
         let limit = Limit::create("l".into(), new_limit(), &meter, Utc::now()).unwrap();
         assert_eq!(limit.alert_thresholds, vec![80, 100]);
         let mut input = new_limit();
-        input.alert_thresholds = Some(vec![50, 101]);
+        input.alert_thresholds = Some(vec![50.0, 101.0]);
         let error = Limit::create("l".into(), input, &meter, Utc::now()).unwrap_err();
         assert_eq!(error.field(), "alertThresholds[1]");
+        let mut input = new_limit();
+        input.alert_thresholds = Some(vec![12.5]);
+        let error = Limit::create("l".into(), input, &meter, Utc::now()).unwrap_err();
+        assert_eq!(error.field(), "alertThresholds[0]", "a percent is whole");
     }
 
     #[test]
