@@ -101,15 +101,19 @@ pub struct BatchAnswer {
     tag = "events",
     summary = "Record up to 1000 events",
     request_body = BatchBody,
+    params(("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = BatchAnswer), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]
 pub async fn batch(
     _: Authorized<Ingest>,
     State(gateway): State<AppState>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<BatchBody>,
 ) -> Result<Json<BatchAnswer>, ApiError> {
-    let (count, duplicates) = gateway.record_batch(body.events).await?;
+    let (count, duplicates) = gateway
+        .record_batch(body.events, idempotency_key(&headers)?)
+        .await?;
     Ok(Json(BatchAnswer { count, duplicates }))
 }
 

@@ -1,6 +1,8 @@
 //! `Idempotency-Key` on POST routes without de-duplication of their own (creations, webhook
-//! tests, redeliveries, reservation release and extend): the first answer is replayed. Routes
-//! that count or move amounts de-duplicate inside their own atomic step instead. Like every
+//! tests, redeliveries, reservation release and extend), and on batches: the first answer is
+//! replayed. Routes that count or move amounts de-duplicate inside their own atomic step
+//! instead (a batch does both: its events de-duplicate as they are counted, and its answer is
+//! replayed). Like every
 //! request that may change state, these run to their end even if their client disconnects
 //! ([`super::run_to_end`]), so their answer is always kept for their key.
 

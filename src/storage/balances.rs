@@ -63,7 +63,7 @@ pub fn split_transaction_member(member: &str) -> Option<(f64, &str)> {
 /// Where a movement's idempotency key is remembered: beside the customer's event keys, in a
 /// namespace of its own, so a debit and an event may use the same key.
 pub fn movement_dedupe_key(keys: &Keys, customer: &CustomerId, idempotency_key: &str) -> String {
-    keys.idempotency(customer, &format!("balance:{idempotency_key}"))
+    keys.idempotency(customer, format!("balance:{idempotency_key}"))
 }
 
 #[async_trait]

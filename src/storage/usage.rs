@@ -321,8 +321,8 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
         event_id: reservation.map_or_else(|| event.id.clone(), |r| r.id.clone()),
         dedupe_key: event
             .idempotency_key
-            .as_deref()
-            .map(|k| keys.idempotency(customer, k)),
+            .as_ref()
+            .map(|k| keys.idempotency(customer, k.digest_input())),
         dedupe_ttl_ms: retention.idempotency.as_millis() as i64,
         log_key: keys.event_log(customer),
         log_member,
