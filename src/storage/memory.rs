@@ -16,7 +16,7 @@ use super::balances::{
 use super::keys::Keys;
 use super::replays::{ReplayClaim, ReplayStore};
 use super::usage::{
-    CounterReading, EventOps, EventWrite, KeyOp, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
+    CounterReading, EventOps, EventWrite, Finish, KeyOp, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
     RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, decode_rollup, event_ops,
     parse_counter,
 };
@@ -724,6 +724,7 @@ impl UsageStore for MemoryStore {
             doc: record.get("doc").cloned().unwrap_or_default(),
             status: record.get("status").cloned().unwrap_or_default(),
             event_id: record.get("eventId").filter(|e| !e.is_empty()).cloned(),
+            committed_values: record.get("values").cloned(),
         }))
     }
 
@@ -732,8 +733,7 @@ impl UsageStore for MemoryStore {
         customer: &CustomerId,
         id: &str,
         counters: &[CounterId],
-        status: &str,
-        event_id: &str,
+        finish: Finish<'_>,
     ) -> StoreResult<Option<(String, String)>> {
         let now = now_ms();
         let mut usage = self.usage();
@@ -742,6 +742,18 @@ impl UsageStore for MemoryStore {
             return Ok(None);
         };
         let current = record.get("status").cloned().unwrap_or_default();
+        let (status, event_id) = match finish {
+            Finish::Commit { event_id, .. } => ("committed", event_id),
+            Finish::Release => ("released", ""),
+        };
+        if let Finish::Commit {
+            values, counted, ..
+        } = finish
+            && current != "released"
+            && (counted || !record.contains_key("values"))
+        {
+            record.insert("values".into(), values.into());
+        }
         if current == "committed" || current == "released" {
             return Ok(Some((
                 current,
