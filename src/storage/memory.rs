@@ -10,8 +10,8 @@ use super::alerts::{
     split_delivery_member,
 };
 use super::balances::{
-    BalanceReading, BalanceStore, DROPPED_SPENT_TTL_MS, Movement, MovementOutcome,
-    movement_dedupe_key, transaction_member,
+    BalanceReading, BalanceStore, DROPPED_SPENT_TTL_MS, Movement, MovementOutcome, first_movement,
+    movement_dedupe_key, refusal_record, transaction_member,
 };
 use super::keys::Keys;
 use super::replays::{ReplayClaim, ReplayStore};
@@ -882,7 +882,7 @@ impl MemoryUsage {
             .idempotency_key
             .map(|key| movement_dedupe_key(keys, customer, key));
         if let Some(first) = dedupe_key.as_deref().and_then(|key| self.text(key, now)) {
-            return MovementOutcome::Duplicate(first);
+            return MovementOutcome::Duplicate(Box::new(first_movement(first)));
         }
         let spent_key = keys.balance_spent(customer, movement.balance_id);
         let spent = self
@@ -893,7 +893,14 @@ impl MemoryUsage {
             .ceiling
             .is_some_and(|ceiling| spent + movement.spent_change > ceiling)
         {
-            return MovementOutcome::Refused;
+            if let Some(key) = dedupe_key {
+                self.set_text_until(
+                    key,
+                    refusal_record(&spent.to_string()),
+                    now + retention.idempotency.as_millis() as i64,
+                );
+            }
+            return MovementOutcome::Refused { spent };
         }
         let after = format!("{}", spent + movement.spent_change);
         self.set_text(&spent_key, after.clone());

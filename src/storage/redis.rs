@@ -15,7 +15,7 @@ use super::alerts::{
     split_delivery_member,
 };
 use super::balances::{
-    BalanceReading, BalanceStore, DROPPED_SPENT_TTL_MS, Movement, MovementOutcome,
+    BalanceReading, BalanceStore, DROPPED_SPENT_TTL_MS, Movement, MovementOutcome, first_movement,
     movement_dedupe_key,
 };
 use super::keys::Keys;
@@ -1411,10 +1411,14 @@ impl BalanceStore for RedisStore {
             [Value::Int(0), member] => Ok(MovementOutcome::Applied(
                 text(member).ok_or_else(unexpected)?,
             )),
-            [Value::Int(1), member] => Ok(MovementOutcome::Duplicate(
-                text(member).ok_or_else(unexpected)?,
-            )),
-            [Value::Int(2)] => Ok(MovementOutcome::Refused),
+            [Value::Int(1), record] => Ok(MovementOutcome::Duplicate(Box::new(first_movement(
+                text(record).ok_or_else(unexpected)?,
+            )))),
+            [Value::Int(2), spent] => Ok(MovementOutcome::Refused {
+                spent: text(spent)
+                    .and_then(|spent| spent.parse().ok())
+                    .ok_or_else(unexpected)?,
+            }),
             _ => Err(unexpected()),
         }
     }
