@@ -18,6 +18,18 @@ use super::error::ApiError;
 use super::events::{idempotency_key, replayed};
 use crate::service::replay::Replay;
 
+/// The `Idempotency-Key` header, as the OpenAPI document declares it on every `POST` that
+/// accepts it (the handlers read it with [`idempotency_key`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyKeyHeader {
+    /// 1 to 256 visible ASCII characters. A repeat with the same key within 24 h changes
+    /// nothing and answers the first answer's IDs with `Idempotent-Replayed: true`.
+    #[param(rename = "Idempotency-Key")]
+    #[allow(dead_code)]
+    idempotency_key: Option<String>,
+}
+
 /// The largest answer kept for a replay; these routes answer one document.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 

@@ -136,6 +136,16 @@ async fn failed_requests_free_their_key(app: TestApp) {
     )
     .await
     .assert_field_error("invalid_field_value", "Idempotency-Key");
+    // A commit needs no key (it is idempotent by its reservation), but checks one given.
+    post_with_key(
+        &app,
+        ADMIN_KEY,
+        "/v1/reservations/rsv_01M8M5HVXRTDMVKSMQNNZH8E3X/commit",
+        json!({}),
+        &long,
+    )
+    .await
+    .assert_field_error("invalid_field_value", "Idempotency-Key");
 }
 
 async fn a_key_in_use_is_refused_until_its_request_ends(app: TestApp) {
