@@ -8,8 +8,9 @@
 -- ARGV[3]  transaction ID
 -- ARGV[4]  transaction entry (JSON)
 -- ARGV[5]  idempotency TTL in ms; 0: no de-duplication
--- Returns {0, member} when applied (member: "<id>|<spent after>|<entry>"), {1, first member}
--- for a repeat of an idempotency key, {2} when refused (nothing written).
+-- Returns {0, member} when applied (member: "<id>|<spent after>|<entry>"); {2, spent} when
+-- refused (nothing moved; with a key, "refused|<spent>" is kept under it, so a repeat is
+-- refused again even after a credit); {1, what the key holds} for a repeat of a key.
 
 local spent_key, log_key = KEYS[1], KEYS[2]
 local change, ceiling = ARGV[1], ARGV[2]
@@ -30,7 +31,10 @@ if ceiling ~= '' then
     would_spend = math.floor(would_spend * 1e9 + 0.5) / 1e9
   end
   if would_spend > tonumber(ceiling) then
-    return {2}
+    if dedupe then
+      redis.call('SET', KEYS[3], 'refused|' .. spent, 'PX', ARGV[5])
+    end
+    return {2, spent}
   end
 end
 

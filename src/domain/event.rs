@@ -48,7 +48,36 @@ pub struct Event {
     #[serde(with = "serde_rfc3339")]
     pub received_at: DateTime<Utc>,
     #[serde(skip)]
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// What an event is de-duplicated by (per customer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyKey {
+    /// The caller's own key: `idempotencyKey` or the `Idempotency-Key` header.
+    Caller(String),
+    /// Event `index` of a batch sent with the `Idempotency-Key` header `batch` that has no
+    /// key of its own, so a retried batch counts none of its events twice.
+    BatchItem { batch: String, index: usize },
+}
+
+impl IdempotencyKey {
+    /// The bytes storage hashes into the key's record. A caller's key is hashed as it is
+    /// (as before keys were scoped); a derived key starts with 0xFF, which no UTF-8 text
+    /// starts with, so no caller's key ever meets it.
+    pub fn digest_input(&self) -> Cow<'_, [u8]> {
+        match self {
+            IdempotencyKey::Caller(key) => Cow::Borrowed(key.as_bytes()),
+            IdempotencyKey::BatchItem { batch, index } => {
+                // A header holds visible ASCII only, so the NUL ends it unambiguously.
+                let mut input = b"\xFFbatch\0".to_vec();
+                input.extend_from_slice(batch.as_bytes());
+                input.push(0);
+                input.extend_from_slice(index.to_string().as_bytes());
+                Cow::Owned(input)
+            }
+        }
+    }
 }
 
 /// An event as its customer's log keeps it: only what the entry's position (time and ID) and
@@ -110,7 +139,7 @@ impl Event {
     }
 
     /// Validates `input` received at `now`. `header_key` is the `Idempotency-Key` header,
-    /// the same key as the body's `idempotencyKey` (the body wins if both are given).
+    /// the same key as the body's `idempotencyKey`: both may be given only if they are equal.
     pub fn validate(
         id: String,
         input: NewEvent,
@@ -156,12 +185,19 @@ impl Event {
                 "must not be more than 5 minutes in the future",
             ));
         }
-        let idempotency_key = input
-            .idempotency_key
-            .or_else(|| header_key.map(str::to_string));
+        let idempotency_key = match (input.idempotency_key, header_key) {
+            (Some(body), Some(header)) if body != header => {
+                return Err(FieldError::invalid(
+                    "idempotencyKey",
+                    "differs from the Idempotency-Key header (they are the same key: give one, or both equal)",
+                ));
+            }
+            (body, header) => body.or_else(|| header.map(str::to_string)),
+        };
         if let Some(key) = &idempotency_key {
             bounded_str("idempotencyKey", key, 1, 256)?;
         }
+        let idempotency_key = idempotency_key.map(IdempotencyKey::Caller);
         Ok(Event {
             id,
             customer_id: input.customer_id,
@@ -204,8 +240,41 @@ mod tests {
     fn defaults_and_header_idempotency_key() {
         let event = Event::validate("evt_1".into(), input(), Some("k1"), now()).unwrap();
         assert_eq!(event.timestamp, now());
-        assert_eq!(event.idempotency_key.as_deref(), Some("k1"));
+        assert_eq!(
+            event.idempotency_key,
+            Some(IdempotencyKey::Caller("k1".into()))
+        );
         assert_eq!(event.values["tokens"].get(), 12.0);
+    }
+
+    #[test]
+    fn body_and_header_keys_are_one_key() {
+        let mut both = input();
+        both.idempotency_key = Some("k1".into());
+        let event = Event::validate("e".into(), both.clone(), Some("k1"), now()).unwrap();
+        assert_eq!(
+            event.idempotency_key,
+            Some(IdempotencyKey::Caller("k1".into()))
+        );
+        let error = Event::validate("e".into(), both, Some("k2"), now()).unwrap_err();
+        assert_eq!(error.field(), "idempotencyKey");
+        assert!(error.message().contains("Idempotency-Key"), "{error:?}");
+    }
+
+    #[test]
+    fn derived_batch_keys_never_meet_a_callers_key() {
+        let item = |batch: &str, index| IdempotencyKey::BatchItem {
+            batch: batch.into(),
+            index,
+        };
+        let input = item("bx1", 3).digest_input().into_owned();
+        assert!(String::from_utf8(input.clone()).is_err(), "not a text");
+        assert_ne!(input, item("bx1", 4).digest_input().into_owned());
+        assert_ne!(input, item("bx", 13).digest_input().into_owned());
+        assert_eq!(
+            IdempotencyKey::Caller("k".into()).digest_input().as_ref(),
+            b"k"
+        );
     }
 
     #[test]
@@ -275,7 +344,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             Event {
-                idempotency_key: Some("retry-1".into()),
+                idempotency_key: Some(IdempotencyKey::Caller("retry-1".into())),
                 ..back
             },
             event

@@ -28,6 +28,7 @@ pub struct CustomerBalances {
     path = "/v1/balances",
     tag = "balances",
     summary = "Create a balance (a non-zero initialBalance is its first credit)",
+    params(crate::http::idempotency::IdempotencyKeyHeader),
     request_body = NewBalance,
     responses((status = 201, body = BalanceView), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
@@ -143,7 +144,7 @@ async fn movement(
     path = "/v1/balances/credit",
     tag = "balances",
     summary = "Add credits to a balance",
-    params(("Idempotency-Key" = Option<String>, Header)),
+    params(crate::http::idempotency::IdempotencyKeyHeader),
     request_body = NewMovement,
     responses((status = 200, body = MovementResult), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
@@ -162,7 +163,7 @@ pub async fn credit(
     path = "/v1/balances/debit",
     tag = "balances",
     summary = "Take credits from a balance, atomically; success false when it cannot cover them",
-    params(("Idempotency-Key" = Option<String>, Header)),
+    params(crate::http::idempotency::IdempotencyKeyHeader),
     request_body = NewMovement,
     responses((status = 200, body = MovementResult), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))

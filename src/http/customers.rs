@@ -13,6 +13,7 @@ use crate::domain::customer::{Customer, CustomerPatch, NewCustomer};
     path = "/v1/customers",
     tag = "customers",
     summary = "Create a customer",
+    params(crate::http::idempotency::IdempotencyKeyHeader),
     request_body = NewCustomer,
     responses((status = 201, body = Customer), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))

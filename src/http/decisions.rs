@@ -118,7 +118,7 @@ pub async fn check(
     tag = "decisions",
     summary = "Check and record in one atomic step",
     request_body = NewEvent,
-    params(("Idempotency-Key" = Option<String>, Header)),
+    params(crate::http::idempotency::IdempotencyKeyHeader),
     responses((status = 200, body = DecisionBody), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]
@@ -141,7 +141,7 @@ pub async fn consume(
     tag = "reservations",
     summary = "Hold an estimate against the limits",
     request_body = NewReservation,
-    params(("Idempotency-Key" = Option<String>, Header)),
+    params(crate::http::idempotency::IdempotencyKeyHeader),
     responses((status = 200, body = DecisionBody), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]
@@ -188,7 +188,7 @@ struct CommitBody {
     path = "/v1/reservations/{id}/commit",
     tag = "reservations",
     summary = "Record the actual cost and drop the hold",
-    params(("id" = String, Path, description = "reservation ID")),
+    params(("id" = String, Path, description = "reservation ID"), crate::http::idempotency::IdempotencyKeyHeader),
     request_body(content = CommitReservation, description = "optional"),
     responses((status = 200, body = CommitBody), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
@@ -197,8 +197,12 @@ pub async fn commit(
     _: Authorized<Ingest>,
     State(gateway): State<AppState>,
     PathId(id): PathId,
+    headers: HeaderMap,
     OptionalJsonBody(input): OptionalJsonBody<CommitReservation>,
 ) -> Result<Response, ApiError> {
+    // A commit is idempotent by its reservation and needs no key; one given is checked like
+    // on every other route.
+    idempotency_key(&headers)?;
     let (reservation, recorded) = gateway.commit_reservation(&id, input).await?;
     let body = CommitBody {
         reservation,
@@ -213,7 +217,7 @@ pub async fn commit(
     path = "/v1/reservations/{id}/release",
     tag = "reservations",
     summary = "Drop the hold",
-    params(("id" = String, Path, description = "reservation ID")),
+    params(("id" = String, Path, description = "reservation ID"), crate::http::idempotency::IdempotencyKeyHeader),
     responses((status = 200, body = Reservation), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]
@@ -230,7 +234,7 @@ pub async fn release(
     path = "/v1/reservations/{id}/extend",
     tag = "reservations",
     summary = "Give a held reservation more time",
-    params(("id" = String, Path, description = "reservation ID")),
+    params(("id" = String, Path, description = "reservation ID"), crate::http::idempotency::IdempotencyKeyHeader),
     request_body = ExtendReservation,
     responses((status = 200, body = Reservation), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))

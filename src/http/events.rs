@@ -63,7 +63,7 @@ pub fn replayed(mut response: Response, duplicate: bool) -> Response {
     tag = "events",
     summary = "Record a usage event",
     request_body = NewEvent,
-    params(("Idempotency-Key" = Option<String>, Header)),
+    params(crate::http::idempotency::IdempotencyKeyHeader),
     responses((status = 200, body = RecordBody), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]
@@ -101,15 +101,19 @@ pub struct BatchAnswer {
     tag = "events",
     summary = "Record up to 1000 events",
     request_body = BatchBody,
+    params(crate::http::idempotency::IdempotencyKeyHeader),
     responses((status = 200, body = BatchAnswer), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]
 pub async fn batch(
     _: Authorized<Ingest>,
     State(gateway): State<AppState>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<BatchBody>,
 ) -> Result<Json<BatchAnswer>, ApiError> {
-    let (count, duplicates) = gateway.record_batch(body.events).await?;
+    let (count, duplicates) = gateway
+        .record_batch(body.events, idempotency_key(&headers)?)
+        .await?;
     Ok(Json(BatchAnswer { count, duplicates }))
 }
 

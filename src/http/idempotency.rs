@@ -1,6 +1,8 @@
 //! `Idempotency-Key` on POST routes without de-duplication of their own (creations, webhook
-//! tests, redeliveries, reservation release and extend): the first answer is replayed. Routes
-//! that count or move amounts de-duplicate inside their own atomic step instead. Like every
+//! tests, redeliveries, reservation release and extend), and on batches: the first answer is
+//! replayed. Routes that count or move amounts de-duplicate inside their own atomic step
+//! instead (a batch does both: its events de-duplicate as they are counted, and its answer is
+//! replayed). Like every
 //! request that may change state, these run to their end even if their client disconnects
 //! ([`super::run_to_end`]), so their answer is always kept for their key.
 
@@ -15,6 +17,18 @@ use super::auth::caller_scope;
 use super::error::ApiError;
 use super::events::{idempotency_key, replayed};
 use crate::service::replay::Replay;
+
+/// The `Idempotency-Key` header, as the OpenAPI document declares it on every `POST` that
+/// accepts it (the handlers read it with [`idempotency_key`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyKeyHeader {
+    /// 1 to 256 visible ASCII characters. A repeat with the same key within 24 h changes
+    /// nothing and answers the first answer's IDs with `Idempotent-Replayed: true`.
+    #[param(rename = "Idempotency-Key")]
+    #[allow(dead_code)]
+    idempotency_key: Option<String>,
+}
 
 /// The largest answer kept for a replay; these routes answer one document.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;

@@ -16,6 +16,7 @@ use crate::service::config::LimitQuery;
     path = "/v1/limits",
     tag = "limits",
     summary = "Create a limit (customerId null: a default limit)",
+    params(crate::http::idempotency::IdempotencyKeyHeader),
     request_body = NewLimit,
     responses((status = 201, body = Limit), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))

@@ -14,6 +14,7 @@ use crate::domain::meter::{Meter, MeterPatch, NewMeter};
     path = "/v1/meters",
     tag = "meters",
     summary = "Create a meter",
+    params(crate::http::idempotency::IdempotencyKeyHeader),
     request_body = NewMeter,
     responses((status = 201, body = Meter), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))

@@ -77,9 +77,11 @@ pub fn api_routes(gateway: &AppState) -> (Router<AppState>, utoipa::openapi::Ope
     use utoipa_axum::router::OpenApiRouter;
     use utoipa_axum::routes;
     // POSTs without de-duplication of their own answer a repeated `Idempotency-Key` from the
-    // first answer. Creating an API key is left out: its answer holds the key in the clear,
-    // which is never stored.
+    // first answer. So does a batch: its events de-duplicate in their counting step, but its
+    // answer (`count`, `duplicates`) is the first one's only if kept. Creating an API key is
+    // left out: its answer holds the key in the clear, which is never stored.
     let replayed = OpenApiRouter::new()
+        .routes(routes!(events::batch))
         .routes(routes!(customers::create, customers::list))
         .routes(routes!(meters::create, meters::list))
         .routes(routes!(limits::create, limits::list))
@@ -104,7 +106,6 @@ pub fn api_routes(gateway: &AppState) -> (Router<AppState>, utoipa::openapi::Ope
         .routes(routes!(decisions::get))
         .routes(routes!(decisions::commit))
         .routes(routes!(events::record))
-        .routes(routes!(events::batch))
         .routes(routes!(events::list))
         .routes(routes!(webhooks::get, webhooks::update, webhooks::delete))
         .routes(routes!(webhooks::deliveries))

@@ -47,6 +47,7 @@ impl WebhookView {
     path = "/v1/webhooks",
     tag = "webhooks",
     summary = "Create a webhook endpoint (secret shown once)",
+    params(crate::http::idempotency::IdempotencyKeyHeader),
     request_body = NewWebhook,
     responses((status = 201, body = WebhookView), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
@@ -145,7 +146,7 @@ pub async fn delete(
     path = "/v1/webhooks/{id}/test",
     tag = "webhooks",
     summary = "Send a signed ping now",
-    params(("id" = String, Path, description = "webhook ID")),
+    params(("id" = String, Path, description = "webhook ID"), crate::http::idempotency::IdempotencyKeyHeader),
     responses((status = 200, body = DeliveryAttempt), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]
@@ -190,7 +191,7 @@ pub struct Redelivery {
     path = "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
     tag = "webhooks",
     summary = "Send an earlier message again",
-    params(("id" = String, Path), ("delivery_id" = String, Path)),
+    params(("id" = String, Path), ("delivery_id" = String, Path), crate::http::idempotency::IdempotencyKeyHeader),
     responses((status = 200, body = Redelivery), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]

@@ -65,6 +65,19 @@ fn decode_transaction(member: &str) -> ServiceResult<Transaction> {
     Ok(entry.settled(spent_after))
 }
 
+/// A credit and a debit never share an idempotency key: a repeat is a repeat of the same
+/// movement, and a key reused for the other kind is a caller's mistake that must not pass
+/// as a replay of something it is not.
+fn key_of_another_kind(first: TransactionKind) -> ServiceError {
+    let first = match first {
+        TransactionKind::Credit => "credit",
+        TransactionKind::Debit => "debit",
+    };
+    ServiceError::Conflict(format!(
+        "this Idempotency-Key was first used for a {first}; a key belongs to one kind of movement"
+    ))
+}
+
 /// When the balance last moved by a credit or debit, from its newest transaction.
 fn last_moved(reading: &BalanceReading) -> Option<DateTime<Utc>> {
     let member = reading.newest.as_deref()?;
@@ -302,32 +315,49 @@ impl Gateway {
             entry: &doc,
             idempotency_key,
         };
-        let (member, replayed) = match self
+        let (first, replayed) = match self
             .store
             .move_balance(&balance.customer_id, &movement)
             .await?
         {
-            MovementOutcome::Applied(member) => (member, false),
-            MovementOutcome::Duplicate(member) => (member, true),
-            MovementOutcome::Refused => {
-                let view = self.view(&balance).await?;
+            MovementOutcome::Duplicate(first) => (*first, true),
+            outcome => (outcome, false),
+        };
+        let member = match first {
+            MovementOutcome::Applied(member) => member,
+            // Only debits are refused: a credit finding a refusal met a debit's key.
+            MovementOutcome::Refused { .. } if kind != TransactionKind::Debit => {
+                return Err(key_of_another_kind(TransactionKind::Debit));
+            }
+            MovementOutcome::Refused { spent } => {
+                // What was available when the debit was refused (a repeat is refused as the
+                // first was); `balance` is as it is now.
+                let available = balance.view(spent, None).available_balance;
                 let error = format!(
                     "insufficient balance: {} available, {} requested",
-                    view.available_balance.get(),
+                    available.get(),
                     input.amount
                 );
                 return Ok(Moved {
                     result: MovementResult {
                         success: false,
                         transaction: None,
-                        balance: Some(view),
+                        balance: Some(self.view(&balance).await?),
                         error: Some(error),
                     },
-                    replayed: false,
+                    replayed,
                 });
+            }
+            MovementOutcome::Duplicate(_) => {
+                return Err(ServiceError::Storage(crate::storage::StoreError::Internal(
+                    "a movement replayed twice over".into(),
+                )));
             }
         };
         let transaction = decode_transaction(&member)?;
+        if transaction.entry.kind != kind {
+            return Err(key_of_another_kind(transaction.entry.kind));
+        }
         let view = balance.view(
             -transaction.balance_after.get(),
             Some(transaction.entry.created_at),

@@ -20,7 +20,7 @@ use crate::domain::usage::{
     CounterOp, CustomerCalendar, EventPlan, LimitState, ResolvedLimit, fits, retry_after,
 };
 use crate::storage::StoreError;
-use crate::storage::usage::{CounterReading, Mode, RecordOutcome, ReservationWrite};
+use crate::storage::usage::{CounterReading, Finish, Mode, RecordOutcome, ReservationWrite};
 
 /// `POST /v1/limits/check` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -196,6 +196,15 @@ fn plan_windows(plan: &EventPlan) -> Vec<(ResolvedLimit, Option<crate::domain::p
         .iter()
         .map(|(l, w, _)| (l.clone(), *w))
         .collect()
+}
+
+/// A stored reservation as the service reads it; a committed one carries the values its
+/// commit recorded.
+struct LoadedReservation {
+    reservation: Reservation,
+    holds: Vec<Hold>,
+    status: String,
+    event_id: Option<String>,
 }
 
 impl Gateway {
@@ -476,10 +485,7 @@ impl Gateway {
         })
     }
 
-    async fn load_reservation(
-        &self,
-        id: &str,
-    ) -> ServiceResult<(StoredReservationDoc, String, Option<String>)> {
+    async fn load_reservation(&self, id: &str) -> ServiceResult<LoadedReservation> {
         if !IdKind::Reservation.is_plausible(id) {
             return Err(ServiceError::NotFound(Resource::Reservation));
         }
@@ -495,58 +501,112 @@ impl Gateway {
             .ok_or(ServiceError::NotFound(Resource::Reservation))?;
         let doc: StoredReservationDoc =
             serde_json::from_str(&stored.doc).map_err(|e| corrupt("reservations", e))?;
-        Ok((doc, stored.status, stored.event_id))
+        let mut reservation = doc.reservation.clone();
+        // A committed reservation shows what was recorded, not the estimate.
+        if let Some(values) = &stored.committed_values {
+            reservation.values =
+                serde_json::from_str(values).map_err(|e| corrupt("reservations", e))?;
+        }
+        Ok(LoadedReservation {
+            reservation,
+            holds: doc.holds,
+            status: stored.status,
+            event_id: stored.event_id,
+        })
     }
 
     pub async fn get_reservation(&self, id: &str) -> ServiceResult<Reservation> {
-        let (doc, status, _) = self.load_reservation(id).await?;
-        let mut reservation = doc.reservation;
+        let loaded = self.load_reservation(id).await?;
+        let mut reservation = loaded.reservation;
         reservation.status =
-            ReservationStatus::at(&status, reservation.expires_at, self.clock.now());
+            ReservationStatus::at(&loaded.status, reservation.expires_at, self.clock.now());
         Ok(reservation)
     }
 
     /// Records the actual cost (default: the estimate), unconditionally, and drops the hold.
-    /// Idempotent: a second commit answers the first one's event. Committing an expired
-    /// reservation still records.
+    /// Idempotent: a repeat answers what the first commit answered (the values it recorded,
+    /// its event, and the limits as they are now, as a duplicate record does), whatever its
+    /// own body says. Committing an expired reservation still records.
     pub async fn commit_reservation(
         &self,
         id: &str,
         input: CommitReservation,
     ) -> ServiceResult<(Reservation, Recorded)> {
-        let (doc, status, event_id) = self.load_reservation(id).await?;
+        let loaded = self.load_reservation(id).await?;
         let now = self.clock.now();
-        let mut reservation = doc.reservation.clone();
-        if status == "released" {
-            return Err(ServiceError::Conflict(
-                "the reservation was released; it cannot be committed".into(),
-            ));
+        match (loaded.status.as_str(), &loaded.event_id) {
+            ("released", _) => {
+                return Err(ServiceError::Conflict(
+                    "the reservation was released; it cannot be committed".into(),
+                ));
+            }
+            ("committed", Some(event_id)) => {
+                let event_id = event_id.clone();
+                return self
+                    .committed_answer(loaded.reservation, event_id, now)
+                    .await;
+            }
+            _ => {}
         }
+        let mut reservation = loaded.reservation;
         let values = input.values.unwrap_or_else(|| reservation.values.clone());
-        // The commit's own idempotency key: a retried commit never records twice.
+        // The commit's own idempotency key: a commit retried before its reservation was
+        // marked committed (it failed in between) never records twice.
         let new_event = reservation.event_input(values.clone(), Some(format!("commit:{id}")));
         let event = Event::validate(
-            event_id.unwrap_or_else(|| self.new_id(IdKind::Event)),
+            loaded
+                .event_id
+                .unwrap_or_else(|| self.new_id(IdKind::Event)),
             new_event,
             None,
             now,
         )?;
         let recorded = self.record_event(event, now).await?;
-        let counters: Vec<_> = doc.holds.iter().map(|h| h.counter.clone()).collect();
+        let counters: Vec<_> = loaded.holds.iter().map(|h| h.counter.clone()).collect();
+        let values_doc = super::config::to_doc(&values)?;
         self.store
             .finish_reservation(
                 &reservation.customer_id,
                 id,
                 &counters,
-                "committed",
-                &recorded.event_id,
+                Finish::Commit {
+                    event_id: &recorded.event_id,
+                    values: &values_doc,
+                    counted: !recorded.duplicate,
+                },
             )
             .await?
             .ok_or(ServiceError::NotFound(Resource::Reservation))?;
+        if recorded.duplicate {
+            // Another commit recorded the event: answer with the values it recorded.
+            let loaded = self.load_reservation(id).await?;
+            return self
+                .committed_answer(loaded.reservation, recorded.event_id, now)
+                .await;
+        }
         reservation.status = ReservationStatus::Committed;
         reservation.values = values;
         let limits = self.reservation_states(&reservation, now).await?;
         Ok((reservation, Recorded { limits, ..recorded }))
+    }
+
+    /// The answer to a commit of a reservation already committed, as `event_id`.
+    async fn committed_answer(
+        &self,
+        mut reservation: Reservation,
+        event_id: String,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<(Reservation, Recorded)> {
+        reservation.status = ReservationStatus::Committed;
+        let limits = self.reservation_states(&reservation, now).await?;
+        Ok((
+            reservation,
+            Recorded {
+                event_id,
+                duplicate: true,
+                limits,
+            },
+        ))
     }
 
     /// Current states of the limits the reservation's event counts toward.
@@ -569,12 +629,12 @@ impl Gateway {
 
     /// Drops the hold. Idempotent; releasing a committed reservation is a conflict.
     pub async fn release_reservation(&self, id: &str) -> ServiceResult<Reservation> {
-        let (doc, _, _) = self.load_reservation(id).await?;
-        let counters: Vec<_> = doc.holds.iter().map(|h| h.counter.clone()).collect();
-        let mut reservation = doc.reservation;
+        let loaded = self.load_reservation(id).await?;
+        let counters: Vec<_> = loaded.holds.iter().map(|h| h.counter.clone()).collect();
+        let mut reservation = loaded.reservation;
         let (status, _) = self
             .store
-            .finish_reservation(&reservation.customer_id, id, &counters, "released", "")
+            .finish_reservation(&reservation.customer_id, id, &counters, Finish::Release)
             .await?
             .ok_or(ServiceError::NotFound(Resource::Reservation))?;
         if status == "committed" {
@@ -593,9 +653,13 @@ impl Gateway {
         input: ExtendReservation,
     ) -> ServiceResult<Reservation> {
         let ttl = parse_ttl("ttlSeconds", Some(input.ttl_seconds))?;
-        let (mut doc, status, _) = self.load_reservation(id).await?;
+        let loaded = self.load_reservation(id).await?;
+        let mut doc = StoredReservationDoc {
+            reservation: loaded.reservation,
+            holds: loaded.holds,
+        };
         let now = self.clock.now();
-        if ReservationStatus::at(&status, doc.reservation.expires_at, now)
+        if ReservationStatus::at(&loaded.status, doc.reservation.expires_at, now)
             != ReservationStatus::Held
         {
             return Err(ServiceError::Conflict(

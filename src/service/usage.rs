@@ -9,7 +9,7 @@ use super::Gateway;
 use super::error::{ServiceError, ServiceResult, corrupt};
 use super::page::Page;
 use crate::domain::customer::Customer;
-use crate::domain::event::{Event, NewEvent};
+use crate::domain::event::{Event, IdempotencyKey, NewEvent};
 use crate::domain::field::{Dimensions, FieldError, validate_dimensions};
 use crate::domain::ids::{CustomerId, IdKind};
 use crate::domain::meter::Aggregation;
@@ -301,8 +301,15 @@ impl Gateway {
     }
 
     /// Validates the whole batch first, then records every event in one round trip.
-    /// Returns (recorded, duplicates).
-    pub async fn record_batch(&self, inputs: Vec<NewEvent>) -> ServiceResult<(usize, usize)> {
+    /// Returns (recorded, duplicates). With an `Idempotency-Key` header, each event without
+    /// a key of its own is de-duplicated by one derived from the header and its place, in
+    /// the same atomic step as its counting: a batch that failed half-way (its calls to
+    /// storage are several) is retried with the same header without counting anything twice.
+    pub async fn record_batch(
+        &self,
+        inputs: Vec<NewEvent>,
+        idempotency_header: Option<&str>,
+    ) -> ServiceResult<(usize, usize)> {
         if inputs.len() > MAX_BATCH {
             return Err(FieldError::invalid(
                 "events",
@@ -313,8 +320,14 @@ impl Gateway {
         let now = self.clock.now();
         let mut events = Vec::with_capacity(inputs.len());
         for (index, input) in inputs.into_iter().enumerate() {
-            let event = Event::validate(self.new_id(IdKind::Event), input, None, now)
+            let mut event = Event::validate(self.new_id(IdKind::Event), input, None, now)
                 .map_err(|e| e.within(&format!("events[{index}]")))?;
+            if let (None, Some(batch)) = (&event.idempotency_key, idempotency_header) {
+                event.idempotency_key = Some(IdempotencyKey::BatchItem {
+                    batch: batch.to_string(),
+                    index,
+                });
+            }
             events.push(event);
         }
         let mut calendars: BTreeMap<CustomerId, CustomerCalendar> = BTreeMap::new();

@@ -32,10 +32,29 @@ pub struct Movement<'a> {
 pub enum MovementOutcome {
     /// Applied: the stored transaction member.
     Applied(String),
-    /// The ceiling did not hold; nothing changed.
-    Refused,
-    /// The idempotency key was seen before: the first movement's transaction member.
-    Duplicate(String),
+    /// The ceiling did not hold: nothing moved. What the balance had spent then. With an
+    /// idempotency key the refusal is remembered under it (see [`refusal_record`]), so a
+    /// repeat is refused again rather than applied once funds arrive.
+    Refused { spent: f64 },
+    /// The idempotency key was seen before: nothing changed. What the first movement did
+    /// (`Applied` or `Refused`).
+    Duplicate(Box<MovementOutcome>),
+}
+
+/// What a refused movement leaves under its idempotency key: what the balance had spent.
+/// A transaction member starts with its transaction's ID, never with `refused|`.
+pub fn refusal_record(spent: &str) -> String {
+    format!("refused|{spent}")
+}
+
+/// What the first movement with a key did, from the record it left under the key.
+pub fn first_movement(record: String) -> MovementOutcome {
+    match record.strip_prefix("refused|") {
+        Some(spent) => MovementOutcome::Refused {
+            spent: spent.parse().unwrap_or(f64::NAN),
+        },
+        None => MovementOutcome::Applied(record),
+    }
 }
 
 /// A balance as storage knows it.
@@ -61,9 +80,11 @@ pub fn split_transaction_member(member: &str) -> Option<(f64, &str)> {
 }
 
 /// Where a movement's idempotency key is remembered: beside the customer's event keys, in a
-/// namespace of its own, so a debit and an event may use the same key.
+/// namespace of its own, so a debit and an event may use the same key. Credits and debits
+/// share it: a key first used for one kind is refused for the other (see
+/// [`crate::service::Gateway::move_balance`]).
 pub fn movement_dedupe_key(keys: &Keys, customer: &CustomerId, idempotency_key: &str) -> String {
-    keys.idempotency(customer, &format!("balance:{idempotency_key}"))
+    keys.idempotency(customer, format!("balance:{idempotency_key}"))
 }
 
 #[async_trait]

@@ -196,10 +196,11 @@ impl Keys {
         self.customer_key(customer, &["txn", balance_id])
     }
 
-    /// An idempotency record; the caller's key is hashed so any key fits.
-    pub fn idempotency(&self, customer: &CustomerId, key: &str) -> String {
+    /// An idempotency record; the key is hashed so any key fits (see
+    /// [`crate::domain::event::IdempotencyKey::digest_input`]).
+    pub fn idempotency(&self, customer: &CustomerId, key: impl AsRef<[u8]>) -> String {
         use sha2::{Digest, Sha256};
-        let digest = crate::domain::apikey::hex(&Sha256::digest(key.as_bytes())[..16]);
+        let digest = crate::domain::apikey::hex(&Sha256::digest(key.as_ref())[..16]);
         self.customer_key(customer, &["idem", &digest])
     }
 }

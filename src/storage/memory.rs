@@ -10,13 +10,13 @@ use super::alerts::{
     split_delivery_member,
 };
 use super::balances::{
-    BalanceReading, BalanceStore, DROPPED_SPENT_TTL_MS, Movement, MovementOutcome,
-    movement_dedupe_key, transaction_member,
+    BalanceReading, BalanceStore, DROPPED_SPENT_TTL_MS, Movement, MovementOutcome, first_movement,
+    movement_dedupe_key, refusal_record, transaction_member,
 };
 use super::keys::Keys;
 use super::replays::{ReplayClaim, ReplayStore};
 use super::usage::{
-    CounterReading, EventOps, EventWrite, KeyOp, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
+    CounterReading, EventOps, EventWrite, Finish, KeyOp, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
     RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, UsageToForget, decode_rollup,
     event_ops, parse_counter, usage_keys_to_forget,
 };
@@ -727,6 +727,7 @@ impl UsageStore for MemoryStore {
             doc: record.get("doc").cloned().unwrap_or_default(),
             status: record.get("status").cloned().unwrap_or_default(),
             event_id: record.get("eventId").filter(|e| !e.is_empty()).cloned(),
+            committed_values: record.get("values").cloned(),
         }))
     }
 
@@ -735,8 +736,7 @@ impl UsageStore for MemoryStore {
         customer: &CustomerId,
         id: &str,
         counters: &[CounterId],
-        status: &str,
-        event_id: &str,
+        finish: Finish<'_>,
     ) -> StoreResult<Option<(String, String)>> {
         let now = now_ms();
         let mut usage = self.usage();
@@ -745,6 +745,18 @@ impl UsageStore for MemoryStore {
             return Ok(None);
         };
         let current = record.get("status").cloned().unwrap_or_default();
+        let (status, event_id) = match finish {
+            Finish::Commit { event_id, .. } => ("committed", event_id),
+            Finish::Release => ("released", ""),
+        };
+        if let Finish::Commit {
+            values, counted, ..
+        } = finish
+            && current != "released"
+            && (counted || !record.contains_key("values"))
+        {
+            record.insert("values".into(), values.into());
+        }
         if current == "committed" || current == "released" {
             return Ok(Some((
                 current,
@@ -881,7 +893,7 @@ impl MemoryUsage {
             .idempotency_key
             .map(|key| movement_dedupe_key(keys, customer, key));
         if let Some(first) = dedupe_key.as_deref().and_then(|key| self.text(key, now)) {
-            return MovementOutcome::Duplicate(first);
+            return MovementOutcome::Duplicate(Box::new(first_movement(first)));
         }
         let spent_key = keys.balance_spent(customer, movement.balance_id);
         let spent = self
@@ -892,7 +904,14 @@ impl MemoryUsage {
             .ceiling
             .is_some_and(|ceiling| total(spent + movement.spent_change) > ceiling)
         {
-            return MovementOutcome::Refused;
+            if let Some(key) = dedupe_key {
+                self.set_text_until(
+                    key,
+                    refusal_record(&spent.to_string()),
+                    now + retention.idempotency.as_millis() as i64,
+                );
+            }
+            return MovementOutcome::Refused { spent };
         }
         let after = format!("{}", total(spent + movement.spent_change));
         self.set_text(&spent_key, after.clone());

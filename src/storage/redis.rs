@@ -16,13 +16,13 @@ use super::alerts::{
     split_delivery_member,
 };
 use super::balances::{
-    BalanceReading, BalanceStore, DROPPED_SPENT_TTL_MS, Movement, MovementOutcome,
+    BalanceReading, BalanceStore, DROPPED_SPENT_TTL_MS, Movement, MovementOutcome, first_movement,
     movement_dedupe_key,
 };
 use super::keys::Keys;
 use super::replays::{ReplayClaim, ReplayStore};
 use super::usage::{
-    AlertOp, CounterReading, EventOps, EventWrite, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
+    AlertOp, CounterReading, EventOps, EventWrite, Finish, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
     RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, UsageToForget, decode_rollup,
     event_ops, number_text, parse_counter, usage_keys_to_forget,
 };
@@ -975,6 +975,7 @@ impl UsageStore for RedisStore {
             doc: doc.clone(),
             status: record.get("status").cloned().unwrap_or_default(),
             event_id: record.get("eventId").filter(|e| !e.is_empty()).cloned(),
+            committed_values: record.get("values").cloned(),
         }))
     }
 
@@ -996,20 +997,32 @@ impl UsageStore for RedisStore {
         customer: &CustomerId,
         id: &str,
         counters: &[CounterId],
-        status: &str,
-        event_id: &str,
+        finish: Finish<'_>,
     ) -> StoreResult<Option<(String, String)>> {
         let keys = [
             self.keys.reservation(customer, id),
             self.keys.holds(customer),
         ];
         let afterlife = RESERVATION_AFTERLIFE_MS.to_string();
+        let (status, event_id, values, counted) = match finish {
+            Finish::Commit {
+                event_id,
+                values,
+                counted,
+            } => (
+                "committed",
+                event_id,
+                values,
+                if counted { "1" } else { "0" },
+            ),
+            Finish::Release => ("released", "", "", "0"),
+        };
         let counter_keys: Vec<String> = counters
             .iter()
             .map(|c| self.keys.counter(customer, c))
             .collect();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let mut args: Vec<&str> = vec![id, status, event_id, &afterlife];
+        let mut args: Vec<&str> = vec![id, status, event_id, &afterlife, values, counted];
         args.extend(counter_keys.iter().map(String::as_str));
         let call = evalsha(&self.reservation_finish, &key_refs, &args);
         let answer = self
@@ -1446,10 +1459,14 @@ impl BalanceStore for RedisStore {
             [Value::Int(0), member] => Ok(MovementOutcome::Applied(
                 text(member).ok_or_else(unexpected)?,
             )),
-            [Value::Int(1), member] => Ok(MovementOutcome::Duplicate(
-                text(member).ok_or_else(unexpected)?,
-            )),
-            [Value::Int(2)] => Ok(MovementOutcome::Refused),
+            [Value::Int(1), record] => Ok(MovementOutcome::Duplicate(Box::new(first_movement(
+                text(record).ok_or_else(unexpected)?,
+            )))),
+            [Value::Int(2), spent] => Ok(MovementOutcome::Refused {
+                spent: text(spent)
+                    .and_then(|spent| spent.parse().ok())
+                    .ok_or_else(unexpected)?,
+            }),
             _ => Err(unexpected()),
         }
     }

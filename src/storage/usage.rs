@@ -321,8 +321,8 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
         event_id: reservation.map_or_else(|| event.id.clone(), |r| r.id.clone()),
         dedupe_key: event
             .idempotency_key
-            .as_deref()
-            .map(|k| keys.idempotency(customer, k)),
+            .as_ref()
+            .map(|k| keys.idempotency(customer, k.digest_input())),
         dedupe_ttl_ms: retention.idempotency.as_millis() as i64,
         log_key: keys.event_log(customer),
         log_member,
@@ -394,6 +394,22 @@ pub struct StoredReservation {
     /// `held`, `committed` or `released` (expiry is read from the document's `expiresAt`).
     pub status: String,
     pub event_id: Option<String>,
+    /// The values a commit recorded (JSON), when committed.
+    pub committed_values: Option<String>,
+}
+
+/// How a held reservation ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish<'a> {
+    /// Committed with the event `event_id` of `values` (JSON). `counted`: this commit's event
+    /// was counted (not a duplicate of another commit's), so its values are the ones recorded
+    /// and replace any another commit stored; otherwise they are stored only if none are.
+    Commit {
+        event_id: &'a str,
+        values: &'a str,
+        counted: bool,
+    },
+    Release,
 }
 
 /// One roll-up cell: an aggregate per dimension set; `at_ms` for `latest`.
@@ -468,16 +484,15 @@ pub trait UsageStore: Send + Sync + 'static {
     /// The customer a reservation belongs to (paths name only the reservation).
     async fn reservation_owner(&self, id: &str) -> StoreResult<Option<CustomerId>>;
 
-    /// Ends a held reservation once: drops its holds on `counters` and stores `status`
-    /// (`committed` with the commit's event ID, or `released`). Returns the status after the
-    /// call and its event ID; `None` if there is no such reservation.
+    /// Ends a held reservation once: drops its holds on `counters` and stores how it ended
+    /// (`committed` with the commit's event ID and values, or `released`). Returns the status
+    /// after the call and its event ID; `None` if there is no such reservation.
     async fn finish_reservation(
         &self,
         customer: &CustomerId,
         id: &str,
         counters: &[CounterId],
-        status: &str,
-        event_id: &str,
+        finish: Finish<'_>,
     ) -> StoreResult<Option<(String, String)>>;
 
     /// Moves a held reservation's expiry (and that of its holds) to `expires_at_ms`.

@@ -265,22 +265,23 @@ async fn movements_are_idempotent(app: TestApp) {
     )
     .await;
     let id = balance["id"].as_str().unwrap();
-    let send = |amount: f64| {
+    let move_with_key = |kind: &str, key: &str, amount: f64| {
         let request = axum::http::Request::builder()
             .method(Method::POST)
-            .uri("/v1/balances/debit")
+            .uri(format!("/v1/balances/{kind}"))
             .header(
                 "authorization",
                 format!("Bearer {}", crate::common::ADMIN_KEY),
             )
             .header("content-type", "application/json")
-            .header("idempotency-key", "charge-1")
+            .header("idempotency-key", key)
             .body(axum::body::Body::from(
                 json!({"customerId": "c1", "name": "b", "amount": amount}).to_string(),
             ))
             .unwrap();
         app.send(request)
     };
+    let send = |amount: f64| move_with_key("debit", "charge-1", amount);
     let first = send(4.0).await;
     assert_eq!(first.header("idempotent-replayed"), None);
     let second = send(4.0).await;
@@ -302,6 +303,39 @@ async fn movements_are_idempotent(app: TestApp) {
     )
     .await
     .assert_status(200);
+
+    // A refused debit is remembered under its key: after a credit, its repeat is refused
+    // again (the first answer), not applied.
+    let refused = move_with_key("debit", "charge-2", 50.0).await;
+    assert_eq!(refused.assert_status(200)["success"], false);
+    let error = refused.body["error"].clone();
+    assert_eq!(error, "insufficient balance: 6 available, 50 requested");
+    move_with_key("credit", "top-up-1", 100.0)
+        .await
+        .assert_status(200);
+    let repeat = move_with_key("debit", "charge-2", 50.0).await;
+    assert_eq!(repeat.assert_status(200)["success"], false);
+    assert_eq!(repeat.header("idempotent-replayed"), Some("true"));
+    assert_eq!(repeat.body["error"], error, "as first answered");
+    assert_eq!(
+        repeat.body["balance"]["currentBalance"], 106,
+        "as it is now"
+    );
+    assert_eq!(current(&app, id).await, 106);
+
+    // A key belongs to one kind of movement: a credit's key on a debit (or the other way
+    // round) is a conflict, and moves nothing.
+    move_with_key("debit", "top-up-1", 1.0)
+        .await
+        .assert_error(409, "conflict");
+    move_with_key("credit", "charge-1", 1.0)
+        .await
+        .assert_error(409, "conflict");
+    move_with_key("credit", "charge-2", 1.0)
+        .await
+        .assert_error(409, "conflict");
+    assert_eq!(current(&app, id).await, 106);
+    assert_eq!(transaction_count(&app, id).await, 3);
 }
 
 async fn transactions_page_newest_first(app: TestApp) {

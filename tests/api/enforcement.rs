@@ -284,6 +284,20 @@ async fn reservation_lifecycle(app: TestApp) {
     assert_eq!(again.assert_status(200)["eventId"], event_id.as_str());
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(used(&app, "rsv", &id).await.0, 120);
+    // A repeat answers the first answer (the values recorded, the limits as they are), not
+    // one made of its own body, even with values no limit counts.
+    assert_eq!(&again.body, &body);
+    let other = app
+        .post(
+            &format!("/v1/reservations/{rsv}/commit"),
+            json!({"values": {"other": 5}}),
+        )
+        .await;
+    assert_eq!(other.assert_status(200), &body);
+    assert_eq!(other.header("idempotent-replayed"), Some("true"));
+    // The reservation shows what was recorded, not the estimate.
+    let fetched = app.get(&format!("/v1/reservations/{rsv}")).await;
+    assert_eq!(fetched.assert_status(200), &body["reservation"]);
     app.post(&format!("/v1/reservations/{rsv}/release"), json!({}))
         .await
         .assert_error(409, "conflict");

@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::Request;
 use serde_json::{Value, json};
 
-use crate::common::{ADMIN_KEY, TestApp, TestResponse, abandon, gated_post};
+use crate::common::{ADMIN_KEY, TestApp, TestResponse, abandon, gated_post, state};
 use crate::every_store;
 
 every_store!(
@@ -16,6 +16,8 @@ every_store!(
     a_request_whose_client_stopped_waiting_still_keeps_its_answer,
     a_creation_whose_client_stopped_waiting_is_made_all_the_same,
     a_revoked_key_gets_no_stored_answer,
+    batches_replay_their_first_answer_and_a_retry_counts_only_the_rest,
+    an_event_key_in_the_body_and_another_in_the_header_is_refused,
 );
 
 async fn post_with_key(
@@ -134,6 +136,16 @@ async fn failed_requests_free_their_key(app: TestApp) {
     )
     .await
     .assert_field_error("invalid_field_value", "Idempotency-Key");
+    // A commit needs no key (it is idempotent by its reservation), but checks one given.
+    post_with_key(
+        &app,
+        ADMIN_KEY,
+        "/v1/reservations/rsv_01M8M5HVXRTDMVKSMQNNZH8E3X/commit",
+        json!({}),
+        &long,
+    )
+    .await
+    .assert_field_error("invalid_field_value", "Idempotency-Key");
 }
 
 async fn a_key_in_use_is_refused_until_its_request_ends(app: TestApp) {
@@ -220,4 +232,95 @@ async fn a_revoked_key_gets_no_stored_answer(app: TestApp) {
     post_with_key(&app, &secret, "/v1/webhooks", webhook, "w-1")
         .await
         .assert_error(401, "invalid_api_key");
+}
+
+async fn batches_replay_their_first_answer_and_a_retry_counts_only_the_rest(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let daily = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 1000, "period": "day"}))
+        .await;
+    let used = || async {
+        let check = app
+            .post("/v1/limits/check", json!({"customerId": "bx"}))
+            .await;
+        state(check.assert_status(200), &daily)["used"].clone()
+    };
+    let mut events: Vec<Value> = (0..40)
+        .map(|_| json!({"customerId": "bx", "eventType": "llm", "values": {"tokens": 1}}))
+        .collect();
+    events.push(json!({"customerId": "bx", "eventType": "llm", "values": {"tokens": 100}, "idempotencyKey": "own-1"}));
+    let batch = json!({ "events": events });
+
+    // A first attempt that failed after its first call to storage had counted 32 events
+    // (a failed request frees its key, so the retry runs).
+    let first_call: Vec<quotagate::domain::event::NewEvent> =
+        serde_json::from_value(json!(events[..32])).unwrap();
+    let done = app.gateway.record_batch(first_call, Some("bx1")).await;
+    assert_eq!(done.unwrap(), (32, 0));
+    let retry = post_with_key(&app, ADMIN_KEY, "/v1/events/batch", batch.clone(), "bx1").await;
+    assert_eq!(
+        retry.assert_status(200),
+        &json!({"count": 9, "duplicates": 32})
+    );
+    assert_eq!(retry.header("idempotent-replayed"), None);
+    assert_eq!(used().await, 140, "each event once");
+
+    // A repeat answers the first answer and counts nothing; its body is not looked at.
+    let repeat = post_with_key(&app, ADMIN_KEY, "/v1/events/batch", json!({}), "bx1").await;
+    assert_eq!(repeat.assert_status(200), &retry.body);
+    assert_eq!(repeat.header("idempotent-replayed"), Some("true"));
+    assert_eq!(used().await, 140);
+
+    // Another header is another batch; an event's own key still holds across batches.
+    let other = post_with_key(&app, ADMIN_KEY, "/v1/events/batch", batch.clone(), "bx2").await;
+    assert_eq!(
+        other.assert_status(200),
+        &json!({"count": 40, "duplicates": 1})
+    );
+    assert_eq!(used().await, 180);
+
+    // A rejected batch frees its key.
+    let bad = json!({"events": [{"customerId": "bx", "eventType": ""}]});
+    post_with_key(&app, ADMIN_KEY, "/v1/events/batch", bad, "bx3")
+        .await
+        .assert_field_error("invalid_field_value", "events[0].eventType");
+    let good =
+        json!({"events": [{"customerId": "bx", "eventType": "llm", "values": {"tokens": 1}}]});
+    let after = post_with_key(&app, ADMIN_KEY, "/v1/events/batch", good, "bx3").await;
+    assert_eq!(after.assert_status(200)["count"], 1);
+    assert_eq!(after.header("idempotent-replayed"), None);
+}
+
+async fn an_event_key_in_the_body_and_another_in_the_header_is_refused(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let daily = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 1000, "period": "day"}))
+        .await;
+    let event = |key: &str| json!({"customerId": "kk", "eventType": "llm", "values": {"tokens": 1}, "idempotencyKey": key});
+    for path in ["/v1/events/record", "/v1/limits/consume"] {
+        let refused = post_with_key(&app, ADMIN_KEY, path, event("body"), "header").await;
+        refused.assert_field_error("invalid_field_value", "idempotencyKey");
+        let message = refused.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("Idempotency-Key"), "{message}");
+    }
+    // Nothing was counted, and neither key was taken.
+    let check = app
+        .post("/v1/limits/check", json!({"customerId": "kk"}))
+        .await;
+    assert_eq!(state(check.assert_status(200), &daily)["used"], 0);
+    // The same key in both is one key.
+    let first = post_with_key(&app, ADMIN_KEY, "/v1/events/record", event("same"), "same").await;
+    assert_eq!(first.assert_status(200)["duplicate"], false);
+    let again = post_with_key(&app, ADMIN_KEY, "/v1/limits/consume", event("same"), "same").await;
+    assert_eq!(again.assert_status(200)["eventId"], first.body["id"]);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let fresh = post_with_key(
+        &app,
+        ADMIN_KEY,
+        "/v1/events/record",
+        event("header"),
+        "header",
+    )
+    .await;
+    assert_eq!(fresh.assert_status(200)["duplicate"], false);
 }

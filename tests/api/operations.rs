@@ -150,6 +150,15 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/v1/balances/{id}/transactions"),
 ];
 
+/// `POST`s that take no `Idempotency-Key`: the read-only ones, and creating an API key,
+/// whose answer holds the key in the clear and is never kept (README, "Choices").
+const WITHOUT_IDEMPOTENCY_KEY: &[&str] = &[
+    "/v1/limits/check",
+    "/v1/meters/{id}/query",
+    "/v1/balances/check",
+    "/v1/api-keys",
+];
+
 /// Operations the gateway adds where the contract is silent (README, "Choices").
 const EXTENSIONS: &[(&str, &str)] = &[("put", "/v1/balances/{id}")];
 
@@ -170,6 +179,17 @@ async fn openapi_document_matches_the_contract_and_the_router() {
             assert!(
                 operation["responses"]["default"].is_object(),
                 "{method} {path} documents the error envelope"
+            );
+            // Every state-changing POST accepts the key (API.md §0), and says so.
+            let declares_key = operation["parameters"].as_array().is_some_and(|params| {
+                params
+                    .iter()
+                    .any(|p| p["in"] == "header" && p["name"] == "Idempotency-Key")
+            });
+            let takes_key = method == "post" && !WITHOUT_IDEMPOTENCY_KEY.contains(&path.as_str());
+            assert_eq!(
+                declares_key, takes_key,
+                "{method} {path} declares the Idempotency-Key header"
             );
             documented.push((method.clone(), path.clone()));
             operation_ids.push(operation["operationId"].as_str().unwrap().to_string());

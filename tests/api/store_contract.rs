@@ -372,15 +372,31 @@ async fn balance_movements(store: Arc<dyn Store>) {
             .move_balance(&customer, &movement("txn_3", 0.5, Some(2.5), None))
             .await
             .unwrap(),
-        MovementOutcome::Refused
+        MovementOutcome::Refused { spent: 2.5 }
     );
     assert_eq!(
         store
             .move_balance(&customer, &movement("txn_4", 1.0, None, Some("k")))
             .await
             .unwrap(),
-        MovementOutcome::Duplicate(debit.clone()),
+        MovementOutcome::Duplicate(Box::new(MovementOutcome::Applied(debit.clone()))),
         "a repeated key answers the first movement and changes nothing"
+    );
+    // A refusal is remembered under its key: the repeat is refused as the first was, even
+    // where it would fit now.
+    assert_eq!(
+        store
+            .move_balance(&customer, &movement("txn_5", 1.0, Some(2.5), Some("r")))
+            .await
+            .unwrap(),
+        MovementOutcome::Refused { spent: 2.5 }
+    );
+    assert_eq!(
+        store
+            .move_balance(&customer, &movement("txn_6", 1.0, Some(99.0), Some("r")))
+            .await
+            .unwrap(),
+        MovementOutcome::Duplicate(Box::new(MovementOutcome::Refused { spent: 2.5 })),
     );
     let readings = store
         .balance_readings(&customer, &["bal_1", "bal_none"])
