@@ -59,23 +59,37 @@ pub enum IdempotencyKey {
     /// Event `index` of a batch sent with the `Idempotency-Key` header `batch` that has no
     /// key of its own, so a retried batch counts none of its events twice.
     BatchItem { batch: String, index: usize },
+    /// A reservation's commit: a commit retried before its reservation was marked committed
+    /// never records twice.
+    Commit { reservation_id: String },
+    /// A balance movement's own key (credits and debits), beside the customer's event keys.
+    Movement(String),
 }
 
 impl IdempotencyKey {
-    /// The bytes storage hashes into the key's record. A caller's key is hashed as it is
-    /// (as before keys were scoped); a derived key starts with 0xFF, which no UTF-8 text
-    /// starts with, so no caller's key ever meets it.
+    /// The bytes storage hashes into the key's record. A caller's event key is hashed as it
+    /// is (as before keys were scoped); every other key starts with 0xFF, which no UTF-8 text
+    /// starts with, then names its kind, so no two kinds ever meet.
     pub fn digest_input(&self) -> Cow<'_, [u8]> {
+        // Keys and IDs are text without NUL, so a NUL ends each part unambiguously.
+        let derived = |kind: &[u8], parts: &[&[u8]]| {
+            let mut input = b"\xFF".to_vec();
+            input.extend_from_slice(kind);
+            for part in parts {
+                input.push(0);
+                input.extend_from_slice(part);
+            }
+            Cow::Owned(input)
+        };
         match self {
             IdempotencyKey::Caller(key) => Cow::Borrowed(key.as_bytes()),
             IdempotencyKey::BatchItem { batch, index } => {
-                // A header holds visible ASCII only, so the NUL ends it unambiguously.
-                let mut input = b"\xFFbatch\0".to_vec();
-                input.extend_from_slice(batch.as_bytes());
-                input.push(0);
-                input.extend_from_slice(index.to_string().as_bytes());
-                Cow::Owned(input)
+                derived(b"batch", &[batch.as_bytes(), index.to_string().as_bytes()])
             }
+            IdempotencyKey::Commit { reservation_id } => {
+                derived(b"commit", &[reservation_id.as_bytes()])
+            }
+            IdempotencyKey::Movement(key) => derived(b"balance", &[key.as_bytes()]),
         }
     }
 }
@@ -275,6 +289,15 @@ mod tests {
             IdempotencyKey::Caller("k".into()).digest_input().as_ref(),
             b"k"
         );
+        // Nor do the keys of commits and balance movements, whatever a caller's key says.
+        let commit = IdempotencyKey::Commit {
+            reservation_id: "rsv_1".into(),
+        };
+        let movement = IdempotencyKey::Movement("k".into());
+        for key in [&commit, &movement] {
+            assert!(String::from_utf8(key.digest_input().into_owned()).is_err());
+        }
+        assert_ne!(commit.digest_input(), movement.digest_input());
     }
 
     #[test]

@@ -103,11 +103,7 @@ pub struct Reservation {
 
 impl Reservation {
     /// The event that settles this reservation, with the actual `values`.
-    pub fn event_input(
-        &self,
-        values: BTreeMap<String, Quantity>,
-        idempotency_key: Option<String>,
-    ) -> NewEvent {
+    pub fn event_input(&self, values: BTreeMap<String, Quantity>) -> NewEvent {
         NewEvent {
             customer_id: self.customer_id.clone(),
             event_type: self.event_type.clone(),
@@ -115,7 +111,7 @@ impl Reservation {
             dimensions: Some(self.dimensions.clone()),
             properties: None,
             timestamp: None,
-            idempotency_key,
+            idempotency_key: None,
         }
     }
 }

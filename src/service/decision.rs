@@ -8,7 +8,7 @@ use super::Gateway;
 use super::error::{Resource, ServiceError, ServiceResult, corrupt};
 use super::usage::{Recorded, states};
 use crate::domain::balance::BalanceState;
-use crate::domain::event::{Event, NewEvent};
+use crate::domain::event::{Event, IdempotencyKey, NewEvent};
 use crate::domain::field::{Dimensions, bounded_str, validate_dimensions};
 use crate::domain::ids::{CustomerId, IdKind};
 use crate::domain::limit::FailMode;
@@ -550,10 +550,8 @@ impl Gateway {
         }
         let mut reservation = loaded.reservation;
         let values = input.values.unwrap_or_else(|| reservation.values.clone());
-        // The commit's own idempotency key: a commit retried before its reservation was
-        // marked committed (it failed in between) never records twice.
-        let new_event = reservation.event_input(values.clone(), Some(format!("commit:{id}")));
-        let event = Event::validate(
+        let new_event = reservation.event_input(values.clone());
+        let mut event = Event::validate(
             loaded
                 .event_id
                 .unwrap_or_else(|| self.new_id(IdKind::Event)),
@@ -561,6 +559,9 @@ impl Gateway {
             None,
             now,
         )?;
+        event.idempotency_key = Some(IdempotencyKey::Commit {
+            reservation_id: id.to_string(),
+        });
         let recorded = self.record_event(event, now).await?;
         let counters: Vec<_> = loaded.holds.iter().map(|h| h.counter.clone()).collect();
         let values_doc = super::config::to_doc(&values)?;
@@ -617,7 +618,7 @@ impl Gateway {
     ) -> ServiceResult<Vec<LimitState>> {
         let event = Event::validate(
             String::new(),
-            reservation.event_input(reservation.values.clone(), None),
+            reservation.event_input(reservation.values.clone()),
             None,
             now,
         )?;

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 
 use super::StoreResult;
 use super::keys::Keys;
+use crate::domain::event::IdempotencyKey;
 use crate::domain::ids::CustomerId;
 
 /// How long a deleted balance's spent counter outlives it: twice the interval of a node's full
@@ -84,7 +85,8 @@ pub fn split_transaction_member(member: &str) -> Option<(f64, &str)> {
 /// share it: a key first used for one kind is refused for the other (see
 /// [`crate::service::Gateway::move_balance`]).
 pub fn movement_dedupe_key(keys: &Keys, customer: &CustomerId, idempotency_key: &str) -> String {
-    keys.idempotency(customer, format!("balance:{idempotency_key}"))
+    let key = IdempotencyKey::Movement(idempotency_key.to_string());
+    keys.idempotency(customer, key.digest_input())
 }
 
 #[async_trait]

@@ -18,6 +18,7 @@ every_store!(
     a_revoked_key_gets_no_stored_answer,
     batches_replay_their_first_answer_and_a_retry_counts_only_the_rest,
     an_event_key_in_the_body_and_another_in_the_header_is_refused,
+    keys_of_commits_and_balance_movements_never_meet_a_callers_event_key,
 );
 
 async fn post_with_key(
@@ -34,6 +35,68 @@ async fn post_with_key(
         .body(Body::from(body.to_string()))
         .unwrap();
     app.send(request).await
+}
+
+/// A commit de-duplicates by its reservation and a balance movement by its own key, beside the
+/// customer's event keys: an event key that spells the same never makes them a repeat.
+async fn keys_of_commits_and_balance_movements_never_meet_a_callers_event_key(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let daily = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 1000, "period": "day"}))
+        .await;
+    let event = |key: &str| {
+        json!({"customerId": "keys", "eventType": "llm", "values": {"tokens": 1},
+               "idempotencyKey": key})
+    };
+    let held = app
+        .post(
+            "/v1/reservations",
+            json!({"customerId": "keys", "eventType": "llm", "values": {"tokens": 100}}),
+        )
+        .await;
+    let rsv = held.assert_status(200)["reservation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for key in [format!("commit:{rsv}"), "balance:k".to_string()] {
+        app.post("/v1/events/record", event(&key))
+            .await
+            .assert_status(200);
+    }
+
+    let commit = app
+        .post(
+            &format!("/v1/reservations/{rsv}/commit"),
+            json!({"values": {"tokens": 50}}),
+        )
+        .await;
+    assert_eq!(commit.header("idempotent-replayed"), None, "{commit:?}");
+    let check = app
+        .post("/v1/limits/check", json!({"customerId": "keys"}))
+        .await;
+    assert_eq!(
+        state(&check.body, &daily)["used"],
+        52,
+        "both events and the commit"
+    );
+
+    app.post(
+        "/v1/balances",
+        json!({"customerId": "keys", "name": "b", "initialBalance": 10}),
+    )
+    .await
+    .assert_status(201);
+    let debit = post_with_key(
+        &app,
+        ADMIN_KEY,
+        "/v1/balances/debit",
+        json!({"customerId": "keys", "name": "b", "amount": 3}),
+        "k",
+    )
+    .await;
+    let debit = debit.assert_status(200);
+    assert_eq!(debit["success"], true, "{debit}");
+    assert_eq!(debit["balance"]["currentBalance"], 7);
 }
 
 async fn creations_replay_their_first_answer(app: TestApp) {
