@@ -4,6 +4,7 @@
 -- KEYS[2]   attempts per delivery (hash)
 -- KEYS[3]   consecutive failures per endpoint (hash)
 -- KEYS[4]   the endpoint's attempt log (sorted set, scores 0, members "<attemptId>:<json>")
+-- KEYS[5]   per delivery, the attempt log member its retry follows (hash)
 -- ARGV[1]   delivery member ("<messageId> <endpointId>")
 -- ARGV[2]   endpoint ID
 -- ARGV[3]   attempt log member
@@ -13,6 +14,15 @@
 -- ARGV[7]   how many attempts the log keeps
 -- Returns the endpoint's consecutive failures after this attempt.
 
+-- The attempt this one retries was logged pending while this one was due: it failed.
+local retried = redis.call('HGET', KEYS[5], ARGV[1])
+if retried then
+  redis.call('HDEL', KEYS[5], ARGV[1])
+  if redis.call('ZREM', KEYS[4], retried) == 1 then
+    local failed = string.gsub(retried, '"status":"pending"', '"status":"failed"', 1)
+    redis.call('ZADD', KEYS[4], 0, failed)
+  end
+end
 redis.call('ZADD', KEYS[4], 0, ARGV[3])
 local excess = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[7])
 if excess > 0 then
@@ -27,6 +37,7 @@ end
 if ARGV[4] == 'retry' then
   redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[6])
+  redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
 else
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])

@@ -38,6 +38,12 @@ pub const MESSAGE_TTL_MS: i64 = 48 * 3600 * 1000;
 /// How many attempts an endpoint's log keeps.
 pub const ATTEMPT_LOG_LEN: usize = 1000;
 
+/// An attempt log member that was `pending` (its retry was due), once the retry is made: it
+/// failed. `lua/alert_finish.lua` rewrites it the same way; attempts are compact JSON.
+pub fn superseded(member: &str) -> String {
+    member.replacen(r#""status":"pending""#, r#""status":"failed""#, 1)
+}
+
 #[async_trait]
 pub trait AlertStore: Send + Sync + 'static {
     /// The messages waiting in a customer's outbox, oldest first.
@@ -68,7 +74,8 @@ pub trait AlertStore: Send + Sync + 'static {
     async fn claim_due(&self, now_ms: i64, lease_ms: i64, max: usize) -> StoreResult<Vec<Claim>>;
 
     /// Records an attempt (JSON, ID `attempt_id`) in the endpoint's log and moves the delivery
-    /// on. Returns the endpoint's consecutive failures after it.
+    /// on; the delivery's previous attempt, logged `pending` while this one was due, is
+    /// rewritten `failed` ([`superseded`]). Returns the endpoint's consecutive failures after it.
     async fn finish_attempt(
         &self,
         claim: &Claim,

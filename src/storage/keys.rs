@@ -66,6 +66,12 @@ impl Keys {
         format!("{}:{{wh}}:tries", self.prefix)
     }
 
+    /// The attempt each retried delivery's next attempt follows: `<messageId> <endpointId>` →
+    /// its attempt log member, shown `pending` until that next attempt is made.
+    pub fn webhook_retried_attempts(&self) -> String {
+        format!("{}:{{wh}}:retried", self.prefix)
+    }
+
     /// Consecutive failures per endpoint.
     pub fn webhook_failures(&self) -> String {
         format!("{}:{{wh}}:failures", self.prefix)

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::alerts::{
     ATTEMPT_LOG_LEN, AlertStore, AttemptEnd, Claim, MESSAGE_TTL_MS, delivery_member,
-    split_delivery_member,
+    split_delivery_member, superseded,
 };
 use super::balances::{
     BalanceReading, BalanceStore, DROPPED_SPENT_TTL_MS, Movement, MovementOutcome, first_movement,
@@ -1057,6 +1057,8 @@ pub struct MemoryAlerts {
     failures: HashMap<String, u32>,
     messages: HashMap<String, (String, i64)>,
     attempts: HashMap<String, BTreeMap<String, ()>>,
+    /// See [`Keys::webhook_retried_attempts`].
+    retried: HashMap<String, String>,
     last_sweep_ms: Option<i64>,
 }
 
@@ -1196,15 +1198,22 @@ impl AlertStore for MemoryStore {
         _now_ms: i64,
     ) -> StoreResult<u32> {
         let mut alerts = self.alerts();
+        let member = delivery_member(&claim.message_id, &claim.endpoint_id);
+        let retried = alerts.retried.remove(&member);
+        let logged = format!("{attempt_id}:{attempt}");
         let log = alerts
             .attempts
             .entry(claim.endpoint_id.clone())
             .or_default();
-        log.insert(format!("{attempt_id}:{attempt}"), ());
+        if let Some(retried) = retried
+            && log.remove(&retried).is_some()
+        {
+            log.insert(superseded(&retried), ());
+        }
+        log.insert(logged.clone(), ());
         while log.len() > ATTEMPT_LOG_LEN {
             log.pop_first();
         }
-        let member = delivery_member(&claim.message_id, &claim.endpoint_id);
         match end {
             AttemptEnd::Succeeded => {
                 alerts.due.remove(&member);
@@ -1214,6 +1223,7 @@ impl AlertStore for MemoryStore {
             }
             AttemptEnd::RetryAt(at) => {
                 alerts.due.insert(member.clone(), *at);
+                alerts.retried.insert(member.clone(), logged);
                 alerts.tries.insert(
                     member,
                     format!("{}:{}", claim.attempts + 1, claim.first_attempt_ms),

@@ -1321,6 +1321,7 @@ impl AlertStore for RedisStore {
             self.keys.webhook_tries(),
             self.keys.webhook_failures(),
             self.keys.webhook_attempts(&claim.endpoint_id),
+            self.keys.webhook_retried_attempts(),
         ];
         let (kind, retry_at) = match end {
             AttemptEnd::Succeeded => ("succeeded", 0),

@@ -390,6 +390,10 @@ async fn failed_deliveries_retry_with_the_same_id(app: TestApp) {
             assert_eq!(data[0]["status"], "succeeded");
             assert_eq!(data[0]["attempt"], 2);
             assert_eq!(data[0]["messageId"], data[1]["messageId"]);
+            // The first attempt was pending while its retry was due; now it has failed.
+            assert_eq!(data[1]["status"], "failed", "{data:?}");
+            assert_eq!(data[1]["id"], pending["id"]);
+            assert_eq!(data[1]["nextAttemptAt"], pending["nextAttemptAt"]);
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(5));
