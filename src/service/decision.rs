@@ -395,7 +395,7 @@ impl Gateway {
         let now = self.clock.now();
         let event = Event::validate(
             self.new_id(IdKind::Event),
-            input.event_input(),
+            input.event_input()?,
             idempotency_header,
             now,
         )?;

@@ -527,6 +527,27 @@ async fn bad_decision_input(app: TestApp) {
     )
     .await
     .assert_field_error("invalid_field_value", "ttlSeconds");
+    // A negative estimate would add room to the limit; refused, and nothing is held.
+    let meter = app.tokens_meter().await;
+    let id = app
+        .limit(json!({"name": "n", "meterId": meter, "limitValue": 100, "period": "day"}))
+        .await;
+    app.post(
+        "/v1/reservations",
+        json!({"customerId": "neg1", "eventType": "llm", "values": {"tokens": -1000}}),
+    )
+    .await
+    .assert_field_error("invalid_field_value", "values.tokens");
+    let check = app
+        .post("/v1/limits/check", json!({"customerId": "neg1"}))
+        .await;
+    assert_eq!(state(&check.body, &id)["remaining"], 100);
+    assert_eq!(
+        app.post("/v1/limits/consume", tokens("neg1", 101.0))
+            .await
+            .body["allowed"],
+        false
+    );
     let held = app
         .post(
             "/v1/reservations",
