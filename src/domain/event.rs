@@ -12,7 +12,7 @@ use super::field::{
     validate_dimensions,
 };
 use super::ids::CustomerId;
-use super::time::{parse_rfc3339, serde_rfc3339};
+use super::time::{parse_usage_instant, serde_rfc3339};
 
 pub const MAX_VALUES: usize = 32;
 /// How far in the future a timestamp may be (clock skew between callers and the gateway).
@@ -190,8 +190,7 @@ impl Event {
         }
         let timestamp = match &input.timestamp {
             None => now,
-            Some(raw) => parse_rfc3339(raw)
-                .ok_or_else(|| FieldError::invalid("timestamp", "must be an RFC 3339 date-time"))?,
+            Some(raw) => parse_usage_instant("timestamp", raw)?,
         };
         if timestamp > now + MAX_FUTURE_SKEW {
             return Err(FieldError::invalid(

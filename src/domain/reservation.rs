@@ -20,15 +20,24 @@ pub const MAX_TTL_SECONDS: i64 = 3600;
 pub struct NewReservation {
     pub customer_id: CustomerId,
     pub event_type: String,
+    /// The estimate: each value ≥ 0.
     pub values: BTreeMap<String, Quantity>,
     pub dimensions: Option<Dimensions>,
     pub ttl_seconds: Option<i64>,
 }
 
 impl NewReservation {
-    /// The event this reservation estimates.
-    pub fn event_input(&self) -> NewEvent {
-        NewEvent {
+    /// The event this reservation estimates. An estimate is never negative: a negative hold
+    /// would add room to every limit it touches, letting other consumes pass the limit. (A
+    /// recorded or committed negative value is a correction of past usage, and stays allowed.)
+    pub fn event_input(&self) -> Result<NewEvent, FieldError> {
+        if let Some((key, _)) = self.values.iter().find(|(_, v)| v.get() < 0.0) {
+            return Err(FieldError::invalid(
+                format!("values.{key}"),
+                "an estimate must not be negative",
+            ));
+        }
+        Ok(NewEvent {
             customer_id: self.customer_id.clone(),
             event_type: self.event_type.clone(),
             values: Some(self.values.clone()),
@@ -36,7 +45,7 @@ impl NewReservation {
             properties: None,
             timestamp: None,
             idempotency_key: None,
-        }
+        })
     }
 }
 
@@ -151,6 +160,24 @@ mod tests {
         assert_eq!(parse_ttl("ttlSeconds", Some(3600)), Ok(3600));
         assert!(parse_ttl("ttlSeconds", Some(0)).is_err());
         assert!(parse_ttl("ttlSeconds", Some(3601)).is_err());
+    }
+
+    #[test]
+    fn estimates_are_never_negative() {
+        let reservation = |tokens: f64| NewReservation {
+            customer_id: CustomerId::parse("customerId", "c").unwrap(),
+            event_type: "llm".into(),
+            values: BTreeMap::from([
+                ("calls".to_string(), Quantity::from_f64(1.0)),
+                ("tokens".to_string(), Quantity::from_f64(tokens)),
+            ]),
+            dimensions: None,
+            ttl_seconds: None,
+        };
+        assert!(reservation(0.0).event_input().is_ok());
+        assert!(reservation(5.0).event_input().is_ok());
+        let error = reservation(-1000.0).event_input().unwrap_err();
+        assert_eq!(error.field(), "values.tokens");
     }
 
     #[test]

@@ -2,6 +2,12 @@
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
+use super::field::FieldError;
+
+/// The earliest instant usage can have. Before it, answers would show windows in years that
+/// RFC 3339 cannot write (`-0001-12-31T…`), and no metered usage is that old.
+pub const EARLIEST: DateTime<Utc> = DateTime::UNIX_EPOCH;
+
 /// RFC 3339 in UTC with millisecond precision: `2026-11-21T10:30:00.000Z`.
 pub fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -27,6 +33,24 @@ pub fn estimate_offset(
         return None;
     }
     Some(server - (sent + round_trip / 2))
+}
+
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z), in unix seconds: an answer's
+/// instant after it would print as `+10000-…`.
+pub const LATEST_SECS: i64 = 253_402_300_799;
+
+/// An instant a client gives for usage (an event's `timestamp`, a meter query's dates):
+/// RFC 3339, not before [`EARLIEST`].
+pub fn parse_usage_instant(field: &str, raw: &str) -> Result<DateTime<Utc>, FieldError> {
+    let at = parse_rfc3339(raw)
+        .ok_or_else(|| FieldError::invalid(field, "must be an RFC 3339 date-time"))?;
+    if at < EARLIEST {
+        return Err(FieldError::invalid(
+            field,
+            "must not be before 1970-01-01T00:00:00Z",
+        ));
+    }
+    Ok(at)
 }
 
 /// Serde adapter so every stored and returned instant uses [`rfc3339`].
@@ -65,5 +89,27 @@ mod tests {
             estimate_offset(sent, sent + TimeDelta::seconds(1), server),
             None
         );
+    }
+
+    #[test]
+    fn usage_instants_start_at_the_unix_epoch() {
+        assert_eq!(
+            parse_usage_instant("timestamp", "1970-01-01T00:00:00Z"),
+            Ok(EARLIEST)
+        );
+        assert!(parse_usage_instant("timestamp", "9999-12-31T23:59:59Z").is_ok());
+        for early in [
+            "0000-01-01T00:00:00Z",
+            "1969-12-31T23:59:59.999Z",
+            "1970-01-01T00:30:00+01:00",
+        ] {
+            let error = parse_usage_instant("timestamp", early).unwrap_err();
+            assert_eq!(error.field(), "timestamp");
+            assert!(error.message().contains("1970"), "{}", error.message());
+        }
+        assert!(parse_usage_instant("timestamp", "yesterday").is_err());
+        let latest = parse_rfc3339("9999-12-31T23:59:59Z").unwrap();
+        assert_eq!(latest.timestamp(), LATEST_SECS);
+        assert!(rfc3339(latest).starts_with("9999-"));
     }
 }

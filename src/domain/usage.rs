@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -319,11 +319,21 @@ pub fn plan_event(
     }
 }
 
-/// Start of the UTC hour containing `at`, in unix seconds.
+/// Start of the UTC hour containing `at`, in unix seconds. Whole-second arithmetic, so every
+/// representable instant rounds (chrono's `duration_trunc` counts nanoseconds in an `i64` and
+/// gives up after 2262).
 pub fn hour_of(at: DateTime<Utc>) -> i64 {
-    at.duration_trunc(TimeDelta::hours(1))
-        .unwrap_or(at)
-        .timestamp()
+    at.timestamp().div_euclid(3600) * 3600
+}
+
+/// Start of the first UTC hour that begins at or after `at`, in unix seconds.
+pub fn hour_ceil(at: DateTime<Utc>) -> i64 {
+    let floor = hour_of(at);
+    if floor == at.timestamp() && at.timestamp_subsec_nanos() == 0 {
+        floor
+    } else {
+        floor + 3600
+    }
 }
 
 /// Whether `op` still fits under `limit` given what is used and held:
@@ -640,6 +650,48 @@ mod tests {
                 ("b2".to_string(), CounterOp::Add(1.0), None)
             ]
         );
+    }
+
+    #[test]
+    fn hours_round_for_every_representable_instant() {
+        let at = |raw: &str| crate::domain::time::parse_rfc3339(raw).unwrap();
+        let cases = [
+            (
+                "2026-11-21T10:30:00Z",
+                "2026-11-21T10:00:00Z",
+                "2026-11-21T11:00:00Z",
+            ),
+            (
+                "2026-11-21T10:00:00Z",
+                "2026-11-21T10:00:00Z",
+                "2026-11-21T10:00:00Z",
+            ),
+            (
+                "2026-11-21T10:00:00.001Z",
+                "2026-11-21T10:00:00Z",
+                "2026-11-21T11:00:00Z",
+            ),
+            // Past chrono's nanosecond range (2262-04-11).
+            (
+                "2300-01-01T00:30:00Z",
+                "2300-01-01T00:00:00Z",
+                "2300-01-01T01:00:00Z",
+            ),
+            (
+                "9999-12-31T22:59:59.5Z",
+                "9999-12-31T22:00:00Z",
+                "9999-12-31T23:00:00Z",
+            ),
+            (
+                "1969-12-31T23:30:00Z",
+                "1969-12-31T23:00:00Z",
+                "1970-01-01T00:00:00Z",
+            ),
+        ];
+        for (raw, floor, ceil) in cases {
+            assert_eq!(hour_of(at(raw)), at(floor).timestamp(), "{raw}");
+            assert_eq!(hour_ceil(at(raw)), at(ceil).timestamp(), "{raw}");
+        }
     }
 
     #[test]

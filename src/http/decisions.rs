@@ -21,24 +21,51 @@ use crate::domain::reservation::{
 use crate::domain::usage::LimitState;
 use crate::service::decision::{CheckRequest, Decision};
 
+/// A decision's answer. Every answer of one route has the same keys, whatever happened
+/// (allowed, refused, degraded, replayed), so a client reads them without checking for their
+/// presence: `null` where there is nothing.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct DecisionBody {
     allowed: bool,
+    /// Check only.
     #[serde(skip_serializing_if = "Option::is_none")]
     customer_id: Option<CustomerId>,
+    /// Consume only: the recorded event, `null` when none was recorded (refused, or degraded:
+    /// storage unreachable).
     #[serde(skip_serializing_if = "Option::is_none")]
-    event_id: Option<String>,
+    event_id: Option<Option<String>>,
+    /// Reserve only: the hold, `null` when none was stored (refused, or degraded).
     #[serde(skip_serializing_if = "Option::is_none")]
-    reservation: Option<Reservation>,
+    reservation: Option<Option<Reservation>>,
     limits: Vec<LimitState>,
-    /// The metered balances a consume or reservation debits (absent when none).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    balances: Vec<BalanceState>,
-    /// Present on refusals only (`null` when a refusing limit never resets).
+    /// Consume and reserve only: the metered balances the event debits (`[]` when none, and
+    /// when degraded).
     #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after: Option<Option<i64>>,
+    balances: Option<Vec<BalanceState>>,
+    /// Refusals: whole seconds until trying again may succeed (`Retry-After`); `null` when
+    /// allowed, and when waiting never helps (a refusing limit is `all_time`, a balance is
+    /// short, a hold is larger than a single one may be).
+    retry_after: Option<i64>,
     degraded: bool,
+}
+
+/// The three decision routes, each with its own keys.
+#[derive(Clone, Copy)]
+enum Route {
+    Check,
+    Consume,
+    Reserve,
+}
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Route::Check => "check",
+            Route::Consume => "consume",
+            Route::Reserve => "reserve",
+        }
+    }
 }
 
 static RATE_LIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
@@ -58,38 +85,33 @@ impl Serialize for NumberText {
     }
 }
 
-/// The answer of a decision. `with_customer` for check, which names the customer.
-fn respond(kind: &'static str, decision: Decision, with_customer: bool) -> Response {
+fn respond(route: Route, decision: Decision) -> Response {
     let outcome = match (decision.degraded, decision.allowed) {
         (true, _) => "degraded",
         (false, true) => "allowed",
         (false, false) => "refused",
     };
-    crate::telemetry::record_decision(kind, outcome);
-    let refused = !decision.allowed && !decision.degraded;
+    crate::telemetry::record_decision(route.name(), outcome);
     let body = DecisionBody {
         allowed: decision.allowed,
-        customer_id: with_customer.then(|| decision.customer_id.clone()),
-        event_id: decision.event_id.clone(),
-        reservation: decision.reservation.clone(),
+        customer_id: matches!(route, Route::Check).then(|| decision.customer_id.clone()),
+        event_id: matches!(route, Route::Consume).then(|| decision.event_id.clone()),
+        reservation: matches!(route, Route::Reserve).then(|| decision.reservation.clone()),
         limits: decision.limits,
-        balances: decision.balances,
-        retry_after: refused.then_some(decision.retry_after),
+        balances: (!matches!(route, Route::Check)).then_some(decision.balances),
+        retry_after: decision.retry_after,
         degraded: decision.degraded,
     };
     let mut response = Json(body).into_response();
-    if refused {
-        let headers = response.headers_mut();
-        if let Some(seconds) = decision.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        if let Some(info) = &decision.rate_limit {
-            headers.insert(RATE_LIMIT_LIMIT.clone(), number_header(info.limit));
-            headers.insert(RATE_LIMIT_REMAINING.clone(), number_header(info.remaining));
-            headers.insert(
-                RATE_LIMIT_RESET.clone(),
-                HeaderValue::from(info.reset_seconds),
-            );
+    let headers = response.headers_mut();
+    if let Some(seconds) = decision.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Some(info) = &decision.rate_limit {
+        headers.insert(RATE_LIMIT_LIMIT.clone(), number_header(info.limit));
+        headers.insert(RATE_LIMIT_REMAINING.clone(), number_header(info.remaining));
+        if let Some(seconds) = info.reset_seconds {
+            headers.insert(RATE_LIMIT_RESET.clone(), HeaderValue::from(seconds));
         }
     }
     replayed(response, decision.duplicate)
@@ -109,7 +131,7 @@ pub async fn check(
     State(gateway): State<AppState>,
     JsonBody(request): JsonBody<CheckRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(respond("check", gateway.check(request).await?, true))
+    Ok(respond(Route::Check, gateway.check(request).await?))
 }
 
 #[utoipa::path(
@@ -129,9 +151,8 @@ pub async fn consume(
     JsonBody(input): JsonBody<NewEvent>,
 ) -> Result<Response, ApiError> {
     Ok(respond(
-        "consume",
+        Route::Consume,
         gateway.consume(input, idempotency_key(&headers)?).await?,
-        false,
     ))
 }
 
@@ -152,9 +173,8 @@ pub async fn reserve(
     JsonBody(input): JsonBody<NewReservation>,
 ) -> Result<Response, ApiError> {
     Ok(respond(
-        "reserve",
+        Route::Reserve,
         gateway.reserve(input, idempotency_key(&headers)?).await?,
-        false,
     ))
 }
 

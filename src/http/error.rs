@@ -71,7 +71,7 @@ impl ApiError {
 
     pub fn storage_unavailable() -> ApiError {
         ApiError {
-            retry_after_secs: Some(1),
+            retry_after_secs: Some(crate::service::error::STORAGE_RETRY_AFTER_SECS.unsigned_abs()),
             ..ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_unavailable",

@@ -5,7 +5,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
 
 use super::Gateway;
-use super::error::{Resource, ServiceError, ServiceResult, corrupt};
+use super::error::{Resource, STORAGE_RETRY_AFTER_SECS, ServiceError, ServiceResult, corrupt};
 use super::usage::{Recorded, states};
 use crate::domain::balance::BalanceState;
 use crate::domain::event::{Event, IdempotencyKey, NewEvent};
@@ -36,7 +36,9 @@ pub struct CheckRequest {
 pub struct RateLimitInfo {
     pub limit: f64,
     pub remaining: f64,
-    pub reset_seconds: i64,
+    /// Seconds until it resets; `None` when it never does (`all_time`), since any number
+    /// (even 0) would tell the client to retry at some point.
+    pub reset_seconds: Option<i64>,
 }
 
 /// A decision: check, consume or reserve.
@@ -49,8 +51,10 @@ pub struct Decision {
     pub limits: Vec<LimitState>,
     /// The metered balances the event debits (consume and reserve).
     pub balances: Vec<BalanceState>,
-    /// Seconds until every refusing limit has reset; `None` if one never resets.
+    /// Refusals: seconds until the client should try again (every refusing limit has reset,
+    /// or, degraded, storage may be back); `None` if waiting never helps.
     pub retry_after: Option<i64>,
+    /// `None` when no refusing limit's remaining room is known (allowed, degraded).
     pub rate_limit: Option<RateLimitInfo>,
     /// Consume: the recorded event. Reserve: the reservation.
     pub event_id: Option<String>,
@@ -75,7 +79,8 @@ impl Decision {
         }
     }
 
-    /// Storage is unreachable: every limit in play decides by its fail mode.
+    /// Storage is unreachable: every limit in play decides by its fail mode. A refusal is
+    /// caused by the outage, not by a full window, so it says to retry as a `503` does.
     fn degraded(
         customer_id: CustomerId,
         limits: &[(ResolvedLimit, Option<crate::domain::period::Window>)],
@@ -89,6 +94,7 @@ impl Decision {
             .collect();
         Decision {
             degraded: true,
+            retry_after: (!allowed).then_some(STORAGE_RETRY_AFTER_SECS),
             ..Decision::new(customer_id, allowed, states)
         }
     }
@@ -106,9 +112,7 @@ impl Decision {
         let rate_limit = latest.map(|state| RateLimitInfo {
             limit: state.limit.get(),
             remaining: state.remaining.map_or(0.0, |r| r.get()),
-            reset_seconds: state
-                .reset
-                .map_or(0, |reset| (reset - now.timestamp()).max(0)),
+            reset_seconds: state.reset.map(|reset| (reset - now.timestamp()).max(0)),
         });
         Decision {
             retry_after: retry,
@@ -406,7 +410,7 @@ impl Gateway {
         let now = self.clock.now();
         let event = Event::validate(
             self.new_id(IdKind::Event),
-            input.event_input(),
+            input.event_input()?,
             idempotency_header,
             now,
         )?;

@@ -13,8 +13,10 @@ use crate::domain::event::{Event, IdempotencyKey, NewEvent};
 use crate::domain::field::{Dimensions, FieldError, validate_dimensions};
 use crate::domain::ids::{CustomerId, IdKind};
 use crate::domain::meter::Aggregation;
-use crate::domain::time::parse_rfc3339;
-use crate::domain::usage::{CustomerCalendar, EventPlan, LimitState, hour_of, plan_event};
+use crate::domain::time::{LATEST_SECS, parse_usage_instant};
+use crate::domain::usage::{
+    CustomerCalendar, EventPlan, LimitState, hour_ceil, hour_of, plan_event,
+};
 use crate::storage::usage::{CounterReading, EventWrite, Mode, RecordOutcome, UsageToForget};
 use crate::storage::{ConfigOp, Kind};
 
@@ -119,15 +121,6 @@ impl Accumulator {
             Aggregation::Sum | Aggregation::Count => Some(self.value.unwrap_or(0.0)),
             Aggregation::Max | Aggregation::Latest => self.value,
         }
-    }
-}
-
-fn hour_ceil(at: DateTime<Utc>) -> i64 {
-    let floor = hour_of(at);
-    if floor == at.timestamp() && at.timestamp_subsec_nanos() == 0 {
-        floor
-    } else {
-        floor + 3600
     }
 }
 
@@ -376,16 +369,12 @@ impl Gateway {
         if let Some(dimensions) = &query.dimensions {
             validate_dimensions("dimensions", dimensions)?;
         }
-        let parse = |field: &str,
-                     raw: &Option<String>|
-         -> Result<Option<DateTime<Utc>>, FieldError> {
-            raw.as_deref()
-                .map(|r| {
-                    parse_rfc3339(r)
-                        .ok_or_else(|| FieldError::invalid(field, "must be an RFC 3339 date-time"))
-                })
-                .transpose()
-        };
+        let parse =
+            |field: &str, raw: &Option<String>| -> Result<Option<DateTime<Utc>>, FieldError> {
+                raw.as_deref()
+                    .map(|r| parse_usage_instant(field, r))
+                    .transpose()
+            };
         let start = parse("startDate", &query.start_date)?;
         let end = parse("endDate", &query.end_date)?;
         let now = self.clock.now();
@@ -399,6 +388,13 @@ impl Gateway {
                 let (from, to) = (hour_of(start), hour_ceil(end));
                 if from >= to {
                     return Err(FieldError::invalid("endDate", "must be after startDate").into());
+                }
+                if to > LATEST_SECS {
+                    return Err(FieldError::invalid(
+                        "endDate",
+                        "rounded up to the hour, must not pass 9999-12-31T23:59:59Z",
+                    )
+                    .into());
                 }
                 if to - from > retention.num_seconds() + 3600 {
                     return Err(FieldError::invalid(

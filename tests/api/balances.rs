@@ -552,14 +552,14 @@ async fn metered_balances_are_debited_with_every_counted_event(app: TestApp) {
     // Metered debits are not transactions: only the initial credit is listed.
     assert_eq!(transaction_count(&app, id).await, 1);
 
-    // A consume that no balance covers answers without a `balances` field when none apply.
+    // A consume that no balance covers answers `balances: []`.
     let plain = app
         .post(
             "/v1/limits/consume",
             json!({"customerId": "c2", "eventType": "llm", "values": {"tokens": 1}}),
         )
         .await;
-    assert_eq!(plain.assert_status(200).get("balances"), None);
+    assert_eq!(plain.assert_status(200)["balances"], json!([]));
 
     // Once its meter is gone, the balance stays and is no longer debited.
     app.delete(&format!("/v1/meters/{meter}"))

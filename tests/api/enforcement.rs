@@ -3,7 +3,7 @@
 use chrono::TimeDelta;
 use serde_json::{Value, json};
 
-use crate::common::{TestApp, abandon, gated_post, state};
+use crate::common::{CONSUME_KEYS, RESERVE_KEYS, TestApp, abandon, gated_post, keys, state};
 use crate::every_store;
 
 every_store!(
@@ -68,12 +68,15 @@ async fn consume_admits_until_full_then_refuses(app: TestApp) {
         assert_eq!(body["allowed"], true);
         assert!(body["eventId"].as_str().unwrap().starts_with("evt_"));
         assert_eq!(body["degraded"], false);
+        assert_eq!(body["retryAfter"], Value::Null);
+        assert_eq!(keys(body), CONSUME_KEYS);
         assert!(answer.header("retry-after").is_none());
     }
     let refused = app.post("/v1/limits/consume", tokens("cons", 4.0)).await;
     let body = refused.assert_status(200);
     assert_eq!(body["allowed"], false);
-    assert!(body.get("eventId").is_none());
+    assert_eq!(body["eventId"], Value::Null);
+    assert_eq!(keys(body), CONSUME_KEYS);
     assert_eq!(state(body, &hourly)["used"], 8);
     assert_eq!(state(body, &hourly)["remaining"], 2);
     let reset = state(body, &hourly)["reset"].as_i64().unwrap();
@@ -117,6 +120,17 @@ async fn consume_admits_until_full_then_refuses(app: TestApp) {
     );
     assert!(refused.header("retry-after").is_none());
     assert_eq!(state(&refused.body, &all_time)["reset"], Value::Null);
+    // Nor is there a reset to announce (0 would say "retry at once"); the room left still is.
+    let reserved = app.post("/v1/reservations", tokens("forever", 1.0)).await;
+    let checked = app
+        .post("/v1/limits/check", json!({"customerId": "forever"}))
+        .await;
+    for refused in [&refused, &reserved, &checked] {
+        assert_eq!(refused.body["allowed"], false, "{:?}", refused.body);
+        assert_eq!(refused.header("ratelimit-limit"), Some("10"));
+        assert_eq!(refused.header("ratelimit-remaining"), Some("0"));
+        assert_eq!(refused.header("ratelimit-reset"), None);
+    }
 }
 
 async fn consume_is_all_or_nothing_across_limits(app: TestApp) {
@@ -376,6 +390,7 @@ async fn reservations_count_as_reserved_everywhere(app: TestApp) {
         )
         .await;
     assert_eq!(held.body["allowed"], true);
+    assert_eq!(keys(&held.body), RESERVE_KEYS);
     // Other consumes and reservations see the hold.
     assert_eq!(
         app.post("/v1/limits/consume", tokens("everywhere", 40.0))
@@ -396,7 +411,8 @@ async fn reservations_count_as_reserved_everywhere(app: TestApp) {
         )
         .await;
     assert_eq!(second.body["allowed"], false);
-    assert!(second.body.get("reservation").is_none());
+    assert_eq!(second.body["reservation"], Value::Null);
+    assert_eq!(keys(&second.body), RESERVE_KEYS);
     // A check refuses once used + reserved reaches the limit.
     let check = app
         .post("/v1/limits/check", json!({"customerId": "everywhere"}))
@@ -550,6 +566,27 @@ async fn bad_decision_input(app: TestApp) {
     )
     .await
     .assert_field_error("invalid_field_value", "ttlSeconds");
+    // A negative estimate would add room to the limit; refused, and nothing is held.
+    let meter = app.tokens_meter().await;
+    let id = app
+        .limit(json!({"name": "n", "meterId": meter, "limitValue": 100, "period": "day"}))
+        .await;
+    app.post(
+        "/v1/reservations",
+        json!({"customerId": "neg1", "eventType": "llm", "values": {"tokens": -1000}}),
+    )
+    .await
+    .assert_field_error("invalid_field_value", "values.tokens");
+    let check = app
+        .post("/v1/limits/check", json!({"customerId": "neg1"}))
+        .await;
+    assert_eq!(state(&check.body, &id)["remaining"], 100);
+    assert_eq!(
+        app.post("/v1/limits/consume", tokens("neg1", 101.0))
+            .await
+            .body["allowed"],
+        false
+    );
     let held = app
         .post(
             "/v1/reservations",

@@ -754,6 +754,24 @@ async fn bad_metering_input(app: TestApp) {
     )
     .await
     .assert_field_error("invalid_field_value", "timestamp");
+    // Before the Unix epoch: windows there would not be RFC 3339 (`-0001-12-31T…`).
+    for path in [record_path, "/v1/limits/consume"] {
+        for early in ["0000-01-01T00:00:00Z", "1969-12-31T23:59:59.999Z"] {
+            let refused = app
+                .post(
+                    path,
+                    json!({"customerId": "b", "eventType": "x", "timestamp": early}),
+                )
+                .await;
+            refused.assert_field_error("invalid_field_value", "timestamp");
+            assert!(
+                refused.body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("1970")
+            );
+        }
+    }
     app.post(
         record_path,
         json!({"customerId": "b", "eventType": "x", "properties": {"p": "x".repeat(17 * 1024)}}),
@@ -779,6 +797,33 @@ async fn bad_metering_input(app: TestApp) {
     app.post(&query, json!({"startDate": "soon"}))
         .await
         .assert_field_error("invalid_field_value", "startDate");
+    app.post(&query, json!({"startDate": "1969-12-31T00:00:00Z"}))
+        .await
+        .assert_field_error("invalid_field_value", "startDate");
+    app.post(&query, json!({"endDate": "0000-01-01T00:00:00Z"}))
+        .await
+        .assert_field_error("invalid_field_value", "endDate");
+    // Dates past chrono's nanosecond range (2262) round to the hour like any other.
+    let far = app
+        .post(
+            &query,
+            json!({"startDate": "2300-01-01T00:30:00Z", "endDate": "2300-01-01T05:10:00Z"}),
+        )
+        .await;
+    assert_eq!(
+        far.assert_status(200)["startDate"],
+        "2300-01-01T00:00:00.000Z"
+    );
+    assert_eq!(far.body["endDate"], "2300-01-01T06:00:00.000Z");
+    // Up to the last hour RFC 3339 can write.
+    let last = json!({"startDate": "9999-12-31T22:10:00Z", "endDate": "9999-12-31T23:00:00Z"});
+    assert_eq!(
+        app.post(&query, last).await.assert_status(200)["endDate"],
+        "9999-12-31T23:00:00.000Z"
+    );
+    app.post(&query, json!({"endDate": "9999-12-31T23:00:01Z"}))
+        .await
+        .assert_field_error("invalid_field_value", "endDate");
     app.post(&query, json!({"granularity": "week"}))
         .await
         .assert_field_error("invalid_field_value", "granularity");

@@ -7,9 +7,41 @@ use axum::http::{Method, Request};
 use serde_json::{Value, json};
 
 use crate::common::{
-    ADMIN_KEY, HoldingProxy, RedisServer, TestApp, redis_store_with_timeout, settings,
-    shared_redis, state, unique_prefix,
+    ADMIN_KEY, CHECK_KEYS, CONSUME_KEYS, HoldingProxy, RESERVE_KEYS, RedisServer, TestApp,
+    TestResponse, keys, redis_store_with_timeout, settings, shared_redis, state, unique_prefix,
 };
+
+/// A refusal by a `closed` fail mode: the outage, not a full window, is the cause, so it says
+/// to retry when a `503 storage_unavailable` does, and gives no `RateLimit-*` headers (the
+/// room left is unknown).
+fn assert_degraded_refusal(answer: &TestResponse, route_keys: &[&str]) {
+    let body = answer.assert_status(200);
+    assert_eq!(keys(body), route_keys, "{body}");
+    assert_eq!(
+        (&body["allowed"], &body["degraded"]),
+        (&json!(false), &json!(true))
+    );
+    assert_eq!(body["retryAfter"], 1, "{body}");
+    assert_eq!(answer.header("retry-after"), Some("1"));
+    for header in ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"] {
+        assert_eq!(answer.header(header), None, "{header}");
+    }
+}
+
+/// An answer allowed by an `open` fail mode: nothing was stored, nothing to wait for.
+fn assert_degraded_allowed(answer: &TestResponse, route_keys: &[&str]) {
+    let body = answer.assert_status(200);
+    assert_eq!(keys(body), route_keys, "{body}");
+    assert_eq!(
+        (&body["allowed"], &body["degraded"]),
+        (&json!(true), &json!(true))
+    );
+    assert_eq!(body["retryAfter"], Value::Null);
+    assert_eq!(answer.header("retry-after"), None);
+    for key in ["eventId", "reservation"] {
+        assert_eq!(body.get(key).unwrap_or(&Value::Null), &Value::Null, "{key}");
+    }
+}
 
 async fn timed(
     app: &TestApp,
@@ -43,6 +75,23 @@ fn signal(pid: &str, signal: &str) {
             .unwrap()
             .success()
     );
+}
+
+/// A redis-server hung with SIGSTOP until this is dropped, so a failing assertion reports
+/// instead of leaving the test stuck on a stopped server.
+struct Hung(String);
+
+impl Hung {
+    fn stop(pid: String) -> Hung {
+        signal(&pid, "-STOP");
+        Hung(pid)
+    }
+}
+
+impl Drop for Hung {
+    fn drop(&mut self) {
+        signal(&self.0, "-CONT");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,8 +131,7 @@ async fn outages_degrade_by_fail_mode_and_recover() {
     let debit = json!({"customerId": "c-closed", "name": "prepaid", "amount": 1});
 
     // 1. Redis hangs (SIGSTOP): every call meets its deadline instead of waiting.
-    let pid = redis_pid(port);
-    signal(&pid, "-STOP");
+    let hung = Hung::stop(redis_pid(port));
     for _ in 0..5 {
         let (open, took) = timed(
             &app,
@@ -93,8 +141,7 @@ async fn outages_degrade_by_fail_mode_and_recover() {
         )
         .await;
         assert!(took < Duration::from_millis(500), "check took {took:?}");
-        assert_eq!(open.assert_status(200)["degraded"], true);
-        assert_eq!(open.body["allowed"], true);
+        assert_degraded_allowed(&open, &CHECK_KEYS);
         assert_eq!(open.body["limits"][0]["used"], Value::Null);
         assert_eq!(open.body["limits"][0]["remaining"], Value::Null);
     }
@@ -106,18 +153,12 @@ async fn outages_degrade_by_fail_mode_and_recover() {
     )
     .await;
     assert!(took < Duration::from_millis(500), "consume took {took:?}");
-    assert_eq!(
-        (
-            closed.body["allowed"].clone(),
-            closed.body["degraded"].clone()
-        ),
-        (json!(false), json!(true))
-    );
+    assert_degraded_refusal(&closed, &CONSUME_KEYS);
     let (written, took) = timed(&app, Method::POST, "/v1/events/record", Some(record("k2"))).await;
     assert!(took < Duration::from_millis(500), "record took {took:?}");
     written.assert_error(503, "storage_unavailable");
     assert!(written.header("retry-after").is_some());
-    signal(&pid, "-CONT");
+    drop(hung);
 
     // 2. Redis dies.
     server.kill();
@@ -131,27 +172,23 @@ async fn outages_degrade_by_fail_mode_and_recover() {
         )
         .await;
         assert!(took < Duration::from_millis(500), "check took {took:?}");
-        assert_eq!(
-            (
-                answer.body["allowed"].clone(),
-                answer.body["degraded"].clone()
-            ),
-            (json!(false), json!(true))
-        );
+        assert_degraded_refusal(&answer, &CHECK_KEYS);
     }
     assert!(started.elapsed() < Duration::from_secs(5));
-    let reserve = app
-        .post(
-            "/v1/reservations",
-            json!({"customerId": "c-open", "eventType": "llm", "values": {"tokens": 1}}),
-        )
-        .await;
-    assert_eq!(
-        (
-            reserve.body["allowed"].clone(),
-            reserve.body["degraded"].clone()
-        ),
-        (json!(true), json!(true))
+    // Every answer of a route has the same keys, degraded or not (storage is down, so none
+    // of these can be counted late).
+    let hold = |customer: &str| json!({"customerId": customer, "eventType": "llm", "values": {"tokens": 1}});
+    assert_degraded_allowed(
+        &app.post("/v1/reservations", hold("c-open")).await,
+        &RESERVE_KEYS,
+    );
+    assert_degraded_refusal(
+        &app.post("/v1/reservations", hold("c-closed")).await,
+        &RESERVE_KEYS,
+    );
+    assert_degraded_allowed(
+        &app.post("/v1/limits/consume", hold("c-open")).await,
+        &CONSUME_KEYS,
     );
     app.post("/v1/events/record", record("k2"))
         .await

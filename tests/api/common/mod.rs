@@ -670,6 +670,37 @@ pub fn state<'a>(answer: &'a Value, limit_id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("limit {limit_id} not listed in {answer}"))
 }
 
+/// The keys of a JSON object answer, sorted.
+pub fn keys(answer: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = answer
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {answer}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// The keys every answer of each decision route has, whatever happened (sorted).
+pub const CHECK_KEYS: [&str; 5] = ["allowed", "customerId", "degraded", "limits", "retryAfter"];
+pub const CONSUME_KEYS: [&str; 6] = [
+    "allowed",
+    "balances",
+    "degraded",
+    "eventId",
+    "limits",
+    "retryAfter",
+];
+pub const RESERVE_KEYS: [&str; 6] = [
+    "allowed",
+    "balances",
+    "degraded",
+    "limits",
+    "reservation",
+    "retryAfter",
+];
+
 /// A real gateway process, on a free port.
 pub struct GatewayProcess {
     pub address: SocketAddr,
