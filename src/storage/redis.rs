@@ -37,6 +37,11 @@ const CHANGE_LOG_LEN: usize = 100_000;
 /// Deadline of a configuration call: these are not on the decision path, so they get longer
 /// than `QUOTAGATE_STORAGE_TIMEOUT_MS`.
 const CONFIG_DEADLINE: Duration = Duration::from_secs(2);
+/// Deadline of the whole readiness probe (PING, then a script load). API.md §5.4 wants
+/// `/readyz` to answer 503 within 2 s of Redis hanging, so a probe that starts the moment it
+/// hangs must give up well inside that; and probers (Kubernetes: 1 s by default) stop waiting
+/// sooner still. A healthy Redis answers both in milliseconds, so this never flaps under load.
+const READY_DEADLINE: Duration = Duration::from_millis(500);
 /// Documents per `HSCAN` page of a full config read: Redis serves other clients between pages.
 const CONFIG_SCAN_COUNT: usize = 1000;
 /// The change-log cursor of a node that loaded the configuration while the log was empty.
@@ -620,12 +625,11 @@ impl ConfigStore for RedisStore {
 
     async fn ping(&self) -> StoreResult<()> {
         let mut conn = self.conn();
-        let _: String = self
-            .guarded(CONFIG_DEADLINE, redis::cmd("PING").query_async(&mut conn))
-            .await?;
-        let _: String = self
-            .guarded(CONFIG_DEADLINE, self.config_apply.load_async(&mut conn))
-            .await?;
+        let probe = async {
+            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            self.config_apply.load_async(&mut conn).await
+        };
+        self.guarded(READY_DEADLINE, probe).await?;
         Ok(())
     }
 
