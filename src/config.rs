@@ -27,7 +27,7 @@ pub struct Config {
 
     /// `redis://host:port/db` for one Redis, `redis+cluster://host:port,host:port` for a
     /// cluster. Unset: the embedded in-memory store.
-    #[arg(long, env = "QUOTAGATE_REDIS_URL")]
+    #[arg(long, env = "QUOTAGATE_REDIS_URL", value_parser = parse_redis_url)]
     pub redis_url: Option<String>,
 
     /// Bootstrap admin key. Unset: the gateway runs open, and only on a loopback address.
@@ -156,6 +156,19 @@ fn parse_positive(raw: &str) -> Result<usize, String> {
     }
 }
 
+/// A URL that does not parse can never connect: refused at start (exit 2, naming the flag)
+/// rather than retried like a server that is not up yet.
+fn parse_redis_url(raw: &str) -> Result<String, String> {
+    crate::storage::redis::RedisTarget::parse(raw)
+        .map(|_| raw.to_string())
+        .map_err(|error| {
+            format!(
+                "not a Redis URL ({error}); QUOTAGATE_REDIS_URL takes redis://host:port/db or \
+                 redis+cluster://host:port,host:port"
+            )
+        })
+}
+
 fn parse_key_prefix(raw: &str) -> Result<String, String> {
     let valid = !raw.is_empty()
         && raw.len() <= 64
@@ -208,6 +221,29 @@ mod tests {
         assert!(parse(&["--max-in-flight", "0"]).is_err());
         assert!(parse(&["--max-in-flight", "many"]).is_err());
         assert_eq!(parse(&["--max-in-flight", "64"]).unwrap().max_in_flight, 64);
+    }
+
+    #[test]
+    fn redis_urls_must_parse() {
+        for bad in [
+            "foo://x",
+            "redis://127.0.0.1:notaport",
+            "redis+cluster://",
+            "nonsense",
+        ] {
+            assert!(parse(&["--redis-url", bad]).is_err(), "{bad}");
+        }
+        // Valid, whether or not anything answers there yet (the gateway retries those).
+        for good in [
+            "redis://127.0.0.1:1/0",
+            "redis://:secret@redis.internal:6379",
+            "redis+cluster://10.0.0.1:7000,10.0.0.2:7000",
+        ] {
+            assert_eq!(
+                parse(&["--redis-url", good]).unwrap().redis_url.as_deref(),
+                Some(good)
+            );
+        }
     }
 
     #[test]

@@ -29,12 +29,48 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let builder = PrometheusBuilder::new()
             .set_buckets(&BUCKETS)
             .expect("the bucket list is not empty");
-        match builder.install_recorder() {
+        let handle = match builder.install_recorder() {
             Ok(handle) => handle,
             // Another recorder is already global: keep a private one so /metrics still answers.
-            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-        }
+            Err(_) => return PrometheusBuilder::new().build_recorder().handle(),
+        };
+        register_documented();
+        handle
     })
+}
+
+/// Every label value of the series whose labels are few and known in advance.
+pub const DECISION_KINDS: [&str; 3] = ["check", "consume", "reserve"];
+pub const DECISION_OUTCOMES: [&str; 3] = ["allowed", "refused", "degraded"];
+pub const STORAGE_ERROR_KINDS: [&str; 2] = ["unavailable", "internal"];
+pub const WEBHOOK_STATUSES: [&str; 3] = ["succeeded", "retrying", "failed"];
+pub const BALANCE_TYPES: [&str; 2] = ["credit", "debit"];
+pub const BALANCE_OUTCOMES: [&str; 3] = ["applied", "refused", "replayed"];
+
+/// Makes every documented series with a known label set present from the start, at zero: a
+/// series that appears only with its first increment makes `rate()` and alerts on it blind to
+/// that first one (and an absent series reads as "not exported" rather than "none yet"). The
+/// HTTP series are per route and status, too many to list: each appears with its first answer.
+/// The storage call histogram has no labels and fills with the calls every store makes while
+/// the gateway starts (loading the configuration); the cache age is set at each scrape.
+fn register_documented() {
+    for kind in DECISION_KINDS {
+        for outcome in DECISION_OUTCOMES {
+            metrics::counter!(DECISIONS, "kind" => kind, "outcome" => outcome).absolute(0);
+        }
+    }
+    for kind in STORAGE_ERROR_KINDS {
+        metrics::counter!(STORAGE_ERRORS, "kind" => kind).absolute(0);
+    }
+    for status in WEBHOOK_STATUSES {
+        metrics::counter!(WEBHOOK_DELIVERIES, "status" => status).absolute(0);
+    }
+    for kind in BALANCE_TYPES {
+        for outcome in BALANCE_OUTCOMES {
+            metrics::counter!(BALANCE_MOVEMENTS, "type" => kind, "outcome" => outcome).absolute(0);
+        }
+    }
+    metrics::counter!(HTTP_ABANDONED).absolute(0);
 }
 
 // The hot path records through handles looked up once per series: finding a series in the

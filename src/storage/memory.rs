@@ -106,17 +106,49 @@ impl MemoryStore {
         self
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> Held<'_, State> {
         guard(&self.state)
     }
 }
 
 /// Locks one part of the store. A panic while holding a lock cannot leave a half-applied
 /// change (every change checks before it writes), so a poisoned lock is still consistent.
-fn guard<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+fn guard<T>(mutex: &Mutex<T>) -> Held<'_, T> {
+    let since = std::time::Instant::now();
+    Held {
+        guard: mutex
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        since,
+    }
+}
+
+/// A locked part of the store. Every call into this store is work under one of its locks, so
+/// the time from asking for a lock to releasing it (waiting included, as a Redis call's time
+/// includes its queue) is what `quotagate_storage_call_duration_seconds` records here, as the
+/// Redis store records each round trip.
+struct Held<'a, T> {
+    guard: std::sync::MutexGuard<'a, T>,
+    since: std::time::Instant,
+}
+
+impl<T> std::ops::Deref for Held<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> std::ops::DerefMut for Held<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+impl<T> Drop for Held<'_, T> {
+    fn drop(&mut self) {
+        crate::telemetry::record_storage_call(self.since.elapsed().as_secs_f64());
+    }
 }
 
 fn guard_holds(guard: Guard, exists: bool) -> bool {
@@ -659,7 +691,7 @@ impl MemoryUsage {
 }
 
 impl MemoryStore {
-    fn usage(&self) -> std::sync::MutexGuard<'_, MemoryUsage> {
+    fn usage(&self) -> Held<'_, MemoryUsage> {
         guard(&self.usage)
     }
 }
@@ -1063,7 +1095,7 @@ pub struct MemoryAlerts {
 }
 
 impl MemoryStore {
-    fn alerts(&self) -> std::sync::MutexGuard<'_, MemoryAlerts> {
+    fn alerts(&self) -> Held<'_, MemoryAlerts> {
         guard(&self.alerts)
     }
 }

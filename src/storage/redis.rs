@@ -9,7 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::{
+    Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Script, Value,
+};
 
 use super::alerts::{
     ATTEMPT_LOG_LEN, AlertStore, AttemptEnd, Claim, MESSAGE_TTL_MS, delivery_member,
@@ -39,6 +41,11 @@ const CHANGE_LOG_LEN: usize = 100_000;
 /// Deadline of a configuration call: these are not on the decision path, so they get longer
 /// than `QUOTAGATE_STORAGE_TIMEOUT_MS`.
 const CONFIG_DEADLINE: Duration = Duration::from_secs(2);
+/// Deadline of the whole readiness probe (PING, then a script load). API.md §5.4 wants
+/// `/readyz` to answer 503 within 2 s of Redis hanging, so a probe that starts the moment it
+/// hangs must give up well inside that; and probers (Kubernetes: 1 s by default) stop waiting
+/// sooner still. A healthy Redis answers both in milliseconds, so this never flaps under load.
+const READY_DEADLINE: Duration = Duration::from_millis(500);
 /// Documents per `HSCAN` page of a full config read: Redis serves other clients between pages.
 const CONFIG_SCAN_COUNT: usize = 1000;
 /// The change-log cursor of a node that loaded the configuration while the log was empty.
@@ -81,31 +88,44 @@ impl ConnectionLike for RedisConnection {
     }
 }
 
+/// The servers a Redis URL names: one, or a cluster's seed nodes.
+pub enum RedisTarget {
+    Single(ConnectionInfo),
+    Cluster(Vec<ConnectionInfo>),
+}
+
+impl RedisTarget {
+    /// Parses `redis://…` (or any form redis-rs takes: `rediss://`, `redis+unix://`…) or
+    /// `redis+cluster://h:p,h:p`. A URL that does not parse is a configuration error, for
+    /// the process to refuse at start; only a valid one is worth retrying until it answers.
+    pub fn parse(url: &str) -> Result<RedisTarget, RedisError> {
+        let Some(seeds) = url.strip_prefix("redis+cluster://") else {
+            return Ok(RedisTarget::Single(url.into_connection_info()?));
+        };
+        let nodes = seeds
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|seed| format!("redis://{seed}").into_connection_info())
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a cluster URL needs at least one seed node",
+            )));
+        }
+        Ok(RedisTarget::Cluster(nodes))
+    }
+}
+
 impl RedisConnection {
     /// Connects to `redis://…` or `redis+cluster://h:p,h:p`. Reconnection after a lost
     /// connection is automatic in both cases.
     pub async fn connect(url: &str, timeout: Duration) -> Result<RedisConnection, RedisError> {
-        if let Some(seeds) = url.strip_prefix("redis+cluster://") {
-            let nodes: Vec<String> = seeds
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(|seed| format!("redis://{seed}"))
-                .collect();
-            // A slot in the middle of a migration (TRYAGAIN) or a failover is retried within
-            // milliseconds, so the call's own deadline bounds it, not the library's default
-            // waits of more than a second.
-            let client = redis::cluster::ClusterClient::builder(nodes)
-                .connection_timeout(Duration::from_secs(1))
-                .response_timeout(timeout)
-                .min_retry_wait(1)
-                .max_retry_wait(50)
-                .retry_wait_formula(2, 2)
-                .build()?;
-            return Ok(RedisConnection::Cluster(
-                client.get_async_connection().await?,
-            ));
-        }
-        let client = redis::Client::open(url)?;
+        let info = match RedisTarget::parse(url)? {
+            RedisTarget::Single(info) => info,
+            RedisTarget::Cluster(nodes) => return Self::connect_cluster(nodes, timeout).await,
+        };
+        let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(timeout))
@@ -113,6 +133,25 @@ impl RedisConnection {
             .set_max_delay(Duration::from_millis(500));
         Ok(RedisConnection::Single(
             ConnectionManager::new_with_config(client, config).await?,
+        ))
+    }
+
+    async fn connect_cluster(
+        nodes: Vec<ConnectionInfo>,
+        timeout: Duration,
+    ) -> Result<RedisConnection, RedisError> {
+        // A slot in the middle of a migration (TRYAGAIN) or a failover is retried within
+        // milliseconds, so the call's own deadline bounds it, not the library's default waits
+        // of more than a second.
+        let client = redis::cluster::ClusterClient::builder(nodes)
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(timeout)
+            .min_retry_wait(1)
+            .max_retry_wait(50)
+            .retry_wait_formula(2, 2)
+            .build()?;
+        Ok(RedisConnection::Cluster(
+            client.get_async_connection().await?,
         ))
     }
 }
@@ -642,12 +681,11 @@ impl ConfigStore for RedisStore {
 
     async fn ping(&self) -> StoreResult<()> {
         let mut conn = self.conn();
-        let _: String = self
-            .guarded(CONFIG_DEADLINE, redis::cmd("PING").query_async(&mut conn))
-            .await?;
-        let _: String = self
-            .guarded(CONFIG_DEADLINE, self.config_apply.load_async(&mut conn))
-            .await?;
+        let probe = async {
+            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            self.config_apply.load_async(&mut conn).await
+        };
+        self.guarded(READY_DEADLINE, probe).await?;
         Ok(())
     }
 

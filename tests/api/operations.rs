@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::common::{GatedRequest, TestApp, gated_post};
+use crate::common::{GatedRequest, GatewayProcess, TestApp, gated_post};
 
 #[tokio::test]
 async fn metrics_expose_the_documented_series() {
@@ -96,6 +96,71 @@ async fn metrics_expose_the_documented_series() {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
     assert!(!text.contains("PURGE"), "a client's method names no series");
+}
+
+/// Every documented series whose labels are known in advance is there, at zero, on the first
+/// scrape of a fresh process, on either store; the storage call histogram already holds the
+/// calls that loaded the configuration. (A fresh process: the test binary's recorder is shared
+/// by every test in it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_series_are_present_from_the_start_on_every_store() {
+    let redis = crate::common::shared_redis().url();
+    let prefix = crate::common::unique_prefix();
+    let stores: [&[(&str, &str)]; 2] = [
+        &[],
+        &[
+            ("QUOTAGATE_REDIS_URL", redis.as_str()),
+            ("QUOTAGATE_KEY_PREFIX", prefix.as_str()),
+        ],
+    ];
+    for envs in stores {
+        let node = tokio::task::block_in_place(|| GatewayProcess::start(envs));
+        let text = reqwest::get(node.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let mut zeros = vec![
+            r#"quotagate_http_requests_abandoned_total"#.to_string(),
+            r#"quotagate_storage_errors_total{kind="unavailable"}"#.to_string(),
+            r#"quotagate_storage_errors_total{kind="internal"}"#.to_string(),
+        ];
+        for kind in ["check", "consume", "reserve"] {
+            for outcome in ["allowed", "refused", "degraded"] {
+                zeros.push(format!(
+                    r#"quotagate_decisions_total{{kind="{kind}",outcome="{outcome}"}}"#
+                ));
+            }
+        }
+        for status in ["succeeded", "retrying", "failed"] {
+            zeros.push(format!(
+                r#"quotagate_webhook_deliveries_total{{status="{status}"}}"#
+            ));
+        }
+        for kind in ["credit", "debit"] {
+            for outcome in ["applied", "refused", "replayed"] {
+                zeros.push(format!(
+                    r#"quotagate_balance_movements_total{{type="{kind}",outcome="{outcome}"}}"#
+                ));
+            }
+        }
+        for series in zeros {
+            assert!(
+                text.lines().any(|line| line == format!("{series} 0")),
+                "{envs:?}: no {series} 0 in:\n{text}"
+            );
+        }
+        let calls = text
+            .lines()
+            .find_map(|line| line.strip_prefix("quotagate_storage_call_duration_seconds_count "))
+            .unwrap_or_else(|| panic!("{envs:?}: no storage call histogram in:\n{text}"));
+        assert!(calls.parse::<f64>().unwrap() > 0.0, "{envs:?}: {calls}");
+        assert!(
+            text.contains("quotagate_config_cache_age_seconds "),
+            "{text}"
+        );
+    }
 }
 
 /// Every operation of API.md, as (method, path).

@@ -277,6 +277,38 @@ fn refuses_to_run_open_on_a_public_address() {
     assert!(log.contains("QUOTAGATE_ADMIN_KEY"), "{log}");
 }
 
+/// A Redis URL that does not parse is a configuration error: the process says so and exits at
+/// once, instead of retrying a connection that can never be made.
+#[test]
+fn refuses_to_start_on_a_malformed_redis_url() {
+    for url in ["foo://x", "redis+cluster://"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quotagate"))
+            .env_clear()
+            .env("QUOTAGATE_REDIS_URL", url)
+            .env("QUOTAGATE_LISTEN", "127.0.0.1:0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("still running with QUOTAGATE_REDIS_URL={url}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(!output.status.success(), "{url}");
+        let log = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+        assert!(
+            log.contains("QUOTAGATE_REDIS_URL") || log.contains("--redis-url"),
+            "{log}"
+        );
+        assert!(log.contains("not a Redis URL"), "{log}");
+    }
+}
+
 #[tokio::test]
 async fn record_on_one_replica_check_on_the_other() {
     let (a, b) = start_pair();
