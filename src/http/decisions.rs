@@ -21,9 +21,10 @@ use crate::domain::reservation::{
 use crate::domain::usage::LimitState;
 use crate::service::decision::{CheckRequest, Decision};
 
-/// A decision's answer. Every answer of one route has the same keys, whatever happened
-/// (allowed, refused, degraded, replayed), so a client reads them without checking for their
-/// presence: `null` where there is nothing.
+/// A decision's answer, in the shapes of API.md §5: allowed `{allowed, eventId | reservation,
+/// limits}`, refused `{allowed, limits, retryAfter}`, both with `degraded` (and `balances` on
+/// consume and reserve). Each outcome always has its keys, degraded or not: `null` where there
+/// is nothing.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct DecisionBody {
@@ -31,11 +32,11 @@ struct DecisionBody {
     /// Check only.
     #[serde(skip_serializing_if = "Option::is_none")]
     customer_id: Option<CustomerId>,
-    /// Consume only: the recorded event, `null` when none was recorded (refused, or degraded:
-    /// storage unreachable).
+    /// Allowed consumes: the recorded event, `null` when none was recorded (degraded: storage
+    /// unreachable).
     #[serde(skip_serializing_if = "Option::is_none")]
     event_id: Option<Option<String>>,
-    /// Reserve only: the hold, `null` when none was stored (refused, or degraded).
+    /// Allowed reservations: the hold, `null` when none was stored (degraded).
     #[serde(skip_serializing_if = "Option::is_none")]
     reservation: Option<Option<Reservation>>,
     limits: Vec<LimitState>,
@@ -44,9 +45,10 @@ struct DecisionBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     balances: Option<Vec<BalanceState>>,
     /// Refusals: whole seconds until trying again may succeed (`Retry-After`); `null` when
-    /// allowed, and when waiting never helps (a refusing limit is `all_time`, a balance is
-    /// short, a hold is larger than a single one may be).
-    retry_after: Option<i64>,
+    /// waiting never helps (a refusing limit is `all_time`, a balance is short, a hold is
+    /// larger than a single one may be).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<Option<i64>>,
     degraded: bool,
 }
 
@@ -95,11 +97,13 @@ fn respond(route: Route, decision: Decision) -> Response {
     let body = DecisionBody {
         allowed: decision.allowed,
         customer_id: matches!(route, Route::Check).then(|| decision.customer_id.clone()),
-        event_id: matches!(route, Route::Consume).then(|| decision.event_id.clone()),
-        reservation: matches!(route, Route::Reserve).then(|| decision.reservation.clone()),
+        event_id: (matches!(route, Route::Consume) && decision.allowed)
+            .then(|| decision.event_id.clone()),
+        reservation: (matches!(route, Route::Reserve) && decision.allowed)
+            .then(|| decision.reservation.clone()),
         limits: decision.limits,
         balances: (!matches!(route, Route::Check)).then_some(decision.balances),
-        retry_after: decision.retry_after,
+        retry_after: (!decision.allowed).then_some(decision.retry_after),
         degraded: decision.degraded,
     };
     let mut response = Json(body).into_response();

@@ -682,24 +682,14 @@ pub fn keys(answer: &Value) -> Vec<&str> {
     keys
 }
 
-/// The keys every answer of each decision route has, whatever happened (sorted).
-pub const CHECK_KEYS: [&str; 5] = ["allowed", "customerId", "degraded", "limits", "retryAfter"];
-pub const CONSUME_KEYS: [&str; 6] = [
-    "allowed",
-    "balances",
-    "degraded",
-    "eventId",
-    "limits",
-    "retryAfter",
-];
-pub const RESERVE_KEYS: [&str; 6] = [
-    "allowed",
-    "balances",
-    "degraded",
-    "limits",
-    "reservation",
-    "retryAfter",
-];
+/// The keys of each decision route's allowed and refused answers, degraded or not (sorted):
+/// API.md §5's shapes.
+pub const CHECK_ALLOWED: [&str; 4] = ["allowed", "customerId", "degraded", "limits"];
+pub const CHECK_REFUSED: [&str; 5] = ["allowed", "customerId", "degraded", "limits", "retryAfter"];
+pub const CONSUME_ALLOWED: [&str; 5] = ["allowed", "balances", "degraded", "eventId", "limits"];
+pub const CONSUME_REFUSED: [&str; 5] = ["allowed", "balances", "degraded", "limits", "retryAfter"];
+pub const RESERVE_ALLOWED: [&str; 5] = ["allowed", "balances", "degraded", "limits", "reservation"];
+pub const RESERVE_REFUSED: [&str; 5] = ["allowed", "balances", "degraded", "limits", "retryAfter"];
 
 /// A real gateway process, on a free port.
 pub struct GatewayProcess {
