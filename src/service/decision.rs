@@ -538,14 +538,36 @@ impl Gateway {
     ) -> ServiceResult<(Reservation, Recorded)> {
         let loaded = self.load_reservation(id).await?;
         let now = self.clock.now();
-        match (loaded.status.as_str(), &loaded.event_id) {
-            ("released", _) => {
+        let customer = loaded.reservation.customer_id.clone();
+        // The commit is claimed before its event is counted, so a release that comes between
+        // the counting and the hold's end is refused instead of both succeeding. A commit that
+        // began before (and whose node may have died) is carried on with its event ID.
+        let (status, event_id) = match (loaded.status.as_str(), loaded.event_id) {
+            (ended @ ("committed" | "released"), event_id) => {
+                (ended.to_string(), event_id.unwrap_or_default())
+            }
+            (_, event_id) => {
+                let event_id = event_id.unwrap_or_else(|| self.new_id(IdKind::Event));
+                self.store
+                    .finish_reservation(
+                        &customer,
+                        id,
+                        &[],
+                        Finish::Begin {
+                            event_id: &event_id,
+                        },
+                    )
+                    .await?
+                    .ok_or(ServiceError::NotFound(Resource::Reservation))?
+            }
+        };
+        match status.as_str() {
+            "released" => {
                 return Err(ServiceError::Conflict(
                     "the reservation was released; it cannot be committed".into(),
                 ));
             }
-            ("committed", Some(event_id)) => {
-                let event_id = event_id.clone();
+            "committed" => {
                 return self
                     .committed_answer(loaded.reservation, event_id, now)
                     .await;
@@ -555,14 +577,7 @@ impl Gateway {
         let mut reservation = loaded.reservation;
         let values = input.values.unwrap_or_else(|| reservation.values.clone());
         let new_event = reservation.event_input(values.clone());
-        let mut event = Event::validate(
-            loaded
-                .event_id
-                .unwrap_or_else(|| self.new_id(IdKind::Event)),
-            new_event,
-            None,
-            now,
-        )?;
+        let mut event = Event::validate(event_id, new_event, None, now)?;
         event.idempotency_key = Some(IdempotencyKey::Commit {
             reservation_id: id.to_string(),
         });
@@ -642,10 +657,18 @@ impl Gateway {
             .finish_reservation(&reservation.customer_id, id, &counters, Finish::Release)
             .await?
             .ok_or(ServiceError::NotFound(Resource::Reservation))?;
-        if status == "committed" {
-            return Err(ServiceError::Conflict(
-                "the reservation was committed; it cannot be released".into(),
-            ));
+        match status.as_str() {
+            "committed" => {
+                return Err(ServiceError::Conflict(
+                    "the reservation was committed; it cannot be released".into(),
+                ));
+            }
+            "committing" => {
+                return Err(ServiceError::Conflict(
+                    "the reservation is being committed; it cannot be released".into(),
+                ));
+            }
+            _ => {}
         }
         reservation.status = ReservationStatus::Released;
         Ok(reservation)

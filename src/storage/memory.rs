@@ -780,6 +780,7 @@ impl UsageStore for MemoryStore {
         let (status, event_id) = match finish {
             Finish::Commit { event_id, .. } => ("committed", event_id),
             Finish::Release => ("released", ""),
+            Finish::Begin { event_id } => ("committing", event_id),
         };
         if let Finish::Commit {
             values, counted, ..
@@ -789,11 +790,19 @@ impl UsageStore for MemoryStore {
         {
             record.insert("values".into(), values.into());
         }
-        if current == "committed" || current == "released" {
+        let unchanged = current == "committed"
+            || current == "released"
+            || (current == "committing" && status != "committed");
+        if unchanged {
             return Ok(Some((
                 current,
                 record.get("eventId").cloned().unwrap_or_default(),
             )));
+        }
+        if status == "committing" {
+            record.insert("status".into(), status.into());
+            record.insert("eventId".into(), event_id.into());
+            return Ok(Some((status.to_string(), event_id.to_string())));
         }
         record.insert("status".into(), status.into());
         record.insert("eventId".into(), event_id.into());

@@ -1054,6 +1054,7 @@ impl UsageStore for RedisStore {
                 if counted { "1" } else { "0" },
             ),
             Finish::Release => ("released", "", "", "0"),
+            Finish::Begin { event_id } => ("committing", event_id, "", "0"),
         };
         let counter_keys: Vec<String> = counters
             .iter()

@@ -401,6 +401,12 @@ pub struct StoredReservation {
 /// How a held reservation ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish<'a> {
+    /// A commit starts, with the event `event_id`: the reservation is `committing` until the
+    /// commit ends it, and a release meanwhile changes nothing (it is answered with that
+    /// status). A commit that began before keeps its event ID, which is answered instead.
+    Begin {
+        event_id: &'a str,
+    },
     /// Committed with the event `event_id` of `values` (JSON). `counted`: this commit's event
     /// was counted (not a duplicate of another commit's), so its values are the ones recorded
     /// and replace any another commit stored; otherwise they are stored only if none are.

@@ -1,6 +1,8 @@
 //! Consume and reservations (API.md §5.2, §5.3) on both stores.
 
 use chrono::TimeDelta;
+use quotagate::domain::ids::CustomerId;
+use quotagate::storage::usage::Finish;
 use serde_json::{Value, json};
 
 use crate::common::{
@@ -20,6 +22,7 @@ every_store!(
     reservations_expire_without_any_call,
     holds_never_leak_into_the_next_window,
     reservation_refusals_and_conflicts,
+    a_release_while_a_commit_runs_is_refused,
     a_commit_whose_client_stopped_waiting_is_made_all_the_same,
     bad_decision_input,
 );
@@ -536,6 +539,57 @@ async fn reservation_refusals_and_conflicts(app: TestApp) {
         40,
         "sum limits hold, max limits hold nothing"
     );
+}
+
+/// A commit claims its reservation before it counts the event, so a release that comes while
+/// the commit runs is refused rather than both succeeding (usage counted, yet "released").
+/// Here the commit's node died after its claim: the release is still refused, and the
+/// client's retried commit completes the claimed one, with its event ID.
+async fn a_release_while_a_commit_runs_is_refused(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let daily = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 100, "period": "day"}))
+        .await;
+    let held = app.post("/v1/reservations", tokens("racing", 30.0)).await;
+    let rsv = held.assert_status(200)["reservation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let customer = CustomerId::parse("customerId", "racing").unwrap();
+    let event_id = "evt_01M8M8B2096H6P0M3WZ2GXBRCD";
+    let begin = Finish::Begin { event_id };
+    let claimed = app
+        .store
+        .finish_reservation(&customer, &rsv, &[], begin)
+        .await;
+    assert_eq!(
+        claimed.unwrap(),
+        Some(("committing".to_string(), event_id.to_string()))
+    );
+
+    app.post(&format!("/v1/reservations/{rsv}/release"), json!({}))
+        .await
+        .assert_error(409, "conflict");
+    let (used, reserved) = used(&app, "racing", &daily).await;
+    assert_eq!((used, reserved), (json!(0), json!(30)), "still held");
+
+    let commit = json!({"values": {"tokens": 20}});
+    let committed = app
+        .post(&format!("/v1/reservations/{rsv}/commit"), commit)
+        .await;
+    let body = committed.assert_status(200);
+    assert_eq!(body["eventId"], event_id);
+    assert_eq!(body["reservation"]["status"], "committed");
+    assert_eq!(
+        (
+            &state(body, &daily)["used"],
+            &state(body, &daily)["reserved"]
+        ),
+        (&json!(20), &json!(0))
+    );
+    app.post(&format!("/v1/reservations/{rsv}/release"), json!({}))
+        .await
+        .assert_error(409, "conflict");
 }
 
 async fn bad_decision_input(app: TestApp) {
