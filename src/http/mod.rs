@@ -159,6 +159,10 @@ pub fn build_router(
     // Install the recorder before the first request records anything.
     crate::telemetry::prometheus();
     let (api, document) = api_routes(&gateway);
+    let api = api.route_layer(axum::middleware::from_fn_with_state(
+        extract::QueryRoutes::of(&document),
+        extract::refuse_unknown_query,
+    ));
     let document = std::sync::Arc::new(document);
     api.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -260,6 +260,19 @@ async fn bad_customer_input(app: TestApp) {
     app.get("/v1/customers?sort=asc")
         .await
         .assert_field_error("invalid_field_value", "sort");
+    // Routes that take no query refuse one too, before doing anything.
+    app.put("/v1/customers/q?dryRun=1", json!({"name": "Q"}))
+        .await
+        .assert_field_error("invalid_field_value", "dryRun");
+    app.get("/v1/customers/q?expand=limits")
+        .await
+        .assert_field_error("invalid_field_value", "expand");
+    app.delete("/v1/customers/q?force=true")
+        .await
+        .assert_field_error("invalid_field_value", "force");
+    app.post("/v1/limits/check?customerId=q", json!({"customerId": "q"}))
+        .await
+        .assert_field_error("invalid_field_value", "customerId");
     app.get("/v1/customers/bad%20id")
         .await
         .assert_error(404, "customer_not_found");
