@@ -64,6 +64,8 @@ pub enum IdempotencyKey {
     Commit { reservation_id: String },
     /// A balance movement's own key (credits and debits), beside the customer's event keys.
     Movement(String),
+    /// A reservation's `Idempotency-Key`, beside the customer's event keys.
+    Reservation(String),
 }
 
 impl IdempotencyKey {
@@ -90,6 +92,7 @@ impl IdempotencyKey {
                 derived(b"commit", &[reservation_id.as_bytes()])
             }
             IdempotencyKey::Movement(key) => derived(b"balance", &[key.as_bytes()]),
+            IdempotencyKey::Reservation(key) => derived(b"reservation", &[key.as_bytes()]),
         }
     }
 }
@@ -293,10 +296,12 @@ mod tests {
             reservation_id: "rsv_1".into(),
         };
         let movement = IdempotencyKey::Movement("k".into());
-        for key in [&commit, &movement] {
+        let reservation = IdempotencyKey::Reservation("k".into());
+        for key in [&commit, &movement, &reservation] {
             assert!(String::from_utf8(key.digest_input().into_owned()).is_err());
         }
         assert_ne!(commit.digest_input(), movement.digest_input());
+        assert_ne!(movement.digest_input(), reservation.digest_input());
     }
 
     #[test]

@@ -408,12 +408,18 @@ impl Gateway {
     ) -> ServiceResult<Decision> {
         let ttl = parse_ttl("ttlSeconds", input.ttl_seconds)?;
         let now = self.clock.now();
-        let event = Event::validate(
+        let mut event = Event::validate(
             self.new_id(IdKind::Event),
             input.event_input()?,
             idempotency_header,
             now,
         )?;
+        // A reservation's key is of its own kind: a record or consume with the same key is
+        // another request, never a replay of the hold (nor the other way round).
+        event.idempotency_key = event.idempotency_key.take().map(|key| match key {
+            IdempotencyKey::Caller(key) => IdempotencyKey::Reservation(key),
+            other => other,
+        });
         let customer_id = event.customer_id.clone();
         let expires_at = now + TimeDelta::seconds(ttl);
         let reservation = Reservation {

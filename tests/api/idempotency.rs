@@ -18,7 +18,7 @@ every_store!(
     a_revoked_key_gets_no_stored_answer,
     batches_replay_their_first_answer_and_a_retry_counts_only_the_rest,
     an_event_key_in_the_body_and_another_in_the_header_is_refused,
-    keys_of_commits_and_balance_movements_never_meet_a_callers_event_key,
+    keys_of_other_kinds_never_meet_a_callers_event_key,
 );
 
 async fn post_with_key(
@@ -37,9 +37,10 @@ async fn post_with_key(
     app.send(request).await
 }
 
-/// A commit de-duplicates by its reservation and a balance movement by its own key, beside the
-/// customer's event keys: an event key that spells the same never makes them a repeat.
-async fn keys_of_commits_and_balance_movements_never_meet_a_callers_event_key(app: TestApp) {
+/// A commit de-duplicates by its reservation, and a balance movement and a reservation by keys
+/// of their own kind, beside the customer's event keys: an event key that spells the same
+/// never makes one a repeat of the other.
+async fn keys_of_other_kinds_never_meet_a_callers_event_key(app: TestApp) {
     let meter = app.tokens_meter().await;
     let daily = app
         .limit(json!({"name": "d", "meterId": meter, "limitValue": 1000, "period": "day"}))
@@ -97,6 +98,31 @@ async fn keys_of_commits_and_balance_movements_never_meet_a_callers_event_key(ap
     let debit = debit.assert_status(200);
     assert_eq!(debit["success"], true, "{debit}");
     assert_eq!(debit["balance"]["currentBalance"], 7);
+
+    // A reservation's key and an event's key are two requests, in either order.
+    let hold = json!({"customerId": "keys", "eventType": "llm", "values": {"tokens": 5}});
+    let tokens = json!({"customerId": "keys", "eventType": "llm", "values": {"tokens": 7}});
+    let held = post_with_key(&app, ADMIN_KEY, "/v1/reservations", hold.clone(), "K-A").await;
+    assert_eq!(held.assert_status(200)["allowed"], true);
+    let recorded = post_with_key(&app, ADMIN_KEY, "/v1/events/record", tokens.clone(), "K-A").await;
+    assert_eq!(
+        recorded.assert_status(200)["duplicate"],
+        false,
+        "{recorded:?}"
+    );
+    let recorded = post_with_key(&app, ADMIN_KEY, "/v1/events/record", tokens, "K-B").await;
+    assert_eq!(recorded.assert_status(200)["duplicate"], false);
+    let held = post_with_key(&app, ADMIN_KEY, "/v1/reservations", hold, "K-B").await;
+    assert_eq!(held.assert_status(200)["allowed"], true, "{held:?}");
+    let check = app
+        .post("/v1/limits/check", json!({"customerId": "keys"}))
+        .await;
+    assert_eq!(
+        state(&check.body, &daily)["used"],
+        66,
+        "52 and the two records"
+    );
+    assert_eq!(state(&check.body, &daily)["reserved"], 10, "both holds");
 }
 
 async fn creations_replay_their_first_answer(app: TestApp) {
