@@ -190,8 +190,11 @@ pub struct BalanceView {
     pub customer_id: CustomerId,
     pub name: String,
     pub unit: String,
+    /// A total, so not bounded like one amount.
+    #[schema(value_type = f64)]
     pub current_balance: Quantity,
     pub minimum_balance: Quantity,
+    #[schema(value_type = f64)]
     pub available_balance: Quantity,
     pub dimension_filters: Dimensions,
     pub meter_id: Option<String>,
@@ -235,8 +238,11 @@ pub struct BalanceCheck {
     pub balance_id: String,
     pub name: String,
     pub unit: String,
+    /// A total, so not bounded like one amount.
+    #[schema(value_type = f64)]
     pub current_balance: Quantity,
     pub minimum_balance: Quantity,
+    #[schema(value_type = f64)]
     pub available_balance: Quantity,
     pub requested_amount: Quantity,
     pub sufficient: bool,
@@ -264,9 +270,13 @@ pub struct BalanceState {
     pub id: String,
     pub name: String,
     pub unit: String,
+    /// A total, so not bounded like one amount.
+    #[schema(value_type = f64)]
     pub current_balance: Quantity,
+    #[schema(value_type = f64)]
     pub available_balance: Quantity,
     /// What reservations hold on it.
+    #[schema(value_type = f64)]
     pub reserved: Quantity,
     /// What the event costs this balance.
     pub requested_amount: Quantity,
@@ -395,6 +405,8 @@ impl TransactionEntry {
 pub struct Transaction {
     #[serde(flatten)]
     pub entry: TransactionEntry,
+    /// A total, so not bounded like one amount.
+    #[schema(value_type = f64)]
     pub balance_after: Quantity,
 }
 

@@ -367,9 +367,13 @@ pub struct LimitState {
     pub meter_id: String,
     pub period: &'static str,
     pub limit: Quantity,
-    /// `None` only in degraded answers (storage unreachable).
+    /// `None` only in degraded answers (storage unreachable). Totals, so not bounded like
+    /// one value: many values of up to 1e15 add up to more.
+    #[schema(value_type = Option<f64>)]
     pub used: Option<Quantity>,
+    #[schema(value_type = Option<f64>)]
     pub reserved: Option<Quantity>,
+    #[schema(value_type = Option<f64>)]
     pub remaining: Option<Quantity>,
     pub exceeded: bool,
     /// Unix seconds of the window end; `None` for all-time limits.

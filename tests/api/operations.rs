@@ -309,6 +309,26 @@ async fn openapi_document_matches_the_contract_and_the_router() {
         "#/components/schemas/Period"
     );
     assert_eq!(schemas["Period"]["enum"][6], "all_time");
+    // One value is bounded by ±1e15; totals (usage, balances) add many and are not.
+    assert_eq!(schemas["Quantity"]["maximum"], 1e15);
+    let totals = [
+        (&schemas["LimitState"], "used"),
+        (&schemas["LimitState"], "remaining"),
+        (&schemas["BalanceView"], "currentBalance"),
+        (&schemas["Transaction"]["allOf"][1], "balanceAfter"),
+    ];
+    for (schema, field) in totals {
+        let property = &schema["properties"][field];
+        assert!(property.is_object(), "{field}");
+        assert!(
+            property.get("maximum").is_none(),
+            "{schema}.{field}: {property}"
+        );
+        assert!(
+            property.get("$ref").is_none(),
+            "{schema}.{field}: {property}"
+        );
+    }
     assert!(document["components"]["securitySchemes"]["bearer"].is_object());
     app.call_as(None, axum::http::Method::GET, "/v1/openapi.json", None)
         .await
