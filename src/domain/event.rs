@@ -97,6 +97,20 @@ impl IdempotencyKey {
     }
 }
 
+/// An idempotency key, whether it comes as the `Idempotency-Key` header or an event's
+/// `idempotencyKey`: the two are one key, so both take only what a header can carry, 1 to 256
+/// visible ASCII characters (spaces and tabs included).
+pub fn check_idempotency_key(field: &str, key: &str) -> Result<(), FieldError> {
+    let visible = |c: char| c == '\t' || (' '..='~').contains(&c);
+    if key.is_empty() || key.len() > 256 || !key.chars().all(visible) {
+        return Err(FieldError::invalid(
+            field,
+            "must be 1 to 256 visible ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
 /// An event as its customer's log keeps it: only what the entry's position (time and ID) and
 /// the log's key (the customer) do not already say, which halves the log's memory.
 #[derive(Serialize, Deserialize)]
@@ -211,7 +225,7 @@ impl Event {
             (body, header) => body.or_else(|| header.map(str::to_string)),
         };
         if let Some(key) = &idempotency_key {
-            bounded_str("idempotencyKey", key, 1, 256)?;
+            check_idempotency_key("idempotencyKey", key)?;
         }
         let idempotency_key = idempotency_key.map(IdempotencyKey::Caller);
         Ok(Event {
@@ -275,6 +289,20 @@ mod tests {
         let error = Event::validate("e".into(), both, Some("k2"), now()).unwrap_err();
         assert_eq!(error.field(), "idempotencyKey");
         assert!(error.message().contains("Idempotency-Key"), "{error:?}");
+    }
+
+    #[test]
+    fn idempotency_keys_are_what_a_header_can_carry() {
+        for key in ["k1", "a b", "tab\tkey", &"x".repeat(256)] {
+            assert!(
+                check_idempotency_key("idempotencyKey", key).is_ok(),
+                "{key}"
+            );
+        }
+        for key in ["", "clé", "new\nline", &"x".repeat(257)] {
+            let error = check_idempotency_key("idempotencyKey", key).unwrap_err();
+            assert_eq!(error.field(), "idempotencyKey", "{key}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::auth::{Authorized, Ingest, Read};
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryParams};
 use super::{AppState, ListBody};
-use crate::domain::event::{Event, NewEvent};
+use crate::domain::event::{Event, NewEvent, check_idempotency_key};
 use crate::domain::field::FieldError;
 use crate::domain::ids::CustomerId;
 use crate::domain::time::parse_rfc3339;
@@ -22,18 +22,12 @@ pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     match headers.get(&IDEMPOTENCY_KEY) {
         None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .filter(|v| !v.is_empty() && v.len() <= 256)
-            .map(Some)
-            .ok_or_else(|| {
-                FieldError::invalid(
-                    "Idempotency-Key",
-                    "must be 1 to 256 visible ASCII characters",
-                )
-                .into()
-            }),
+        Some(value) => {
+            // A header that is not visible ASCII reads as empty, which the check refuses.
+            let key = value.to_str().unwrap_or_default();
+            check_idempotency_key("Idempotency-Key", key)?;
+            Ok(Some(key))
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use crate::domain::event::{Event, IdempotencyKey, NewEvent};
 use crate::domain::field::{Dimensions, FieldError, validate_dimensions};
 use crate::domain::ids::{CustomerId, IdKind};
 use crate::domain::meter::Aggregation;
-use crate::domain::time::{LATEST_SECS, parse_usage_instant};
+use crate::domain::time::{EARLIEST, LATEST_SECS, parse_usage_instant};
 use crate::domain::usage::{
     CustomerCalendar, EventPlan, LimitState, hour_ceil, hour_of, plan_event,
 };
@@ -384,7 +384,8 @@ impl Gateway {
             (None, None) => None,
             (start, end) => {
                 let end = end.unwrap_or(now);
-                let start = start.unwrap_or(end - retention);
+                // No usage is older than the epoch: a default start never goes before it.
+                let start = start.unwrap_or((end - retention).max(EARLIEST));
                 let (from, to) = (hour_of(start), hour_ceil(end));
                 if from >= to {
                     return Err(FieldError::invalid("endDate", "must be after startDate").into());

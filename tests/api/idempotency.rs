@@ -392,6 +392,10 @@ async fn an_event_key_in_the_body_and_another_in_the_header_is_refused(app: Test
         let message = refused.body["error"]["message"].as_str().unwrap();
         assert!(message.contains("Idempotency-Key"), "{message}");
     }
+    // The body key takes only what the header could carry.
+    app.post("/v1/events/record", event("clé"))
+        .await
+        .assert_field_error("invalid_field_value", "idempotencyKey");
     // Nothing was counted, and neither key was taken.
     let check = app
         .post("/v1/limits/check", json!({"customerId": "kk"}))

@@ -803,6 +803,14 @@ async fn bad_metering_input(app: TestApp) {
     app.post(&query, json!({"endDate": "0000-01-01T00:00:00Z"}))
         .await
         .assert_field_error("invalid_field_value", "endDate");
+    // A start left to its default (the retention before the end) never goes before 1970.
+    let early = app
+        .post(&query, json!({"endDate": "1970-01-01T00:30:00Z"}))
+        .await;
+    assert_eq!(
+        early.assert_status(200)["startDate"],
+        "1970-01-01T00:00:00.000Z"
+    );
     // Dates past chrono's nanosecond range (2262) round to the hour like any other.
     let far = app
         .post(
