@@ -9,7 +9,7 @@
 -- ARGV[4]  transaction entry (JSON)
 -- ARGV[5]  idempotency TTL in ms; 0: no de-duplication
 -- Returns {0, member} when applied (member: "<id>|<spent after>|<entry>"); {2, spent} when
--- refused (nothing moved; with a key, "refused|<spent>" is kept under it, so a repeat is
+-- refused (nothing moved; with a key, "refused|<spent>|<entry>" is kept under it, so a repeat is
 -- refused again even after a credit); {1, what the key holds} for a repeat of a key.
 
 local spent_key, log_key = KEYS[1], KEYS[2]
@@ -32,7 +32,7 @@ if ceiling ~= '' then
   end
   if would_spend > tonumber(ceiling) then
     if dedupe then
-      redis.call('SET', KEYS[3], 'refused|' .. spent, 'PX', ARGV[5])
+      redis.call('SET', KEYS[3], 'refused|' .. spent .. '|' .. ARGV[4], 'PX', ARGV[5])
     end
     return {2, spent}
   end

@@ -78,6 +78,13 @@ fn key_of_another_kind(first: TransactionKind) -> ServiceError {
     ))
 }
 
+fn key_of_another_balance() -> ServiceError {
+    ServiceError::Conflict(
+        "this Idempotency-Key was first used for another balance; a key belongs to one balance"
+            .into(),
+    )
+}
+
 /// When the balance last moved by a credit or debit, from its newest transaction.
 fn last_moved(reading: &BalanceReading) -> Option<DateTime<Utc>> {
     let member = reading.newest.as_deref()?;
@@ -329,14 +336,25 @@ impl Gateway {
             MovementOutcome::Refused { .. } if kind != TransactionKind::Debit => {
                 return Err(key_of_another_kind(TransactionKind::Debit));
             }
-            MovementOutcome::Refused { spent } => {
-                // What was available when the debit was refused (a repeat is refused as the
-                // first was); `balance` is as it is now.
+            MovementOutcome::Refused { spent, first_entry } => {
+                // A repeat is refused as the first was, with the first's figures: what was
+                // available then and what it asked for; `balance` is as it is now.
+                let first: Option<TransactionEntry> = first_entry
+                    .map(|entry| serde_json::from_str(&entry))
+                    .transpose()
+                    .map_err(|e| corrupt("balances", e))?;
+                if first
+                    .as_ref()
+                    .is_some_and(|first| first.balance_id != balance.id)
+                {
+                    return Err(key_of_another_balance());
+                }
+                let requested = first.map_or(input.amount, |first| first.amount.get());
                 let available = balance.view(spent, None).available_balance;
                 let error = format!(
                     "insufficient balance: {} available, {} requested",
                     available.get(),
-                    input.amount
+                    requested
                 );
                 return Ok(Moved {
                     result: MovementResult {
@@ -357,6 +375,9 @@ impl Gateway {
         let transaction = decode_transaction(&member)?;
         if transaction.entry.kind != kind {
             return Err(key_of_another_kind(transaction.entry.kind));
+        }
+        if transaction.entry.balance_id != balance.id {
+            return Err(key_of_another_balance());
         }
         let view = balance.view(
             -transaction.balance_after.get(),

@@ -33,27 +33,36 @@ pub struct Movement<'a> {
 pub enum MovementOutcome {
     /// Applied: the stored transaction member.
     Applied(String),
-    /// The ceiling did not hold: nothing moved. What the balance had spent then. With an
+    /// The ceiling did not hold: nothing moved. What the balance had spent then, and, when
+    /// this is a repeat, the refused movement's entry (JSON: its balance and amount). With an
     /// idempotency key the refusal is remembered under it (see [`refusal_record`]), so a
     /// repeat is refused again rather than applied once funds arrive.
-    Refused { spent: f64 },
+    Refused {
+        spent: f64,
+        first_entry: Option<String>,
+    },
     /// The idempotency key was seen before: nothing changed. What the first movement did
     /// (`Applied` or `Refused`).
     Duplicate(Box<MovementOutcome>),
 }
 
-/// What a refused movement leaves under its idempotency key: what the balance had spent.
-/// A transaction member starts with its transaction's ID, never with `refused|`.
-pub fn refusal_record(spent: &str) -> String {
-    format!("refused|{spent}")
+/// What a refused movement leaves under its idempotency key: what the balance had spent, and
+/// the movement's entry (`refused|<spent>|<entry JSON>`). A transaction member starts with its
+/// transaction's ID, never with `refused|`.
+pub fn refusal_record(spent: &str, entry: &str) -> String {
+    format!("refused|{spent}|{entry}")
 }
 
 /// What the first movement with a key did, from the record it left under the key.
 pub fn first_movement(record: String) -> MovementOutcome {
     match record.strip_prefix("refused|") {
-        Some(spent) => MovementOutcome::Refused {
-            spent: spent.parse().unwrap_or(f64::NAN),
-        },
+        Some(refusal) => {
+            let (spent, entry) = refusal.split_once('|').unwrap_or((refusal, ""));
+            MovementOutcome::Refused {
+                spent: spent.parse().unwrap_or(f64::NAN),
+                first_entry: Some(entry.to_string()).filter(|entry| !entry.is_empty()),
+            }
+        }
         None => MovementOutcome::Applied(record),
     }
 }

@@ -948,11 +948,14 @@ impl MemoryUsage {
             if let Some(key) = dedupe_key {
                 self.set_text_until(
                     key,
-                    refusal_record(&spent.to_string()),
+                    refusal_record(&spent.to_string(), movement.entry),
                     now + retention.idempotency.as_millis() as i64,
                 );
             }
-            return MovementOutcome::Refused { spent };
+            return MovementOutcome::Refused {
+                spent,
+                first_entry: None,
+            };
         }
         let after = format!("{}", total(spent + movement.spent_change));
         self.set_text(&spent_key, after.clone());

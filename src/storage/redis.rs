@@ -1506,6 +1506,7 @@ impl BalanceStore for RedisStore {
                 spent: text(spent)
                     .and_then(|spent| spent.parse().ok())
                     .ok_or_else(unexpected)?,
+                first_entry: None,
             }),
             _ => Err(unexpected()),
         }

@@ -265,7 +265,12 @@ async fn movements_are_idempotent(app: TestApp) {
     )
     .await;
     let id = balance["id"].as_str().unwrap();
-    let move_with_key = |kind: &str, key: &str, amount: f64| {
+    create_balance(
+        &app,
+        json!({"customerId": "c1", "name": "other", "initialBalance": 10}),
+    )
+    .await;
+    let move_on = |name: &'static str, kind: &str, key: &str, amount: f64| {
         let request = axum::http::Request::builder()
             .method(Method::POST)
             .uri(format!("/v1/balances/{kind}"))
@@ -276,11 +281,12 @@ async fn movements_are_idempotent(app: TestApp) {
             .header("content-type", "application/json")
             .header("idempotency-key", key)
             .body(axum::body::Body::from(
-                json!({"customerId": "c1", "name": "b", "amount": amount}).to_string(),
+                json!({"customerId": "c1", "name": name, "amount": amount}).to_string(),
             ))
             .unwrap();
         app.send(request)
     };
+    let move_with_key = |kind: &str, key: &str, amount: f64| move_on("b", kind, key, amount);
     let send = |amount: f64| move_with_key("debit", "charge-1", amount);
     let first = send(4.0).await;
     assert_eq!(first.header("idempotent-replayed"), None);
@@ -313,10 +319,13 @@ async fn movements_are_idempotent(app: TestApp) {
     move_with_key("credit", "top-up-1", 100.0)
         .await
         .assert_status(200);
-    let repeat = move_with_key("debit", "charge-2", 50.0).await;
+    let repeat = move_with_key("debit", "charge-2", 3.0).await;
     assert_eq!(repeat.assert_status(200)["success"], false);
     assert_eq!(repeat.header("idempotent-replayed"), Some("true"));
-    assert_eq!(repeat.body["error"], error, "as first answered");
+    assert_eq!(
+        repeat.body["error"], error,
+        "as first answered, not 3 requested"
+    );
     assert_eq!(
         repeat.body["balance"]["currentBalance"], 106,
         "as it is now"
@@ -334,6 +343,12 @@ async fn movements_are_idempotent(app: TestApp) {
     move_with_key("credit", "charge-2", 1.0)
         .await
         .assert_error(409, "conflict");
+    // And to one balance: another balance's movement with it is a conflict too.
+    for key in ["charge-1", "charge-2"] {
+        move_on("other", "debit", key, 1.0)
+            .await
+            .assert_error(409, "conflict");
+    }
     assert_eq!(current(&app, id).await, 106);
     assert_eq!(transaction_count(&app, id).await, 3);
 }

@@ -372,7 +372,10 @@ async fn balance_movements(store: Arc<dyn Store>) {
             .move_balance(&customer, &movement("txn_3", 0.5, Some(2.5), None))
             .await
             .unwrap(),
-        MovementOutcome::Refused { spent: 2.5 }
+        MovementOutcome::Refused {
+            spent: 2.5,
+            first_entry: None
+        }
     );
     assert_eq!(
         store
@@ -389,14 +392,21 @@ async fn balance_movements(store: Arc<dyn Store>) {
             .move_balance(&customer, &movement("txn_5", 1.0, Some(2.5), Some("r")))
             .await
             .unwrap(),
-        MovementOutcome::Refused { spent: 2.5 }
+        MovementOutcome::Refused {
+            spent: 2.5,
+            first_entry: None
+        }
     );
     assert_eq!(
         store
             .move_balance(&customer, &movement("txn_6", 1.0, Some(99.0), Some("r")))
             .await
             .unwrap(),
-        MovementOutcome::Duplicate(Box::new(MovementOutcome::Refused { spent: 2.5 })),
+        MovementOutcome::Duplicate(Box::new(MovementOutcome::Refused {
+            spent: 2.5,
+            first_entry: Some("{\"note\":\"a|b\"}".to_string()),
+        })),
+        "the refused movement's entry comes back with the refusal",
     );
     let readings = store
         .balance_readings(&customer, &["bal_1", "bal_none"])
