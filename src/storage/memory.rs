@@ -904,7 +904,12 @@ impl UsageStore for MemoryStore {
 
     async fn forget_usage(&self, customer: &CustomerId, usage: &UsageToForget) -> StoreResult<()> {
         let mut state = self.usage();
-        for key in usage_keys_to_forget(&self.keys, customer, usage) {
+        let hold_fields: Vec<String> = state
+            .live_hash(&self.keys.holds(customer), now_ms())
+            .map(|holds| holds.keys().cloned().collect())
+            .unwrap_or_default();
+        let fields = hold_fields.iter().map(String::as_str);
+        for key in usage_keys_to_forget(&self.keys, customer, usage, fields) {
             state.entries.remove(&key);
         }
         Ok(())

@@ -1165,7 +1165,16 @@ impl UsageStore for RedisStore {
 
     async fn forget_usage(&self, customer: &CustomerId, usage: &UsageToForget) -> StoreResult<()> {
         let mut conn = self.conn();
-        let keys = usage_keys_to_forget(&self.keys, customer, usage);
+        let hold_fields: Vec<String> = self
+            .guarded(
+                CONFIG_DEADLINE,
+                redis::cmd("HKEYS")
+                    .arg(self.keys.holds(customer))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let fields = hold_fields.iter().map(String::as_str);
+        let keys = usage_keys_to_forget(&self.keys, customer, usage, fields);
         let _: i64 = self
             .guarded(
                 CONFIG_DEADLINE,

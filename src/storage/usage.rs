@@ -365,18 +365,25 @@ pub struct UsageToForget {
     pub fired: Vec<(String, Option<i64>)>,
 }
 
-/// The keys [`UsageStore::forget_usage`] deletes: those of `usage`, and the customer's event
-/// log, holds and alert outbox. All carry the customer's hash tag (one slot).
-pub fn usage_keys_to_forget(
+/// The keys [`UsageStore::forget_usage`] deletes: those of `usage`, the customer's event log,
+/// holds and alert outbox, and the records of the reservations holding on its counters
+/// (`hold_fields`: the holds hash's fields), which could otherwise still be committed to a
+/// customer created again under the ID. All carry the customer's hash tag (one slot).
+pub fn usage_keys_to_forget<'a>(
     keys: &Keys,
     customer: &CustomerId,
     usage: &UsageToForget,
+    hold_fields: impl Iterator<Item = &'a str>,
 ) -> Vec<String> {
     let mut names = vec![
         keys.event_log(customer),
         keys.holds(customer),
         keys.outbox(customer),
     ];
+    let held: std::collections::BTreeSet<&str> = hold_fields
+        .filter_map(|field| field.rsplit_once('|').map(|(_, reservation)| reservation))
+        .collect();
+    names.extend(held.into_iter().map(|id| keys.reservation(customer, id)));
     names.extend(usage.counters.iter().map(|c| keys.counter(customer, c)));
     names.extend(
         usage

@@ -27,6 +27,11 @@ async fn a_deleted_customer_leaves_no_usage_behind(app: TestApp) {
         .await;
     let tokens =
         |n: u32| json!({"customerId": "gone", "eventType": "llm", "values": {"tokens": n}});
+    let held = app.post("/v1/reservations", tokens(1)).await;
+    let reservation = held.assert_status(200)["reservation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     app.post("/v1/events/record", tokens(10))
         .await
         .assert_status(200);
@@ -46,6 +51,11 @@ async fn a_deleted_customer_leaves_no_usage_behind(app: TestApp) {
     assert_eq!(again["allowed"], true, "{again}");
     assert_eq!(state(again, &daily)["used"], 4);
     assert_eq!(state(again, &ever)["used"], 4);
+    // The old hold went with the customer: it cannot be committed to the new one.
+    app.post(&format!("/v1/reservations/{reservation}/commit"), json!({}))
+        .await
+        .assert_error(404, "reservation_not_found");
+    assert_eq!(state(again, &daily)["reserved"], 0);
 }
 
 /// Usage whose customer storage no longer knows (its delete could not forget it) is read by
