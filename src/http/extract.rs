@@ -3,11 +3,9 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -169,7 +167,7 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     }
 }
 
-fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
+pub fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
     axum::extract::Query::<Vec<(String, String)>>::try_from_uri(
         &format!("/?{raw}")
             .parse()
@@ -193,75 +191,6 @@ impl QueryParams {
             ))),
             None => Ok(()),
         }
-    }
-}
-
-/// The routes that take query parameters, as the router matches them (method and path
-/// template), read from the OpenAPI document: every other route refuses a query string, as
-/// unknown body fields are refused (API.md §0), and those that take one check each parameter
-/// ([`QueryParams::finish`]).
-#[derive(Clone)]
-pub struct QueryRoutes(std::sync::Arc<std::collections::HashSet<(Method, String)>>);
-
-impl QueryRoutes {
-    pub fn of(document: &utoipa::openapi::OpenApi) -> QueryRoutes {
-        use utoipa::openapi::path::ParameterIn;
-        let mut routes = std::collections::HashSet::new();
-        for (path, item) in &document.paths.paths {
-            let operations = [
-                (Method::GET, &item.get),
-                (Method::PUT, &item.put),
-                (Method::POST, &item.post),
-                (Method::DELETE, &item.delete),
-                (Method::PATCH, &item.patch),
-            ];
-            for (method, operation) in operations {
-                let takes_query = operation
-                    .as_ref()
-                    .and_then(|operation| operation.parameters.as_ref())
-                    .is_some_and(|parameters| {
-                        parameters
-                            .iter()
-                            .any(|p| p.parameter_in == ParameterIn::Query)
-                    });
-                if takes_query {
-                    routes.insert((method, path.clone()));
-                }
-            }
-        }
-        QueryRoutes(std::sync::Arc::new(routes))
-    }
-
-    fn takes_query(&self, request: &Request) -> bool {
-        request
-            .extensions()
-            .get::<MatchedPath>()
-            .is_some_and(|path| {
-                self.0
-                    .contains(&(request.method().clone(), path.as_str().to_string()))
-            })
-    }
-}
-
-/// Refuses a query string on a route that takes none, naming its first parameter.
-pub async fn refuse_unknown_query(
-    State(routes): State<QueryRoutes>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match request.uri().query().filter(|query| !query.is_empty()) {
-        Some(query) if !routes.takes_query(&request) => match serde_urlencoded_pairs(query) {
-            Ok(pairs) => {
-                let name = pairs.into_iter().next().map(|(name, _)| name);
-                ApiError::field(FieldError::invalid(
-                    name.unwrap_or_default(),
-                    "is not a known query parameter",
-                ))
-                .into_response()
-            }
-            Err(error) => error.into_response(),
-        },
-        _ => next.run(request).await,
     }
 }
 

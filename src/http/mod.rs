@@ -15,6 +15,7 @@ pub mod json;
 pub mod limits;
 pub mod meters;
 pub mod overload;
+pub mod query;
 pub mod request_id;
 pub mod run_to_end;
 pub mod webhooks;
@@ -159,10 +160,7 @@ pub fn build_router(
     // Install the recorder before the first request records anything.
     crate::telemetry::prometheus();
     let (api, document) = api_routes(&gateway);
-    let api = api.route_layer(axum::middleware::from_fn_with_state(
-        extract::QueryRoutes::of(&document),
-        extract::refuse_unknown_query,
-    ));
+    let query_check = query::QueryCheckLayer::new(&document);
     let document = std::sync::Arc::new(document);
     api.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -182,6 +180,7 @@ pub fn build_router(
                 .layer(run_to_end::RunToEndLayer::new(running.clone()))
                 .layer(axum::middleware::from_fn(request_id::envelope))
                 .layer(overload::ShedLayer::new(limits.max_in_flight))
+                .layer(query_check)
                 .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
         )
         .with_state(gateway)
