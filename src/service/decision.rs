@@ -509,9 +509,10 @@ impl Gateway {
             .reservation(&owner, id)
             .await?
             .ok_or(ServiceError::NotFound(Resource::Reservation))?;
-        let doc: StoredReservationDoc =
-            serde_json::from_str(&stored.doc).map_err(|e| corrupt("reservations", e))?;
-        let mut reservation = doc.reservation.clone();
+        let StoredReservationDoc {
+            mut reservation,
+            holds,
+        } = serde_json::from_str(&stored.doc).map_err(|e| corrupt("reservations", e))?;
         // A committed reservation shows what was recorded, not the estimate.
         if let Some(values) = &stored.committed_values {
             reservation.values =
@@ -519,7 +520,7 @@ impl Gateway {
         }
         Ok(LoadedReservation {
             reservation,
-            holds: doc.holds,
+            holds,
             status: stored.status,
             event_id: stored.event_id,
         })

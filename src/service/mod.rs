@@ -83,12 +83,7 @@ impl Gateway {
 
     /// Measures this node's clock against the storage server's once.
     pub async fn calibrate_clock(&self) -> ServiceResult<()> {
-        let sent = chrono::Utc::now();
-        let server = self.store.server_time().await?;
-        let received = chrono::Utc::now();
-        if let Some(offset) =
-            server.and_then(|server| crate::domain::time::estimate_offset(sent, received, server))
-        {
+        if let Some(offset) = self.store.clock_offset().await? {
             if offset.num_milliseconds().abs() > 100 {
                 tracing::warn!(
                     offset_ms = offset.num_milliseconds(),

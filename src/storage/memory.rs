@@ -291,7 +291,7 @@ impl ConfigStore for MemoryStore {
         Ok(())
     }
 
-    async fn server_time(&self) -> StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
+    async fn clock_offset(&self) -> StoreResult<Option<chrono::TimeDelta>> {
         Ok(None)
     }
 

@@ -181,9 +181,11 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// Whether storage answers (and its scripts are loaded).
     async fn ping(&self) -> StoreResult<()>;
 
-    /// The storage server's clock, when it has one of its own (Redis `TIME`), so that nodes
-    /// agree on "now" near window boundaries.
-    async fn server_time(&self) -> StoreResult<Option<chrono::DateTime<chrono::Utc>>>;
+    /// How far the storage server's clock (Redis `TIME`) is ahead of this node's, measured
+    /// now, so that nodes agree on "now" near window boundaries; `None` when it has no clock
+    /// of its own, or the exchange was too slow to tell. A store that sets deadlines on its
+    /// server's clock keeps the figure for them too.
+    async fn clock_offset(&self) -> StoreResult<Option<chrono::TimeDelta>>;
 
     /// Which store this is, for the ready log line.
     fn describe(&self) -> String;

@@ -689,7 +689,7 @@ impl ConfigStore for RedisStore {
         Ok(())
     }
 
-    async fn server_time(&self) -> StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
+    async fn clock_offset(&self) -> StoreResult<Option<chrono::TimeDelta>> {
         let mut conn = self.conn();
         let sent = chrono::Utc::now();
         let (secs, micros): (i64, i64) = self
@@ -697,11 +697,12 @@ impl ConfigStore for RedisStore {
             .await?;
         let received = chrono::Utc::now();
         let server = chrono::DateTime::from_timestamp(secs, (micros * 1000) as u32);
-        if let Some(offset) = server.and_then(|server| estimate_offset(sent, received, server)) {
+        let offset = server.and_then(|server| estimate_offset(sent, received, server));
+        if let Some(offset) = offset {
             self.server_offset_micros
                 .store(offset.num_microseconds().unwrap_or(0), Ordering::Relaxed);
         }
-        Ok(server)
+        Ok(offset)
     }
 
     fn describe(&self) -> String {
