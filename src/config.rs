@@ -96,6 +96,8 @@ pub struct Config {
 
     /// Threads serving requests; one per CPU when unset. Fewer pay off when Redis (or the
     /// clients) share this machine's CPUs: each thread handing work to another costs CPU.
+    /// One runs everything (accepting, requests, Redis replies, background tasks) on a single
+    /// thread, with none of the bookkeeping that sharing work between threads takes.
     #[arg(long, env = "QUOTAGATE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
 }

@@ -129,8 +129,14 @@ fn two_replicas(url: &str) -> ([GatewayProcess; 2], String) {
         // must not miss the deadline and answer from the fail mode.
         ("QUOTAGATE_STORAGE_TIMEOUT_MS", "5000"),
     ];
+    // One node on the default runtime (a thread per CPU), one on the single-threaded one.
+    let mut single_thread = envs.to_vec();
+    single_thread.push(("QUOTAGATE_WORKER_THREADS", "1"));
     (
-        [GatewayProcess::start(&envs), GatewayProcess::start(&envs)],
+        [
+            GatewayProcess::start(&envs),
+            GatewayProcess::start(&single_thread),
+        ],
         prefix,
     )
 }
