@@ -382,15 +382,26 @@ impl RedisStore {
         let mut conn = self.conn();
         match conn {
             RedisConnection::Single(_) => {
-                let mut pipe = redis::pipe();
-                pipe.ignore_errors();
-                for cmd in commands {
-                    pipe.add_command(cmd.clone());
+                let commands: Vec<&Cmd> = commands.collect();
+                match commands.as_slice() {
+                    [] => Ok(Vec::new()),
+                    // Most decisions send one command: sent as it is, without copying it into
+                    // a pipeline. An error reply is that command's answer, not the call's.
+                    [cmd] => {
+                        let answer = self
+                            .guarded(deadline, conn.req_packed_command(cmd))
+                            .await?;
+                        Ok(vec![answer.extract_error()])
+                    }
+                    _ => {
+                        let mut pipe = redis::pipe();
+                        pipe.ignore_errors();
+                        for cmd in commands {
+                            pipe.add_command(cmd.clone());
+                        }
+                        self.guarded(deadline, pipe.query_async(&mut conn)).await
+                    }
                 }
-                if pipe.is_empty() {
-                    return Ok(Vec::new());
-                }
-                self.guarded(deadline, pipe.query_async(&mut conn)).await
             }
             RedisConnection::Cluster(_) => {
                 let calls = commands.map(|cmd| {
