@@ -9,7 +9,9 @@
 # release binary, then, with one sum meter, 3 default limits and 10 000 customers:
 #
 #   - gateway: user-space instructions per consume, check and record request, and per event
-#     of a 100-event batch. The release binary runs under `valgrind --tool=callgrind` once
+#     of a 100-event batch, with one worker thread as in run.sh (BENCH_WORKERS=N for N; the
+#     counts before session 11 ran with the default, one per CPU). The release binary runs
+#     under `valgrind --tool=callgrind` once
 #     per kind with instrumentation off until it has served a warm-up, then on for N requests
 #     (N/100 batches; one keep-alive connection, customers in turn), so start-up, the config
 #     load and the metrics clock's calibration (which spins for a time, not a count) are not
@@ -102,7 +104,7 @@ wait_for "redis-server" 15 redis-cli -p "$REDIS_PORT" ping
 gateway_env() { # port command...: replaces the (background) subshell, so $! is the gateway
     exec env -i PATH="$PATH" QUOTAGATE_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
         QUOTAGATE_ADMIN_KEY=$ADMIN_KEY QUOTAGATE_LISTEN="127.0.0.1:$1" QUOTAGATE_LOG=warn \
-        QUOTAGATE_ALERT_SWEEP_SECONDS=86400 "${@:2}"
+        QUOTAGATE_ALERT_SWEEP_SECONDS=86400 QUOTAGATE_WORKER_THREADS=${BENCH_WORKERS:-1} "${@:2}"
 }
 
 # Setup and capture with a gateway at full speed.
