@@ -572,7 +572,8 @@ def report(results, out_md):
             if mode == "consume":
                 consume_answers.append((c, res))
             lines.append(f"| {label} | {c} | {num(rps)} | {ev} | {latency_and_errors(res)} |")
-    paced = [(mode, label, env[f"paced_{mode}"].split()) for mode, label, _ in endpoints
+    control = [("health", "GET /healthz (control: no storage call)", 0)]
+    paced = [(mode, label, env[f"paced_{mode}"].split()) for mode, label, _ in endpoints + control
              if f"paced_{mode}" in env]
     if paced:
         lines += [
@@ -593,6 +594,12 @@ def report(results, out_md):
             rps = wrk_rate(res)
             if mode == "consume":
                 consume_answers.append((f"{c} (paced)", res))
+            if mode == "health":
+                # Paced like consume; its share is of consume's saturated rate.
+                lines.append(
+                    f"| {label} | {c} | {pace} | | {num(rps)} | | {latency_and_errors(res)} |"
+                )
+                continue
             lines.append(
                 f"| {label} | {c} | {pace} | {num(float(saturated))} | {num(rps)} "
                 f"| {rps / float(saturated):.2f} | {latency_and_errors(res)} |"

@@ -35,7 +35,7 @@ BIN=${BENCH_BIN:-$ROOT/target/release/quotagate}
 ADMIN_KEY=bench-key
 CUSTOMERS=10000
 BATCH_EVENTS=100
-CONNS=(1 4 16 64)
+CONNS=(1 4 16 32 64)
 LIMIT_COUNTS=(1 5 20)  # limits per customer for the cost sweep (consume)
 WARMUP=1            # seconds of discarded wrk load before each endpoint
 RB_CLIENTS=50       # redis-benchmark connections
@@ -321,6 +321,16 @@ for mode in consume check; do
     echo "paced_$mode=$conns $PACE_MS $rate" >>"$RESULTS/env.txt"
     log "wrk $mode -c $conns paced ${PACE_MS} ms (saturated: $rate req/s): ${line#BENCH_RESULT }"
 done
+# The same pacing on GET /healthz, which calls no storage, at the paced consume's connections:
+# the latency the load generator, the kernel and the HTTP layer add at that rate by themselves.
+if [ -f "$RESULTS/wrk-paced-consume.txt" ]; then
+    read -r conns _ rate < <(sed -n 's/^paced_consume=//p' "$RESULTS/env.txt")
+    out=$RESULTS/wrk-paced-health.txt
+    wrk_run health "$conns" "$SECS" "$out" paced "$PACE_MS"
+    echo "paced_health=$conns $PACE_MS $rate" >>"$RESULTS/env.txt"
+    line=$(grep '^BENCH_RESULT' "$out") || die "no BENCH_RESULT in $out"
+    log "wrk health -c $conns paced ${PACE_MS} ms: ${line#BENCH_RESULT }"
+fi
 
 # ------------------------------------------------------------------- worker threads
 # Consume and check at the highest connection count with each worker count, the gateway
