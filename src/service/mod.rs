@@ -29,7 +29,8 @@ pub struct Settings {
     /// The largest share of a limit one reservation may hold (1.0: the whole limit).
     pub max_hold_fraction: f64,
     pub webhook_destinations: crate::domain::webhook::Destinations,
-    /// How often each node sweeps all outboxes for alerts a dead node left behind.
+    /// How often one node sweeps all outboxes for alerts a dead node left behind (longer
+    /// when the customers are too many to sweep in that time at the sweep's pace).
     pub alert_sweep: std::time::Duration,
     /// How often each node reads the whole configuration again, whatever the change log says.
     pub config_refresh: std::time::Duration,
@@ -74,7 +75,8 @@ impl Gateway {
     pub fn spawn_background(self: &Arc<Self>) {
         tokio::spawn(cache::follow_changes(Arc::clone(self)));
         tokio::spawn(calibrate_clock(Arc::clone(self)));
-        tokio::spawn(webhooks::run_alert_pump(
+        tokio::spawn(webhooks::run_alert_pump(Arc::clone(self)));
+        tokio::spawn(webhooks::run_alert_sweep(
             Arc::clone(self),
             self.settings.alert_sweep,
         ));

@@ -35,6 +35,18 @@ const WORKER_INTERVAL: Duration = Duration::from_millis(200);
 const LEASE: TimeDelta = TimeDelta::seconds(30);
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 const CLAIMS_PER_ROUND: usize = 32;
+/// Outboxes one step of a sweep reads (one round trip), and the time a step takes at least:
+/// a sweep reads at most this many outboxes a second, so however many customers there are,
+/// its load on storage stays small; with many customers a sweep takes longer instead.
+const SWEEP_STEP: usize = 1000;
+const SWEEP_STEP_TIME: Duration = Duration::from_secs(1);
+
+/// How often one sweep over `customers` outboxes starts: the configured interval, or the
+/// time the sweep's steps take when that is longer.
+pub fn sweep_interval(configured: Duration, customers: usize) -> Duration {
+    let steps = u32::try_from(customers.div_ceil(SWEEP_STEP)).unwrap_or(u32::MAX);
+    configured.max(SWEEP_STEP_TIME.saturating_mul(steps))
+}
 
 /// The client that posts deliveries: no redirects (a redirect could lead anywhere), and when
 /// private destinations are refused, a resolver that drops loopback and private addresses, so
@@ -317,21 +329,32 @@ impl Gateway {
         Ok(entries.len())
     }
 
-    /// Hands over every customer's outbox that has messages: what a node that died after
-    /// counting left behind.
-    pub async fn sweep_outboxes(&self) -> ServiceResult<usize> {
-        let customers: Vec<CustomerId> = self
+    /// The customers a sweep visits, in ID order.
+    fn known_customers(&self) -> Vec<CustomerId> {
+        let mut customers: Vec<CustomerId> = self
             .cache
             .read()
             .customers
             .values()
             .map(|c| c.id.clone())
             .collect();
-        let lengths = self.store.outbox_lengths(&customers).await?;
+        customers.sort_unstable();
+        customers
+    }
+
+    /// Hands over every known customer's outbox that has messages: what a node that died
+    /// after counting left behind. Reads `SWEEP_STEP` outboxes a step, a step a second.
+    pub async fn sweep_outboxes(&self) -> ServiceResult<usize> {
+        let started = tokio::time::Instant::now();
         let mut moved = 0;
-        for (customer, length) in customers.iter().zip(lengths) {
-            if length > 0 {
-                moved += self.hand_over_outbox(customer).await?;
+        for (step, customers) in self.known_customers().chunks(SWEEP_STEP).enumerate() {
+            let step = u32::try_from(step).unwrap_or(u32::MAX);
+            tokio::time::sleep_until(started + SWEEP_STEP_TIME.saturating_mul(step)).await;
+            let lengths = self.store.outbox_lengths(customers).await?;
+            for (customer, length) in customers.iter().zip(lengths) {
+                if length > 0 {
+                    moved += self.hand_over_outbox(customer).await?;
+                }
             }
         }
         Ok(moved)
@@ -528,9 +551,8 @@ impl Gateway {
     }
 }
 
-/// Hands over outboxes: promptly for what this node wrote, and a full sweep every `sweep`.
-pub async fn run_alert_pump(gateway: Arc<Gateway>, sweep: Duration) {
-    let mut last_sweep = tokio::time::Instant::now();
+/// Hands over the outboxes this node wrote to, promptly.
+pub async fn run_alert_pump(gateway: Arc<Gateway>) {
     loop {
         tokio::select! {
             _ = gateway.outboxes.wake.notified() => {}
@@ -541,19 +563,27 @@ pub async fn run_alert_pump(gateway: Arc<Gateway>, sweep: Duration) {
                 tracing::warn!(%error, "alert hand-over failed; the sweep will retry");
             }
         }
-        if last_sweep.elapsed() >= sweep {
-            last_sweep = tokio::time::Instant::now();
-            // One node sweeps per interval: the cost grows with the customers, not the nodes.
-            let now = gateway.clock.now().timestamp_millis();
-            let claimed = gateway.store.claim_sweep(now, sweep.as_millis() as i64);
-            let swept = match claimed.await {
-                Ok(true) => gateway.sweep_outboxes().await.map(|_| ()),
-                Ok(false) => Ok(()),
-                Err(error) => Err(error.into()),
-            };
-            if let Err(error) = swept {
-                tracing::debug!(%error, "alert sweep skipped");
-            }
+    }
+}
+
+/// Sweeps every customer's outbox once per `configured` interval (longer with many
+/// customers, see [`sweep_interval`]), whichever node claims the interval: the cost grows
+/// with the customers, not the nodes. A task of its own, so that a long sweep never delays
+/// the pump.
+pub async fn run_alert_sweep(gateway: Arc<Gateway>, configured: Duration) {
+    let mut interval = sweep_interval(configured, gateway.cache.read().customers.len());
+    loop {
+        tokio::time::sleep(interval).await;
+        interval = sweep_interval(configured, gateway.cache.read().customers.len());
+        let now = gateway.clock.now().timestamp_millis();
+        let claimed = gateway.store.claim_sweep(now, interval.as_millis() as i64);
+        let swept = match claimed.await {
+            Ok(true) => gateway.sweep_outboxes().await.map(|_| ()),
+            Ok(false) => Ok(()),
+            Err(error) => Err(error.into()),
+        };
+        if let Err(error) = swept {
+            tracing::debug!(%error, "alert sweep skipped");
         }
     }
 }
@@ -593,6 +623,21 @@ mod tests {
     use reqwest::dns::{Name, Resolve};
 
     use super::*;
+
+    #[test]
+    fn sweeps_last_longer_than_their_interval_only_when_their_steps_need_it() {
+        let interval = Duration::from_secs(10);
+        assert_eq!(sweep_interval(interval, 0), interval);
+        assert_eq!(sweep_interval(interval, 10 * SWEEP_STEP), interval);
+        assert_eq!(
+            sweep_interval(interval, 10 * SWEEP_STEP + 1),
+            Duration::from_secs(11)
+        );
+        assert_eq!(
+            sweep_interval(interval, 100 * SWEEP_STEP),
+            Duration::from_secs(100)
+        );
+    }
 
     #[tokio::test]
     async fn a_name_that_resolves_to_loopback_is_refused() {

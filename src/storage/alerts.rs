@@ -49,7 +49,8 @@ pub trait AlertStore: Send + Sync + 'static {
     /// The messages waiting in a customer's outbox, oldest first.
     async fn outbox(&self, customer: &CustomerId) -> StoreResult<Vec<String>>;
 
-    /// How many messages wait in each customer's outbox (the crash-recovery sweep).
+    /// How many messages wait in each customer's outbox (the crash-recovery sweep, a step of
+    /// at most a thousand customers at a time: one round trip).
     async fn outbox_lengths(&self, customers: &[CustomerId]) -> StoreResult<Vec<usize>>;
 
     /// Whether the caller should sweep the outboxes now: true for one caller per

@@ -388,9 +388,7 @@ impl RedisStore {
                     // Most decisions send one command: sent as it is, without copying it into
                     // a pipeline. An error reply is that command's answer, not the call's.
                     [cmd] => {
-                        let answer = self
-                            .guarded(deadline, conn.req_packed_command(cmd))
-                            .await?;
+                        let answer = self.guarded(deadline, conn.req_packed_command(cmd)).await?;
                         Ok(vec![answer.extract_error()])
                     }
                     _ => {
@@ -1269,21 +1267,19 @@ impl AlertStore for RedisStore {
     }
 
     async fn outbox_lengths(&self, customers: &[CustomerId]) -> StoreResult<Vec<usize>> {
-        let mut lengths = Vec::with_capacity(customers.len());
-        for chunk in customers.chunks(1000) {
-            let commands: Vec<Cmd> = chunk
-                .iter()
-                .map(|customer| {
-                    redis::cmd("LLEN")
-                        .arg(self.keys.outbox(customer))
-                        .to_owned()
-                })
-                .collect();
-            for answer in self.concurrently(CONFIG_DEADLINE, commands.iter()).await? {
-                lengths.push(decode_answer(answer)?);
-            }
-        }
-        Ok(lengths)
+        let commands: Vec<Cmd> = customers
+            .iter()
+            .map(|customer| {
+                redis::cmd("LLEN")
+                    .arg(self.keys.outbox(customer))
+                    .to_owned()
+            })
+            .collect();
+        self.concurrently(CONFIG_DEADLINE, commands.iter())
+            .await?
+            .into_iter()
+            .map(decode_answer)
+            .collect()
     }
 
     async fn hand_over(

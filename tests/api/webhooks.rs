@@ -184,6 +184,59 @@ async fn the_sweep_delivers_what_a_dead_node_left(app: TestApp) {
     assert_eq!(receiver.seen().len(), 1, "handed over once, delivered once");
 }
 
+/// A sweep reads a thousand outboxes a second, so its load stays small with many customers:
+/// 2,101 customers take three steps, two seconds (of paused time), and the last one's
+/// stranded alert is handed over all the same.
+#[tokio::test(start_paused = true)]
+async fn a_sweep_of_many_customers_reads_a_thousand_outboxes_a_second() {
+    // The app's own sweep waits a day: the test runs the sweep itself.
+    let settings = quotagate::service::Settings {
+        alert_sweep: Duration::from_secs(86_400),
+        ..crate::common::settings()
+    };
+    let store = Arc::new(quotagate::storage::memory::MemoryStore::new());
+    let app = TestApp::on(store, settings).await;
+    for i in 0..2100 {
+        app.post("/v1/customers", json!({"id": format!("c{i:04}")}))
+            .await
+            .assert_status(201);
+    }
+    // Sorts after every other customer: the sweep reaches it in its third step.
+    app.post("/v1/customers", json!({"id": "z-stranded"}))
+        .await
+        .assert_status(201);
+    let meter = app
+        .post(
+            "/v1/meters",
+            json!({"name": "t", "aggregation": "sum", "field": "values.tokens"}),
+        )
+        .await;
+    app.post(
+        "/v1/limits",
+        json!({"name": "d", "meterId": meter.body["id"], "limitValue": 10, "period": "day"}),
+    )
+    .await
+    .assert_status(201);
+    let dead = app.node_that_dies_after_counting().await;
+    dead.post(
+        "/v1/events/record",
+        json!({"customerId": "z-stranded", "eventType": "llm", "values": {"tokens": 10}}),
+    )
+    .await
+    .assert_status(200);
+    let stranded = quotagate::domain::ids::CustomerId::parse("id", "z-stranded").unwrap();
+    assert_eq!(app.store.outbox(&stranded).await.unwrap().len(), 1);
+
+    let started = tokio::time::Instant::now();
+    assert_eq!(app.gateway.sweep_outboxes().await.unwrap(), 1);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(app.store.outbox(&stranded).await.unwrap().is_empty());
+}
+
 async fn endpoints_api(app: TestApp) {
     let created = app
         .post(
