@@ -205,18 +205,9 @@ async fn a_sweep_of_many_customers_reads_a_thousand_outboxes_a_second() {
     app.post("/v1/customers", json!({"id": "z-stranded"}))
         .await
         .assert_status(201);
-    let meter = app
-        .post(
-            "/v1/meters",
-            json!({"name": "t", "aggregation": "sum", "field": "values.tokens"}),
-        )
+    let meter = app.tokens_meter().await;
+    app.limit(json!({"name": "d", "meterId": meter, "limitValue": 10, "period": "day"}))
         .await;
-    app.post(
-        "/v1/limits",
-        json!({"name": "d", "meterId": meter.body["id"], "limitValue": 10, "period": "day"}),
-    )
-    .await
-    .assert_status(201);
     let dead = app.node_that_dies_after_counting().await;
     dead.post(
         "/v1/events/record",
