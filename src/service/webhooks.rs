@@ -571,10 +571,13 @@ pub async fn run_alert_pump(gateway: Arc<Gateway>) {
 /// with the customers, not the nodes. A task of its own, so that a long sweep never delays
 /// the pump.
 pub async fn run_alert_sweep(gateway: Arc<Gateway>, configured: Duration) {
-    let mut interval = sweep_interval(configured, gateway.cache.read().customers.len());
+    let interval_now = || sweep_interval(configured, gateway.cache.read().customers.len());
+    let mut next = tokio::time::Instant::now() + interval_now();
     loop {
-        tokio::time::sleep(interval).await;
-        interval = sweep_interval(configured, gateway.cache.read().customers.len());
+        tokio::time::sleep_until(next).await;
+        // Counted from this attempt's start: a sweep takes up to an interval itself.
+        let interval = interval_now();
+        next = tokio::time::Instant::now() + interval;
         let now = gateway.clock.now().timestamp_millis();
         let claimed = gateway.store.claim_sweep(now, interval.as_millis() as i64);
         let swept = match claimed.await {
