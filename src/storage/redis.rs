@@ -125,7 +125,7 @@ impl RedisConnection {
             RedisTarget::Single(info) => info,
             RedisTarget::Cluster(nodes) => return Self::connect_cluster(nodes, timeout).await,
         };
-        let client = redis::Client::open(info)?;
+        let client = redis::Client::open(info.set_tcp_settings(tcp_settings()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(timeout))
@@ -144,6 +144,7 @@ impl RedisConnection {
         // milliseconds, so the call's own deadline bounds it, not the library's default waits
         // of more than a second.
         let client = redis::cluster::ClusterClient::builder(nodes)
+            .tcp_settings(tcp_settings())
             .connection_timeout(Duration::from_secs(1))
             .response_timeout(timeout)
             .min_retry_wait(1)
@@ -154,6 +155,12 @@ impl RedisConnection {
             client.get_async_connection().await?,
         ))
     }
+}
+
+/// Every command goes out at once: redis-rs leaves Nagle's algorithm on, which holds a
+/// command back while an earlier one waits for its acknowledgement.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
 }
 
 /// What the client library itself would retry (a lost connection, a timeout, a cluster
