@@ -7,9 +7,10 @@
 # binary, starts a redis-server on a free loopback port (never the one on 6379) and one gateway
 # in front of it, creates a meter with 3 default limits (1e12 each, so consumes are admitted),
 # pre-warms 10 000 customers, checks with curl that one consume is admitted and counted, then
-# measures with wrk (record, check, consume, batch × 1, 16, 64 connections; the consume answers
-# are classified from the gateway's decision counters: admitted, refused, degraded; consume and
-# check again at about half of their saturated rate, paced) and, on the same redis-server,
+# measures with wrk (record, check, consume, batch × 1, 4, 16, 32, 64 connections; the consume
+# answers are classified from the gateway's decision counters: admitted, refused, degraded;
+# consume and check again at about half of their saturated rate, paced, and GET /healthz paced
+# like consume as a control) and, on the same redis-server,
 # redis-benchmark replaying verbatim the record script call, the check read and the consume
 # script call that the gateway sent for one request (captured with MONITOR). Prints a markdown
 # report to stdout and writes it to bench/results-latest.md. Everything it starts is stopped on
