@@ -581,7 +581,13 @@ async fn events_list_pages_newest_first(app: TestApp) {
         for event in page["data"].as_array().unwrap() {
             seen.push(event["values"]["n"].as_i64().unwrap());
             assert_eq!(event["customerId"], "log");
-            assert!(event["receivedAt"].is_string());
+            // Backdated by the caller: received half an hour after it happened.
+            let at =
+                |field: &str| DateTime::parse_from_rfc3339(event[field].as_str().unwrap()).unwrap();
+            assert!(
+                at("receivedAt") - at("timestamp") > Duration::minutes(25),
+                "{event}"
+            );
         }
         match page["nextCursor"].as_str() {
             Some(next) => cursor = Some(next.to_string()),
@@ -592,6 +598,10 @@ async fn events_list_pages_newest_first(app: TestApp) {
         }
     }
     assert_eq!(seen, vec![4, 3, 2, 1, 0]);
+    // Without a timestamp an event happens when it is received.
+    let other = app.get("/v1/events?customerId=other-log").await;
+    let other = &other.body["data"][0];
+    assert_eq!(other["receivedAt"], other["timestamp"], "{other}");
     let odd = app.get("/v1/events?customerId=log&eventType=odd").await;
     let odd: Vec<i64> = odd.body["data"]
         .as_array()
