@@ -43,7 +43,7 @@ const SWEEP_STEP_TIME: Duration = Duration::from_secs(1);
 
 /// How often one sweep over `customers` outboxes starts: the configured interval, or the
 /// time the sweep's steps take when that is longer.
-pub fn sweep_interval(configured: Duration, customers: usize) -> Duration {
+fn sweep_interval(configured: Duration, customers: usize) -> Duration {
     let steps = u32::try_from(customers.div_ceil(SWEEP_STEP)).unwrap_or(u32::MAX);
     configured.max(SWEEP_STEP_TIME.saturating_mul(steps))
 }
