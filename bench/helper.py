@@ -572,37 +572,31 @@ def report(results, out_md):
             if mode == "consume":
                 consume_answers.append((c, res))
             lines.append(f"| {label} | {c} | {num(rps)} | {ev} | {latency_and_errors(res)} |")
-    control = [("health", "GET /healthz (control: no storage call)", 0)]
-    paced = [(mode, label, env[f"paced_{mode}"].split()) for mode, label, _ in endpoints + control
-             if f"paced_{mode}" in env]
-    if paced:
+    control = [("health", "GET /healthz at consume's rate (control: no storage call)", 0)]
+    half = [(mode, label, env[f"half_{mode}"].split()) for mode, label, _ in endpoints + control
+            if f"half_{mode}" in env]
+    if half:
         lines += [
             "",
-            "At about half of saturation (paced: each connection waits the pace after every "
-            "answer before its next request; the connections are chosen for half of the rate "
-            "measured at the highest connection count):",
+            "At half of saturation, open loop (`examples/open_loop.rs`: requests at random "
+            "instants at half of the rate measured at the highest connection count, over "
+            "32 connections; each latency runs from the request's scheduled time; the "
+            "generator's own lateness, p99, is in the last column):",
             "",
-            "| endpoint | conns | pace ms | saturated req/s | req/s | share of saturated | "
-            "p50 ms | p99 ms | p99.9 ms | max ms | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| endpoint | saturated req/s | req/s | p50 ms | p99 ms | p99.9 ms | max ms | errors "
+            "| generator late ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for mode, label, (c, pace, saturated) in paced:
-            res = wrk_result(os.path.join(results, f"wrk-paced-{mode}.txt"))
+        for mode, label, (_, saturated) in half:
+            res = wrk_result(os.path.join(results, f"half-{mode}.txt"))
             if res is None:
-                lines.append(f"| {label} | {c} | {pace} | (no result) | | | | | | | |")
+                lines.append(f"| {label} | {num(float(saturated))} | (no result) | | | | | | |")
                 continue
-            rps = wrk_rate(res)
             if mode == "consume":
-                consume_answers.append((f"{c} (paced)", res))
-            if mode == "health":
-                # Paced like consume; its share is of consume's saturated rate.
-                lines.append(
-                    f"| {label} | {c} | {pace} | | {num(rps)} | | {latency_and_errors(res)} |"
-                )
-                continue
+                consume_answers.append(("half load", res))
             lines.append(
-                f"| {label} | {c} | {pace} | {num(float(saturated))} | {num(rps)} "
-                f"| {rps / float(saturated):.2f} | {latency_and_errors(res)} |"
+                f"| {label} | {num(float(saturated))} | {num(wrk_rate(res))} "
+                f"| {latency_and_errors(res)} | {ms(res['send_lag_p99_us'])} |"
             )
     record_rps = gateway_rps["record"]
     degraded = [l.split() for l in read(os.path.join(results, "degraded.txt")).splitlines()]

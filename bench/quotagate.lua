@@ -1,11 +1,10 @@
 -- wrk script for bench/run.sh.
 --
---   wrk -t T -c C -d 10s -s bench/quotagate.lua http://127.0.0.1:PORT -- MODE CUSTOMERS BATCH KEY [PACE_MS]
+--   wrk -t T -c C -d 10s -s bench/quotagate.lua http://127.0.0.1:PORT -- MODE CUSTOMERS BATCH KEY
 --
 -- MODE: record | check | batch | consume | health. Every request picks random customers
 -- c0..c<CUSTOMERS-1>; batch sends BATCH events per request; consume sends the record body to
--- POST /v1/limits/consume; health is GET /healthz (no storage call: the floor of the setup). PACE_MS (optional): each connection waits that many milliseconds
--- after an answer before it sends its next request, which holds the load below saturation.
+-- POST /v1/limits/consume; health is GET /healthz (no storage call: the floor of the setup).
 -- done() prints one parseable line:
 --   BENCH_RESULT requests=.. duration_us=.. p50_us=.. p99_us=.. p999_us=.. ... errors_status=..
 -- (errors_status counts answers with a status >= 400.)
@@ -29,14 +28,12 @@ local record_fmt = '{"customerId":"c%d","eventType":"llm","values":{"tokens":1}}
 local check_fmt = '{"customerId":"c%d"}'
 local BATCHES = 256 -- distinct random batches per thread
 local requests = {}
-local pace_ms = 0
 
 function init(args)
   local mode = args[1] or "record"
   local customers = tonumber(args[2] or 10000)
   local batch_size = tonumber(args[3] or 100)
   local key = args[4] or "bench-key"
-  pace_ms = tonumber(args[5] or 0)
   -- Distinct streams per thread even when threads start within the same second.
   math.randomseed(os.time() * 1000 + (thread_index or 0) * 7919)
   wrk.method = "POST"
@@ -64,10 +61,6 @@ function init(args)
     requests[1] = wrk.format("GET", "/healthz")
   else
     error("unknown mode " .. tostring(mode))
-  end
-  if pace_ms > 0 then
-    -- wrk looks for a global delay() after init() of the first thread.
-    delay = function() return math.random(0, 2 * pace_ms) end
   end
 end
 

@@ -8,16 +8,17 @@
 # in front of it, creates a meter with 3 default limits (1e12 each, so consumes are admitted),
 # pre-warms 10 000 customers, checks with curl that one consume is admitted and counted, then
 # measures with wrk (record, check, consume, batch × 1, 4, 16, 32, 64 connections; the consume
-# answers are classified from the gateway's decision counters: admitted, refused, degraded;
-# consume and check again at about half of their saturated rate, paced, and GET /healthz paced
-# like consume as a control) and, on the same redis-server,
-# redis-benchmark replaying verbatim the record script call, the check read and the consume
+# answers are classified from the gateway's decision counters: admitted, refused, degraded),
+# then consume and check at half of their saturated rate with an open-loop generator
+# (examples/open_loop.rs; GET /healthz at consume's rate as a control), and, on the same
+# redis-server, redis-benchmark replaying verbatim the record script call, the check read and the consume
 # script call that the gateway sent for one request (captured with MONITOR). Prints a markdown
 # report to stdout and writes it to bench/results-latest.md. Everything it starts is stopped on
 # exit. A binary without POST /v1/limits/consume (404) is benchmarked without the consume rows.
 #
-# BENCH_SKIP_BUILD=1 uses the existing target/release/quotagate without running cargo;
-# BENCH_BIN=/path/to/quotagate benchmarks that binary instead (no build either);
+# BENCH_SKIP_BUILD=1 uses the existing target/release/quotagate and examples/open_loop without
+# running cargo; BENCH_BIN=/path/to/quotagate benchmarks that binary instead (only the
+# generator is built);
 # BENCH_KEEP=1 keeps the raw outputs (wrk, redis-benchmark, MONITOR capture) in /tmp;
 # BENCH_CONFIG_SCALE=N sets how many customer limits the last phase creates (default 100000,
 # 0 skips that phase).
@@ -44,6 +45,8 @@ SPREAD_CAL_PER_CUSTOMER=10  # calibration calls per customer before each spread 
 RB_MAX_SECS=45      # cap on a redis-benchmark run: the captured call's minute counter expires
                     # 60 to 120 s after the capture, and the replay must not outlive it
 WRK_TIMEOUT=10s
+OPEN_LOOP=$ROOT/target/release/examples/open_loop  # the half-load runs' generator
+OPEN_LOOP_CONNS=32  # its connections (hyper answers a connection's requests one at a time)
 # Worker threads of the gateway (QUOTAGATE_WORKER_THREADS). One: wrk and Redis share the two
 # CPUs, and a second worker costs more CPU per request than it adds (the workers section of
 # the report measures 1 against one per CPU).
@@ -66,12 +69,15 @@ source bench/require.sh
 require wrk:wrk redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools \
     curl:curl python3:python3
 
-if [ "${BENCH_SKIP_BUILD:-0}" != 1 ] && [ -z "${BENCH_BIN:-}" ]; then
-    log "cargo build --release"
-    cargo build --release >&2 ||
-        die "cargo build --release failed (BENCH_SKIP_BUILD=1 benchmarks the existing binary)"
+if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+    targets=(--example open_loop)
+    [ -z "${BENCH_BIN:-}" ] && targets+=(--bin quotagate)
+    log "cargo build --release ${targets[*]}"
+    cargo build --release "${targets[@]}" >&2 ||
+        die "cargo build --release failed (BENCH_SKIP_BUILD=1 benchmarks the existing binaries)"
 fi
 [ -x "$BIN" ] || die "$BIN not found (build failed?)"
+[ -x "$OPEN_LOOP" ] || die "$OPEN_LOOP not found (cargo build --release --example open_loop)"
 
 # ------------------------------------------------------------------ process handling
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/quotagate-bench.XXXXXX")
@@ -266,30 +272,40 @@ consume_decisions() {
             match($0, /outcome="[a-z]+"/); n[substr($0, RSTART + 9, RLENGTH - 10)] += $NF }
         END { printf "%d %d %d", n["allowed"], n["refused"], n["degraded"] }'
 }
-wrk_run() { # mode connections seconds output-file [label for degraded.txt and cpu.txt] [pace-ms]
-    local mode=$1 conns=$2 secs=$3 out=$4 label=${5:-$2} pace=${6:-0}
-    local threads=$((conns < 2 ? conns : 2)) before cpu_before decided_before=""
+load_run() { # mode label output-file in-flight-at-end command...: runs the load generator
+    # command, with the CPU, degraded-answer and consume-decision accounting of every run
+    local mode=$1 label=$2 out=$3 in_flight=$4 before cpu_before decided_before=""
+    shift 4
     before=$(degraded_logged)
     [ "$mode" = consume ] && decided_before=$(consume_decisions)
     children_cpu "$RUN_DIR/children-before"
     cpu_before="$(proc_cpu "$GW_PID") $(proc_cpu "$REDIS_PID") $(cat "$RUN_DIR/children-before.seconds")"
-    run_child wrk -t "$threads" -c "$conns" -d "${secs}s" --timeout "$WRK_TIMEOUT" --latency \
-        -s "$BENCH/quotagate.lua" "$BASE" -- "$mode" "$CUSTOMERS" "$BATCH_EVENTS" "$ADMIN_KEY" "$pace" \
-        >"$out" 2>&1 || die "wrk $mode -c $conns failed: $(tail -n 5 "$out")"
-    running "$GW_PID" || die "the gateway died during wrk $mode -c $conns"
+    run_child "$@" >"$out" 2>&1 || die "$1 $mode ($label) failed: $(tail -n 5 "$out")"
+    running "$GW_PID" || die "the gateway died during $1 $mode ($label)"
     echo "$mode $label $(($(degraded_logged) - before))" >>"$RESULTS/degraded.txt"
-    # mode label, then before and after: gateway user sys, redis user sys, wrk (seconds)
+    # mode label, then before and after: gateway user sys, redis user sys, load generator (seconds)
     children_cpu "$RUN_DIR/children-after"
     echo "$mode $label $cpu_before $(proc_cpu "$GW_PID") $(proc_cpu "$REDIS_PID")" \
         "$(cat "$RUN_DIR/children-after.seconds")" >>"$RESULTS/cpu.txt"
     if [ -n "$decided_before" ]; then
-        # The gateway also counts the answers still in flight when wrk stopped (at most one
-        # per connection), which wrk does not.
         local a0 r0 d0 a1 r1 d1
         read -r a0 r0 d0 <<<"$decided_before"
         read -r a1 r1 d1 <<<"$(consume_decisions)"
-        sed -i "s/^BENCH_RESULT .*/& answers_admitted=$((a1 - a0)) answers_refused=$((r1 - r0)) answers_degraded=$((d1 - d0)) in_flight_at_end=$conns/" "$out"
+        sed -i "s/^BENCH_RESULT .*/& answers_admitted=$((a1 - a0)) answers_refused=$((r1 - r0)) answers_degraded=$((d1 - d0)) in_flight_at_end=$in_flight/" "$out"
     fi
+}
+wrk_run() { # mode connections seconds output-file [label for degraded.txt and cpu.txt]
+    local mode=$1 conns=$2 secs=$3 out=$4 label=${5:-$2}
+    # The gateway also counts the answers still in flight when wrk stops (at most one per
+    # connection), which wrk does not.
+    load_run "$mode" "$label" "$out" "$conns" \
+        wrk -t $((conns < 2 ? conns : 2)) -c "$conns" -d "${secs}s" --timeout "$WRK_TIMEOUT" --latency \
+        -s "$BENCH/quotagate.lua" "$BASE" -- "$mode" "$CUSTOMERS" "$BATCH_EVENTS" "$ADMIN_KEY"
+}
+open_loop_run() { # mode rate seconds output-file label
+    # Every answer is awaited: none is in flight at the end.
+    load_run "$1" "$5" "$4" 0 "$OPEN_LOOP" --addr "${BASE#http://}" --rate "$2" --seconds "$3" \
+        --connections "$OPEN_LOOP_CONNS" --mode "$1" --customers "$CUSTOMERS" --key "$ADMIN_KEY"
 }
 
 for mode in "${MODES[@]}"; do
@@ -306,32 +322,24 @@ for mode in "${MODES[@]}"; do
     done
 done
 
-# --------------------------------------------------------------- half load, paced
-# Latency below saturation: each connection waits PACE_MS after every answer, and the number of
-# connections is chosen so that the rate comes to about half of the saturated rate measured
-# above (at the highest connection count), assuming answers of about half a millisecond.
-PACE_MS=5
-for mode in consume check; do
-    [[ " ${MODES[*]} " == *" $mode "* ]] || continue
-    saturated=$RESULTS/wrk-$mode-${CONNS[-1]}.txt
+# ------------------------------------------------------------------- half load
+# Latency below saturation, open loop: examples/open_loop.rs sends at half of the saturated
+# rate measured above (at the highest connection count), at random (Poisson) instants, and
+# measures every latency from the request's scheduled time, so a stall counts against all the
+# requests it holds up. GET /healthz, which calls no storage, at consume's rate is the control:
+# what the load generator, the kernel and the HTTP layer add at that rate by themselves.
+for mode in consume check health; do
+    source_mode=$mode
+    [ "$mode" = health ] && source_mode=consume
+    [[ " ${MODES[*]} " == *" $source_mode "* ]] || continue
+    saturated=$RESULTS/wrk-$source_mode-${CONNS[-1]}.txt
     rate=$(python3 "$BENCH/helper.py" rate "$saturated") || die "no rate in $saturated"
-    conns=$(awk -v r="$rate" -v p="$PACE_MS" 'BEGIN { c = int(r / 2 * (p + 0.5) / 1000 + 0.5); print (c < 1 ? 1 : c) }')
-    out=$RESULTS/wrk-paced-$mode.txt
-    wrk_run "$mode" "$conns" "$SECS" "$out" paced "$PACE_MS"
+    out=$RESULTS/half-$mode.txt
+    open_loop_run "$mode" $((rate / 2)) "$SECS" "$out" half
     line=$(grep '^BENCH_RESULT' "$out") || die "no BENCH_RESULT in $out"
-    echo "paced_$mode=$conns $PACE_MS $rate" >>"$RESULTS/env.txt"
-    log "wrk $mode -c $conns paced ${PACE_MS} ms (saturated: $rate req/s): ${line#BENCH_RESULT }"
+    echo "half_$mode=$((rate / 2)) $rate" >>"$RESULTS/env.txt"
+    log "open loop $mode at $((rate / 2)) req/s (saturated $source_mode: $rate req/s): ${line#BENCH_RESULT }"
 done
-# The same pacing on GET /healthz, which calls no storage, at the paced consume's connections:
-# the latency the load generator, the kernel and the HTTP layer add at that rate by themselves.
-if [ -f "$RESULTS/wrk-paced-consume.txt" ]; then
-    read -r conns _ rate < <(sed -n 's/^paced_consume=//p' "$RESULTS/env.txt")
-    out=$RESULTS/wrk-paced-health.txt
-    wrk_run health "$conns" "$SECS" "$out" paced "$PACE_MS"
-    echo "paced_health=$conns $PACE_MS $rate" >>"$RESULTS/env.txt"
-    line=$(grep '^BENCH_RESULT' "$out") || die "no BENCH_RESULT in $out"
-    log "wrk health -c $conns paced ${PACE_MS} ms: ${line#BENCH_RESULT }"
-fi
 
 # ------------------------------------------------------------------- worker threads
 # Consume and check at the highest connection count with each worker count, the gateway

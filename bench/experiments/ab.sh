@@ -8,9 +8,10 @@
 # with its own target directory. Each run of a pair starts a fresh redis-server and gateway
 # (QUOTAGATE_WORKER_THREADS=${AB_WORKERS:-1}) on free loopback ports, creates 10 000 customers
 # with 3 limits (bench/helper.py setup), then measures with wrk (bench/quotagate.lua) consume
-# and check at 16 and 64 connections and paced at ${AB_PACED:-107} connections (5 ms pace), and
-# prints one line per measurement: label, mode, connections, req/s, latency percentiles (µs)
-# and the gateway's CPU per request (user + system, µs). A and B alternate (A B A B …), so a
+# and check at 16 and 64 connections, then each at half of its 64-connection rate with the
+# open-loop generator (examples/open_loop.rs, built from this tree), and prints one line per
+# measurement: label, mode, connections (or "half"), req/s, latency percentiles (µs) and the
+# gateway's CPU per request (user + system, µs). A and B alternate (A B A B …), so a
 # host that speeds up or slows down during the experiment shows in both. Needs what
 # bench/run.sh needs (wrk, redis-server, python3).
 set -euo pipefail
@@ -64,17 +65,21 @@ measure() { # label binary
     for _ in $(seq 100); do curl -fsS "$base/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
     python3 bench/helper.py setup "$base" bench-key 10000 >/dev/null 2>&1
     wrk -t 2 -c 16 -d 1s -s bench/quotagate.lua "$base" -- consume 10000 100 bench-key >/dev/null
-    local mode conns pace before after result requests
+    local mode conns before after result requests rps
     for mode in consume check; do
-        for conns in 16 64 "${AB_PACED:-107}"; do
-            pace=0
-            [ "$conns" = "${AB_PACED:-107}" ] && pace=5
+        for conns in 16 64 half; do
             before=$(cpu_seconds "$gateway")
-            result=$(wrk -t 2 -c "$conns" -d "${SECS}s" -s bench/quotagate.lua "$base" -- \
-                "$mode" 10000 100 bench-key "$pace" | grep '^BENCH_RESULT')
+            if [ "$conns" = half ]; then
+                result=$("$OPEN_LOOP" --addr "127.0.0.1:$gport" --rate $((rps / 2)) --seconds "$SECS" \
+                    --mode "$mode" --key bench-key | grep '^BENCH_RESULT')
+            else
+                result=$(wrk -t 2 -c "$conns" -d "${SECS}s" -s bench/quotagate.lua "$base" -- \
+                    "$mode" 10000 100 bench-key | grep '^BENCH_RESULT')
+            fi
             after=$(cpu_seconds "$gateway")
             requests=$(sed 's/.*requests=\([0-9]*\).*/\1/' <<<"$result")
-            echo "$label $mode c=$conns pace=$pace rps=$((requests / SECS))" \
+            rps=$((requests / SECS))
+            echo "$label $mode c=$conns rps=$rps" \
                 "$(grep -o 'p50_us=[0-9]* p90_us=[0-9]* p99_us=[0-9]* p999_us=[0-9]*' <<<"$result")" \
                 "gateway_us=$(awk -v b="$before" -v a="$after" -v n="$requests" 'BEGIN { printf "%.1f", (a - b) * 1e6 / n }')"
         done
@@ -83,6 +88,8 @@ measure() { # label binary
     wait "$gateway" "$redis" 2>/dev/null || true
 }
 
+cargo build --release --example open_loop >&2
+OPEN_LOOP=$ROOT/target/release/examples/open_loop
 BIN_A=$(binary "$1" a)
 BIN_B=$(binary "$2" b)
 for _ in $(seq "$PAIRS"); do
