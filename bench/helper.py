@@ -432,29 +432,34 @@ def cpu_section(results, env, endpoints, conns):
         "",
         "## Where the CPU goes",
         "",
-        "CPU time per request during each wrk run (user + system, from `/proc/PID/stat`; wrk "
-        "from the shell's `times`), and what the box has per request: "
+        "CPU time per request during each run (user + system, from `/proc/PID/stat`; the load "
+        "generator, wrk or the open-loop one at half load, from the shell's `times`), and what "
+        "the box has per request: "
         f"{env.get('nproc', '?')} CPUs × the run's duration ÷ its requests. What the three "
         "processes leave of it went to the kernel's network and interrupt work and to idle time.",
         "",
-        "| endpoint | conns | req/s | gateway µs (user + sys) | Redis µs (user + sys) | wrk µs "
+        "| endpoint | conns | req/s | gateway µs (user + sys) | Redis µs (user + sys) | load µs "
         "| sum µs | box µs |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     nproc = int(env.get("nproc", "0") or 0)
-    for mode, label, _ in endpoints:
-        for c in conns:
-            res = wrk_result(os.path.join(results, f"wrk-{mode}-{c}.txt"))
-            if res is None or (mode, c) not in spent or not res["requests"]:
-                continue
-            gu, gs, ru, rs, w = (x * 1e6 / res["requests"] for x in spent[(mode, c)])
-            box = nproc * res["duration_us"] / res["requests"] if nproc else 0
-            rps = wrk_rate(res)
-            lines.append(
-                f"| {label} | {c} | {num(rps)} | {gu + gs:.1f} ({gu:.1f} + {gs:.1f}) "
-                f"| {ru + rs:.1f} ({ru:.1f} + {rs:.1f}) | {w:.1f} | {gu + gs + ru + rs + w:.1f} "
-                f"| {box:.1f} |"
-            )
+    # (label, conns cell, cpu.txt key, result file) of every measured run, saturated then half.
+    runs = [(label, c, (mode, c), f"wrk-{mode}-{c}.txt") for mode, label, _ in endpoints
+            for c in conns]
+    runs += [(label, "half load", (mode, "half"), f"half-{mode}.txt")
+             for mode, label, _ in endpoints + [("health", "GET /healthz", 0)]]
+    for label, c, key, name in runs:
+        res = wrk_result(os.path.join(results, name))
+        if res is None or key not in spent or not res["requests"]:
+            continue
+        gu, gs, ru, rs, w = (x * 1e6 / res["requests"] for x in spent[key])
+        box = nproc * res["duration_us"] / res["requests"] if nproc else 0
+        rps = wrk_rate(res)
+        lines.append(
+            f"| {label} | {c} | {num(rps)} | {gu + gs:.1f} ({gu:.1f} + {gs:.1f}) "
+            f"| {ru + rs:.1f} ({ru:.1f} + {rs:.1f}) | {w:.1f} | {gu + gs + ru + rs + w:.1f} "
+            f"| {box:.1f} |"
+        )
     return lines
 
 
@@ -853,8 +858,12 @@ def report(results, out_md):
     lines += [
         "## Caveats",
         "",
-        "- wrk (not wrk2) is closed-loop: latency percentiles do not account for coordinated "
-        "omission, and wrk itself competes with the gateway and Redis for the same CPUs.",
+        "- wrk (not wrk2) is closed-loop: its latency percentiles do not account for "
+        "coordinated omission (the half-load rows, open loop, do), and every load generator "
+        "competes with the gateway and Redis for the same CPUs.",
+        "- Half of the saturated rate is not half of the box: each request costs more CPU when "
+        "requests do not arrive together (compare the half-load rows of the CPU table with the "
+        "saturated ones).",
         "- The verbatim raw rows hit one customer's keys over and over (record and check: c7777, "
         "consume: c7778, batch: c7779), which stay in the CPU caches; the gateway's load and the "
         "spread rows touch keys of all the customers, and Redis spends more per call on them.",
