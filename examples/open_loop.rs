@@ -135,15 +135,15 @@ fn main() -> io::Result<()> {
          errors_status={} errors_timeout={} send_lag_p99_us={}",
         latencies.len(),
         micros(duration),
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 90.0),
-        percentile(&latencies, 99.0),
-        percentile(&latencies, 99.9),
+        percentile(&latencies, 500),
+        percentile(&latencies, 900),
+        percentile(&latencies, 990),
+        percentile(&latencies, 999),
         mean,
         latencies.last().copied().unwrap_or(0),
         observed.errors_status,
         timeouts,
-        percentile(&send_lags_us, 99.0),
+        percentile(&send_lags_us, 990),
     );
     Ok(())
 }
@@ -246,14 +246,51 @@ fn answer_in(buffer: &[u8]) -> io::Result<Option<(usize, u16)>> {
     Ok((buffer.len() >= head + body).then_some((head + body, status)))
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+/// The nearest-rank percentile, given in thousandths (990 for p99) so the rank is exact.
+fn percentile(sorted: &[u64], per_mille: usize) -> u64 {
+    let rank = (per_mille * sorted.len()).div_ceil(1000);
+    sorted.get(rank.max(1) - 1).copied().unwrap_or(0)
 }
 
 fn micros(d: Duration) -> u64 {
     d.as_micros() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+
+    #[test]
+    fn pipelined_answers_are_read_one_at_a_time() {
+        let refused = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 3\r\n\r\n{ }";
+        let both = [OK, refused.as_slice()].concat();
+        assert_eq!(answer_in(&both).unwrap(), Some((OK.len(), 200)));
+        assert_eq!(
+            answer_in(&both[OK.len()..]).unwrap(),
+            Some((refused.len(), 429))
+        );
+    }
+
+    #[test]
+    fn a_partial_answer_waits_for_more_bytes() {
+        assert_eq!(answer_in(&OK[..OK.len() - 1]).unwrap(), None);
+        assert_eq!(answer_in(&OK[..10]).unwrap(), None);
+        assert_eq!(answer_in(b"").unwrap(), None);
+    }
+
+    #[test]
+    fn an_answer_without_content_length_is_an_error() {
+        assert!(answer_in(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let sorted: Vec<u64> = (1..=1000).collect();
+        assert_eq!(percentile(&sorted, 500), 500);
+        assert_eq!(percentile(&sorted, 999), 999);
+        assert_eq!(percentile(&sorted, 1000), 1000);
+        assert_eq!(percentile(&[], 990), 0);
+    }
 }
