@@ -11,8 +11,8 @@
 # answers are classified from the gateway's decision counters: admitted, refused, degraded),
 # then consume and check at half of their saturated rate with an open-loop generator
 # (examples/open_loop.rs; GET /healthz at consume's rate as a control), and, on the same
-# redis-server, redis-benchmark replaying verbatim the record script call, the check read and the consume
-# script call that the gateway sent for one request (captured with MONITOR). Prints a markdown
+# redis-server, redis-benchmark replaying verbatim the record script call, the check read and
+# the consume script call that the gateway sent for one request (captured with MONITOR). Prints a markdown
 # report to stdout and writes it to bench/results-latest.md. Everything it starts is stopped on
 # exit. A binary without POST /v1/limits/consume (404) is benchmarked without the consume rows.
 #
