@@ -125,9 +125,6 @@ fn two_replicas(url: &str) -> ([GatewayProcess; 2], String) {
         ("QUOTAGATE_REDIS_URL", url),
         ("QUOTAGATE_KEY_PREFIX", prefix.as_str()),
         ("QUOTAGATE_ADMIN_KEY", ADMIN_KEY),
-        // These tests are about atomicity, not outages: a loaded debug build on two cores
-        // must not miss the deadline and answer from the fail mode.
-        ("QUOTAGATE_STORAGE_TIMEOUT_MS", "5000"),
     ];
     // One node on the default runtime (a thread per CPU), one on the single-threaded one.
     let mut single_thread = envs.to_vec();

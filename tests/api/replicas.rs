@@ -152,10 +152,6 @@ async fn a_stopping_node_finishes_changes_whose_clients_left() {
         ("QUOTAGATE_KEY_PREFIX", prefix.as_str()),
         ("QUOTAGATE_ADMIN_KEY", ADMIN_KEY),
         ("QUOTAGATE_LOG", "info"),
-        // The held record must still be in flight when SIGTERM arrives: under the default
-        // 50 ms storage deadline it gave up first on a busy machine, and the node had
-        // nothing left to wait for.
-        ("QUOTAGATE_STORAGE_TIMEOUT_MS", "10000"),
     ];
     let (mut node, log) = block_in_place(|| GatewayProcess::start_logged(&envs));
     let client = reqwest::Client::new();

@@ -536,7 +536,6 @@ fn gateway_envs(prefix: &str) -> Vec<(&'static str, String)> {
         ("QUOTAGATE_REDIS_URL", shared_redis().url()),
         ("QUOTAGATE_KEY_PREFIX", prefix.to_string()),
         ("QUOTAGATE_ADMIN_KEY", ADMIN_KEY.to_string()),
-        ("QUOTAGATE_STORAGE_TIMEOUT_MS", "5000".to_string()),
         ("QUOTAGATE_ALERT_SWEEP_SECONDS", "1".to_string()),
     ]
 }

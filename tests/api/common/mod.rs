@@ -691,7 +691,7 @@ pub const CONSUME_REFUSED: [&str; 5] = ["allowed", "balances", "degraded", "limi
 pub const RESERVE_ALLOWED: [&str; 5] = ["allowed", "balances", "degraded", "limits", "reservation"];
 pub const RESERVE_REFUSED: [&str; 5] = ["allowed", "balances", "degraded", "limits", "retryAfter"];
 
-/// A real gateway process, on a free port.
+/// A real gateway process, on a free port (storage deadline 5 s unless the test sets one).
 pub struct GatewayProcess {
     pub address: SocketAddr,
     child: Child,
@@ -713,6 +713,10 @@ impl GatewayProcess {
             .env_clear()
             .env("QUOTAGATE_LISTEN", address.to_string())
             .env("QUOTAGATE_LOG", "warn")
+            // These tests are not about outages: a debug build on two busy cores must not
+            // miss the default 50 ms deadline and answer from the fail mode (or 503). A test
+            // that wants another deadline passes its own.
+            .env("QUOTAGATE_STORAGE_TIMEOUT_MS", "5000")
             .stdout(log)
             .stderr(Stdio::inherit());
         for (key, value) in envs {
