@@ -433,7 +433,7 @@ def cpu_section(results, env, endpoints, conns):
         "## Where the CPU goes",
         "",
         "CPU time per request during each run (user + system, from `/proc/PID/stat`; the load "
-        "generator, wrk or the open-loop one at half load, from the shell's `times`), and what "
+        "generator, wrk or the open-loop one below saturation, from the shell's `times`), and what "
         "the box has per request: "
         f"{env.get('nproc', '?')} CPUs × the run's duration ÷ its requests. What the three "
         "processes leave of it went to the kernel's network and interrupt work and to idle time.",
@@ -443,11 +443,12 @@ def cpu_section(results, env, endpoints, conns):
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     nproc = int(env.get("nproc", "0") or 0)
-    # (label, conns cell, cpu.txt key, result file) of every measured run, saturated then half.
+    # (label, conns cell, cpu.txt key, result file) of every measured run, saturated then open.
     runs = [(label, c, (mode, c), f"wrk-{mode}-{c}.txt") for mode, label, _ in endpoints
             for c in conns]
-    runs += [(label, "half load", (mode, "half"), f"half-{mode}.txt")
-             for mode, label, _ in endpoints + [("health", "GET /healthz", 0)]]
+    runs += [(label, f"open loop, {share}%", (mode, f"open-{share}"), f"open-{mode}-{share}.txt")
+             for mode, label, _ in endpoints + [("health", "GET /healthz", 0)]
+             for share in env.get("open_shares", "").split()]
     for label, c, key, name in runs:
         res = wrk_result(os.path.join(results, name))
         if res is None or key not in spent or not res["requests"]:
@@ -578,29 +579,32 @@ def report(results, out_md):
                 consume_answers.append((c, res))
             lines.append(f"| {label} | {c} | {num(rps)} | {ev} | {latency_and_errors(res)} |")
     control = [("health", "GET /healthz at consume's rate (control: no storage call)", 0)]
-    half = [(mode, label, env[f"half_{mode}"].split()) for mode, label, _ in endpoints + control
-            if f"half_{mode}" in env]
-    if half:
+    open_runs = [(mode, label, share, env[f"open_{mode}_{share}"].split())
+                 for mode, label, _ in endpoints + control
+                 for share in env.get("open_shares", "").split()
+                 if f"open_{mode}_{share}" in env]
+    if open_runs:
         lines += [
             "",
-            "At half of saturation, open loop (`examples/open_loop.rs`: requests at random "
-            "instants at half of the rate measured at the highest connection count, over "
-            "32 connections; each latency runs from the request's scheduled time; the "
-            "generator's own lateness, p99, is in the last column):",
+            "Below saturation, open loop (`examples/open_loop.rs`: requests at random instants "
+            "at a share of the rate measured at the highest connection count, over 32 "
+            "connections; each latency runs from the request's scheduled time; the generator's "
+            "own lateness, p99, is in the last column):",
             "",
-            "| endpoint | saturated req/s | req/s | p50 ms | p99 ms | p99.9 ms | max ms | errors "
-            "| generator late ms |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| endpoint | share of saturated | saturated req/s | req/s | p50 ms | p99 ms | p99.9 ms "
+            "| max ms | errors | generator late ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for mode, label, (_, saturated) in half:
-            res = wrk_result(os.path.join(results, f"half-{mode}.txt"))
+        for mode, label, share, (_, saturated) in open_runs:
+            res = wrk_result(os.path.join(results, f"open-{mode}-{share}.txt"))
             if res is None:
-                lines.append(f"| {label} | {num(float(saturated))} | (no result) | | | | | | |")
+                lines.append(f"| {label} | {share}% | {num(float(saturated))} | (no result) "
+                             "| | | | | | |")
                 continue
             if mode == "consume":
-                consume_answers.append(("half load", res))
+                consume_answers.append((f"open loop, {share}%", res))
             lines.append(
-                f"| {label} | {num(float(saturated))} | {num(wrk_rate(res))} "
+                f"| {label} | {share}% | {num(float(saturated))} | {num(wrk_rate(res))} "
                 f"| {latency_and_errors(res)} | {ms(res['send_lag_p99_us'])} |"
             )
     record_rps = gateway_rps["record"]
@@ -859,10 +863,10 @@ def report(results, out_md):
         "## Caveats",
         "",
         "- wrk (not wrk2) is closed-loop: its latency percentiles do not account for "
-        "coordinated omission (the half-load rows, open loop, do), and every load generator "
+        "coordinated omission (the open-loop rows below saturation do), and every load generator "
         "competes with the gateway and Redis for the same CPUs.",
         "- Half of the saturated rate is not half of the box: each request costs more CPU when "
-        "requests do not arrive together (compare the half-load rows of the CPU table with the "
+        "requests do not arrive together (compare the open-loop rows of the CPU table with the "
         "saturated ones).",
         "- The verbatim raw rows hit one customer's keys over and over (record and check: c7777, "
         "consume: c7778, batch: c7779), which stay in the CPU caches; the gateway's load and the "

@@ -9,8 +9,9 @@
 # pre-warms 10 000 customers, checks with curl that one consume is admitted and counted, then
 # measures with wrk (record, check, consume, batch × 1, 4, 16, 32, 64 connections; the consume
 # answers are classified from the gateway's decision counters: admitted, refused, degraded),
-# then consume and check at half of their saturated rate with an open-loop generator
-# (examples/open_loop.rs; GET /healthz at consume's rate as a control), and, on the same
+# then consume and check at a quarter, half and three quarters of their saturated rate with
+# an open-loop generator (examples/open_loop.rs; GET /healthz at half of consume's rate as a
+# control), and, on the same
 # redis-server, redis-benchmark replaying verbatim the record script call, the check read and
 # the consume script call that the gateway sent for one request (captured with MONITOR). Prints a markdown
 # report to stdout and writes it to bench/results-latest.md. Everything it starts is stopped on
@@ -45,8 +46,9 @@ SPREAD_CAL_PER_CUSTOMER=10  # calibration calls per customer before each spread 
 RB_MAX_SECS=45      # cap on a redis-benchmark run: the captured call's minute counter expires
                     # 60 to 120 s after the capture, and the replay must not outlive it
 WRK_TIMEOUT=10s
-OPEN_LOOP=$ROOT/target/release/examples/open_loop  # the half-load runs' generator
+OPEN_LOOP=$ROOT/target/release/examples/open_loop  # the generator below saturation
 OPEN_LOOP_CONNS=32  # its connections (hyper answers a connection's requests one at a time)
+OPEN_LOOP_SHARES=(25 50 75)  # its rates, in percent of the saturated rate
 # Worker threads of the gateway (QUOTAGATE_WORKER_THREADS). One: wrk and Redis share the two
 # CPUs, and a second worker costs more CPU per request than it adds (the workers section of
 # the report measures 1 against one per CPU).
@@ -322,23 +324,26 @@ for mode in "${MODES[@]}"; do
     done
 done
 
-# ------------------------------------------------------------------- half load
-# Latency below saturation, open loop: examples/open_loop.rs sends at half of the saturated
+# ------------------------------------------------------------------- below saturation
+# Latency below saturation, open loop: examples/open_loop.rs sends at shares of the saturated
 # rate measured above (at the highest connection count), at random (Poisson) instants, and
 # measures every latency from the request's scheduled time, so a stall counts against all the
-# requests it holds up. GET /healthz, which calls no storage, at consume's rate is the control:
-# what the load generator, the kernel and the HTTP layer add at that rate by themselves.
+# requests it holds up. GET /healthz, which calls no storage, at half of consume's rate is the
+# control: what the load generator, the kernel and the HTTP layer add by themselves.
+echo "open_shares=${OPEN_LOOP_SHARES[*]}" >>"$RESULTS/env.txt"
 for mode in consume check health; do
-    source_mode=$mode
-    [ "$mode" = health ] && source_mode=consume
+    source_mode=$mode shares=("${OPEN_LOOP_SHARES[@]}")
+    [ "$mode" = health ] && source_mode=consume shares=(50)
     [[ " ${MODES[*]} " == *" $source_mode "* ]] || continue
     saturated=$RESULTS/wrk-$source_mode-${CONNS[-1]}.txt
     rate=$(python3 "$BENCH/helper.py" rate "$saturated") || die "no rate in $saturated"
-    out=$RESULTS/half-$mode.txt
-    open_loop_run "$mode" $((rate / 2)) "$SECS" "$out" half
-    line=$(grep '^BENCH_RESULT' "$out") || die "no BENCH_RESULT in $out"
-    echo "half_$mode=$((rate / 2)) $rate" >>"$RESULTS/env.txt"
-    log "open loop $mode at $((rate / 2)) req/s (saturated $source_mode: $rate req/s): ${line#BENCH_RESULT }"
+    for share in "${shares[@]}"; do
+        out=$RESULTS/open-$mode-$share.txt
+        open_loop_run "$mode" $((rate * share / 100)) "$SECS" "$out" "open-$share"
+        line=$(grep '^BENCH_RESULT' "$out") || die "no BENCH_RESULT in $out"
+        echo "open_${mode}_$share=$((rate * share / 100)) $rate" >>"$RESULTS/env.txt"
+        log "open loop $mode at $share% ($((rate * share / 100)) req/s; saturated $source_mode: $rate req/s): ${line#BENCH_RESULT }"
+    done
 done
 
 # ------------------------------------------------------------------- worker threads
