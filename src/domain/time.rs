@@ -20,19 +20,28 @@ pub fn parse_rfc3339(raw: &str) -> Option<DateTime<Utc>> {
         .map(|at| at.with_timezone(&Utc))
 }
 
-/// The correction that makes a local clock read like a server's, from one exchange: `sent` and
-/// `received` on the local clock around the server's reading `server`. Assumes the server read
-/// its clock halfway; refuses exchanges too slow to say anything useful.
-pub fn estimate_offset(
-    sent: DateTime<Utc>,
-    received: DateTime<Utc>,
-    server: DateTime<Utc>,
-) -> Option<TimeDelta> {
-    let round_trip = received - sent;
-    if round_trip < TimeDelta::zero() || round_trip > TimeDelta::milliseconds(100) {
-        return None;
-    }
-    Some(server - (sent + round_trip / 2))
+/// One reading of a server's clock: `sent` and `received` on the local clock around the
+/// server's reading `server`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClockExchange {
+    pub sent: DateTime<Utc>,
+    pub received: DateTime<Utc>,
+    pub server: DateTime<Utc>,
+}
+
+/// The correction that makes a local clock read like a server's. It assumes the server read
+/// its clock halfway through an exchange, so it is off by at most half the round trip: of
+/// several exchanges it takes the quickest (on a busy node any one of them may be slow), and
+/// it refuses exchanges too slow to say anything useful.
+pub fn estimate_offset(exchanges: &[ClockExchange]) -> Option<TimeDelta> {
+    exchanges
+        .iter()
+        .map(|e| (e.received - e.sent, e))
+        .filter(|(round_trip, _)| {
+            *round_trip >= TimeDelta::zero() && *round_trip <= TimeDelta::milliseconds(100)
+        })
+        .min_by_key(|(round_trip, _)| *round_trip)
+        .map(|(round_trip, e)| e.server - (e.sent + round_trip / 2))
 }
 
 /// The last second RFC 3339 can write (9999-12-31T23:59:59Z), in unix seconds: an answer's
@@ -79,15 +88,33 @@ mod tests {
     #[test]
     fn offset_assumes_the_server_read_halfway() {
         let sent = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-        let received = sent + TimeDelta::milliseconds(10);
-        let server = sent + TimeDelta::milliseconds(1005);
+        let exchange = |round_trip_ms, server_ms| ClockExchange {
+            sent,
+            received: sent + TimeDelta::milliseconds(round_trip_ms),
+            server: sent + TimeDelta::milliseconds(server_ms),
+        };
         assert_eq!(
-            estimate_offset(sent, received, server),
+            estimate_offset(&[exchange(10, 1005)]),
             Some(TimeDelta::milliseconds(1000))
         );
+        assert_eq!(estimate_offset(&[exchange(1000, 1005)]), None);
+        assert_eq!(estimate_offset(&[]), None);
+    }
+
+    /// A slow exchange could place the server's reading anywhere in its round trip: the
+    /// quickest one decides, whatever its place in the list.
+    #[test]
+    fn the_quickest_exchange_decides() {
+        let sent = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let exchange = |round_trip_ms, server_ms| ClockExchange {
+            sent,
+            received: sent + TimeDelta::milliseconds(round_trip_ms),
+            server: sent + TimeDelta::milliseconds(server_ms),
+        };
+        let exchanges = [exchange(80, 1000), exchange(2, 1001), exchange(40, 1039)];
         assert_eq!(
-            estimate_offset(sent, sent + TimeDelta::seconds(1), server),
-            None
+            estimate_offset(&exchanges),
+            Some(TimeDelta::milliseconds(1000))
         );
     }
 

@@ -32,7 +32,7 @@ use super::{
     ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreError, StoreResult,
 };
 use crate::domain::ids::CustomerId;
-use crate::domain::time::estimate_offset;
+use crate::domain::time::{ClockExchange, estimate_offset};
 use crate::domain::usage::CounterId;
 
 /// How many changes the config log keeps (approximately); a node further behind reloads.
@@ -706,14 +706,26 @@ impl ConfigStore for RedisStore {
     }
 
     async fn clock_offset(&self) -> StoreResult<Option<chrono::TimeDelta>> {
-        let mut conn = self.conn();
-        let sent = chrono::Utc::now();
-        let (secs, micros): (i64, i64) = self
-            .guarded(CONFIG_DEADLINE, redis::cmd("TIME").query_async(&mut conn))
-            .await?;
-        let received = chrono::Utc::now();
-        let server = chrono::DateTime::from_timestamp(secs, (micros * 1000) as u32);
-        let offset = server.and_then(|server| estimate_offset(sent, received, server));
+        // Usage scripts refuse to write after a deadline set on Redis's clock, so an offset
+        // off by more than the deadline's last quarter would let a call the node gave up on
+        // still write: a few exchanges, and the quickest decides.
+        let mut exchanges = Vec::with_capacity(CLOCK_EXCHANGES);
+        for _ in 0..CLOCK_EXCHANGES {
+            let mut conn = self.conn();
+            let sent = chrono::Utc::now();
+            let (secs, micros): (i64, i64) = self
+                .guarded(CONFIG_DEADLINE, redis::cmd("TIME").query_async(&mut conn))
+                .await?;
+            let received = chrono::Utc::now();
+            if let Some(server) = chrono::DateTime::from_timestamp(secs, (micros * 1000) as u32) {
+                exchanges.push(ClockExchange {
+                    sent,
+                    received,
+                    server,
+                });
+            }
+        }
+        let offset = estimate_offset(&exchanges);
         if let Some(offset) = offset {
             self.server_offset_micros
                 .store(offset.num_microseconds().unwrap_or(0), Ordering::Relaxed);
@@ -738,6 +750,9 @@ fn evalsha(script: &Script, keys: &[&str], args: &[&str]) -> Cmd {
         .arg(args);
     cmd
 }
+
+/// `TIME` exchanges per clock calibration (every 30 s).
+const CLOCK_EXCHANGES: usize = 5;
 
 /// Most events one usage script call carries: enough to share its fixed cost, few enough to
 /// keep one call short (Redis runs nothing else meanwhile).

@@ -226,13 +226,19 @@ async fn outages_degrade_by_fail_mode_and_recover() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The client retries the failed record with the same key: counted once.
+    // The client retries the failed record with the same key: counted once. The calls made
+    // while Redis hung or was down wrote nothing, so the first retry that gets through is not
+    // a duplicate, unless an earlier retry here wrote and only its answer came too late.
+    let mut retried_in_vain = false;
     loop {
         let retry = app.post("/v1/events/record", record("k2")).await;
         if retry.status == 200 {
-            assert_eq!(retry.body["duplicate"], false);
+            if !retried_in_vain {
+                assert_eq!(retry.body["duplicate"], false);
+            }
             break;
         }
+        retried_in_vain = true;
         assert!(recovery.elapsed() < Duration::from_secs(3), "{retry:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
