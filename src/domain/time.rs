@@ -85,14 +85,19 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    #[test]
-    fn offset_assumes_the_server_read_halfway() {
+    /// An exchange sent at a fixed instant, taking `round_trip_ms`, whose server reading is
+    /// `server_ms` after the sending.
+    fn exchange(round_trip_ms: i64, server_ms: i64) -> ClockExchange {
         let sent = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-        let exchange = |round_trip_ms, server_ms| ClockExchange {
+        ClockExchange {
             sent,
             received: sent + TimeDelta::milliseconds(round_trip_ms),
             server: sent + TimeDelta::milliseconds(server_ms),
-        };
+        }
+    }
+
+    #[test]
+    fn offset_assumes_the_server_read_halfway() {
         assert_eq!(
             estimate_offset(&[exchange(10, 1005)]),
             Some(TimeDelta::milliseconds(1000))
@@ -105,12 +110,6 @@ mod tests {
     /// quickest one decides, whatever its place in the list.
     #[test]
     fn the_quickest_exchange_decides() {
-        let sent = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-        let exchange = |round_trip_ms, server_ms| ClockExchange {
-            sent,
-            received: sent + TimeDelta::milliseconds(round_trip_ms),
-            server: sent + TimeDelta::milliseconds(server_ms),
-        };
         let exchanges = [exchange(80, 1000), exchange(2, 1001), exchange(40, 1039)];
         assert_eq!(
             estimate_offset(&exchanges),
