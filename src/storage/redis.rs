@@ -709,9 +709,9 @@ impl ConfigStore for RedisStore {
         // Usage scripts refuse to write after a deadline set on Redis's clock, so an offset
         // off by more than the deadline's last quarter would let a call the node gave up on
         // still write: a few exchanges, and the quickest decides.
+        let mut conn = self.conn();
         let mut exchanges = Vec::with_capacity(CLOCK_EXCHANGES);
         for _ in 0..CLOCK_EXCHANGES {
-            let mut conn = self.conn();
             let sent = chrono::Utc::now();
             let (secs, micros): (i64, i64) = self
                 .guarded(CONFIG_DEADLINE, redis::cmd("TIME").query_async(&mut conn))
