@@ -2,9 +2,9 @@
 --
 --   wrk -t T -c C -d 10s -s bench/quotagate.lua http://127.0.0.1:PORT -- MODE CUSTOMERS BATCH KEY
 --
--- MODE: record | check | batch | consume | health. Every request picks random customers
+-- MODE: record | check | batch | consume. Every request picks random customers
 -- c0..c<CUSTOMERS-1>; batch sends BATCH events per request; consume sends the record body to
--- POST /v1/limits/consume; health is GET /healthz (no storage call: the floor of the setup).
+-- POST /v1/limits/consume.
 -- done() prints one parseable line:
 --   BENCH_RESULT requests=.. duration_us=.. p50_us=.. p99_us=.. p999_us=.. ... errors_status=..
 -- (errors_status counts answers with a status >= 400.)
@@ -57,8 +57,6 @@ function init(args)
       requests[b] = wrk.format(nil, "/v1/events/batch", nil,
         '{"events":[' .. table.concat(events, ",") .. ']}')
     end
-  elseif mode == "health" then
-    requests[1] = wrk.format("GET", "/healthz")
   else
     error("unknown mode " .. tostring(mode))
   end

@@ -11,11 +11,11 @@
 # answers are classified from the gateway's decision counters: admitted, refused, degraded),
 # then consume and check at a quarter, half and three quarters of their saturated rate with
 # an open-loop generator (examples/open_loop.rs; GET /healthz at half of consume's rate as a
-# control), and, on the same
-# redis-server, redis-benchmark replaying verbatim the record script call, the check read and
-# the consume script call that the gateway sent for one request (captured with MONITOR). Prints a markdown
-# report to stdout and writes it to bench/results-latest.md. Everything it starts is stopped on
-# exit. A binary without POST /v1/limits/consume (404) is benchmarked without the consume rows.
+# control), and, on the same redis-server, redis-benchmark replaying verbatim the record script
+# call, the check read and the consume script call that the gateway sent for one request
+# (captured with MONITOR). Prints a markdown report to stdout and writes it to
+# bench/results-latest.md. Everything it starts is stopped on exit. A binary without
+# POST /v1/limits/consume (404) is benchmarked without the consume rows.
 #
 # BENCH_SKIP_BUILD=1 uses the existing target/release/quotagate and examples/open_loop without
 # running cargo; BENCH_BIN=/path/to/quotagate benchmarks that binary instead (only the
