@@ -10,7 +10,7 @@ use super::AppState;
 use super::auth::{Authorized, Ingest, Read};
 use super::error::ApiError;
 use super::events::{idempotency_key, replayed};
-use super::extract::{JsonBody, OptionalJsonBody, PathId};
+use super::extract::{JsonBody, NoBody, OptionalJsonBody, PathId};
 use crate::domain::balance::BalanceState;
 use crate::domain::event::NewEvent;
 use crate::domain::field::serialize_number;
@@ -249,6 +249,7 @@ pub async fn release(
     _: Authorized<Ingest>,
     State(gateway): State<AppState>,
     PathId(id): PathId,
+    _: NoBody,
 ) -> Result<Json<Reservation>, ApiError> {
     Ok(Json(gateway.release_reservation(&id).await?))
 }

@@ -17,6 +17,14 @@ pub struct JsonBody<T>(pub T);
 /// A JSON object body that may be left out entirely (treated as `{}`).
 pub struct OptionalJsonBody<T>(pub T);
 
+/// The body of a `POST` that takes no fields: absent, or `{}`. Anything else is refused as
+/// any other body would be (malformed JSON, another media type, an unknown field).
+pub struct NoBody;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
 fn is_json(parts: &axum::http::HeaderMap) -> bool {
     parts
         .get(header::CONTENT_TYPE)
@@ -80,6 +88,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T>
             return Err(ApiError::from_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
         }
         parse_json(&bytes).map(OptionalJsonBody)
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let OptionalJsonBody(NoFields {}) = OptionalJsonBody::from_request(req, state).await?;
+        Ok(NoBody)
     }
 }
 

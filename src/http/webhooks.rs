@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::auth::{Admin, Authorized, Read};
 use super::error::ApiError;
-use super::extract::{JsonBody, PathId, QueryParams};
+use super::extract::{JsonBody, NoBody, PathId, QueryParams};
 use super::{AppState, Deleted, ListBody, page_request};
 use crate::domain::time::serde_rfc3339;
 use crate::domain::webhook::{DeliveryAttempt, NewWebhook, Webhook, WebhookPatch};
@@ -154,6 +154,7 @@ pub async fn test(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
     PathId(id): PathId,
+    _: NoBody,
 ) -> Result<Json<DeliveryAttempt>, ApiError> {
     Ok(Json(gateway.test_webhook(&id).await?))
 }
@@ -199,6 +200,7 @@ pub async fn redeliver(
     _: Authorized<Admin>,
     State(gateway): State<AppState>,
     Path((id, delivery_id)): Path<(String, String)>,
+    _: NoBody,
 ) -> Result<Json<Redelivery>, ApiError> {
     let message_id = gateway.redeliver(&id, &delivery_id).await?;
     Ok(Json(Redelivery {

@@ -122,4 +122,53 @@ async fn sweep(app: TestApp) {
     assert_eq!(app.get("/v1/meters").await.body["data"], json!([]));
 }
 
-crate::every_store!(sweep);
+/// `POST`s that take no fields (release, test ping, redeliver) refuse a body as any route
+/// would, and a refused one changes nothing; no body, or `{}`, is what they take.
+async fn routes_without_fields_refuse_a_body(app: TestApp) {
+    let reservation = app
+        .post(
+            "/v1/reservations",
+            json!({"customerId": "c1", "eventType": "llm", "values": {"tokens": 5}}),
+        )
+        .await;
+    let id = reservation.assert_status(200)["reservation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let webhook = app
+        .post("/v1/webhooks", json!({"url": "http://127.0.0.1:9/hook"}))
+        .await;
+    let webhook = webhook.assert_status(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let release = format!("/v1/reservations/{id}/release");
+    let routes = [
+        release.clone(),
+        format!("/v1/webhooks/{webhook}/test"),
+        format!("/v1/webhooks/{webhook}/deliveries/dlv_1/redeliver"),
+    ];
+    for path in &routes {
+        let json = Some("application/json");
+        app.raw(Method::POST, path, json, "not json {")
+            .await
+            .assert_error(400, "invalid_request");
+        app.raw(Method::POST, path, json, "[]")
+            .await
+            .assert_error(400, "invalid_request");
+        app.raw(Method::POST, path, json, r#"{"foo": 1}"#)
+            .await
+            .assert_field_error("invalid_field_value", "foo");
+        app.raw(Method::POST, path, Some("text/plain"), "hello")
+            .await
+            .assert_error(415, "unsupported_media_type");
+    }
+    let held = app.get(&format!("/v1/reservations/{id}")).await;
+    assert_eq!(held.assert_status(200)["status"], "held");
+    let released = app.raw(Method::POST, &release, None, "").await;
+    assert_eq!(released.assert_status(200)["status"], "released");
+    let again = app.post(&release, json!({})).await;
+    assert_eq!(again.assert_status(200)["status"], "released");
+}
+
+crate::every_store!(sweep, routes_without_fields_refuse_a_body);
