@@ -61,7 +61,7 @@ pub async fn create(
     path = "/v1/api-keys",
     tag = "api keys",
     summary = "List API keys",
-    params(("limit" = Option<u32>, Query, description = "1-100, default 50"), ("cursor" = Option<String>, Query, description = "from nextCursor")),
+    params(crate::http::PageParams),
     responses((status = 200, body = ListBody<ApiKeyView>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]

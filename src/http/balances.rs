@@ -199,7 +199,7 @@ pub async fn check(
     path = "/v1/balances/{id}/transactions",
     tag = "balances",
     summary = "A balance's transactions, newest first",
-    params(("id" = String, Path, description = "balance ID"), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    params(("id" = String, Path, description = "balance ID"), crate::http::PageParams),
     responses((status = 200, body = ListBody<Transaction>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]

@@ -51,7 +51,7 @@ pub async fn get(
     path = "/v1/customers",
     tag = "customers",
     summary = "List customers",
-    params(("limit" = Option<u32>, Query, description = "1-100, default 50"), ("cursor" = Option<String>, Query, description = "from nextCursor")),
+    params(crate::http::PageParams),
     responses((status = 200, body = ListBody<Customer>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]

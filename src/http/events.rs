@@ -117,7 +117,7 @@ pub async fn batch(
     path = "/v1/events",
     tag = "events",
     summary = "A customer's events, newest first",
-    params(("customerId" = String, Query), ("eventType" = Option<String>, Query), ("startDate" = Option<String>, Query), ("endDate" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    params(("customerId" = String, Query), ("eventType" = Option<String>, Query), ("startDate" = Option<String>, Query), ("endDate" = Option<String>, Query), crate::http::PageParams),
     responses((status = 200, body = ListBody<Event>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]

@@ -56,7 +56,7 @@ pub async fn get(
     path = "/v1/limits",
     tag = "limits",
     summary = "List limits",
-    params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("customerId" = Option<String>, Query, description = "a customer's own limits; `default` for the default limits"), ("meterId" = Option<String>, Query)),
+    params(crate::http::PageParams, ("customerId" = Option<String>, Query, description = "a customer's own limits; `default` for the default limits"), ("meterId" = Option<String>, Query)),
     responses((status = 200, body = ListBody<Limit>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]

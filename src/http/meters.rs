@@ -52,7 +52,7 @@ pub async fn get(
     path = "/v1/meters",
     tag = "meters",
     summary = "List meters",
-    params(("limit" = Option<u32>, Query, description = "1-100, default 50"), ("cursor" = Option<String>, Query, description = "from nextCursor")),
+    params(crate::http::PageParams),
     responses((status = 200, body = ListBody<Meter>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]

@@ -24,7 +24,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
 use serde::Serialize;
 
 use crate::service::Gateway;
@@ -96,6 +95,13 @@ pub fn api_routes(gateway: &AppState) -> (Router<AppState>, utoipa::openapi::Ope
             std::sync::Arc::clone(gateway),
             idempotency::replay_answers,
         ));
+    let served_document = health::ServedDocument::default();
+    let operations = OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(health::openapi))
+        .route_layer(axum::Extension(std::sync::Arc::clone(&served_document)));
     let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(customers::get, customers::put, customers::delete))
         .routes(routes!(meters::get, meters::update, meters::delete))
@@ -119,8 +125,11 @@ pub fn api_routes(gateway: &AppState) -> (Router<AppState>, utoipa::openapi::Ope
         .routes(routes!(balances::check))
         .routes(routes!(balances::transactions))
         .merge(replayed)
+        .merge(operations)
         .split_for_parts();
     name_operations(&mut document);
+    // A fresh cell, so it is empty.
+    let _ = served_document.set(document.clone());
     (router, document)
 }
 
@@ -161,18 +170,7 @@ pub fn build_router(
     crate::telemetry::prometheus();
     let (api, document) = api_routes(&gateway);
     let query_check = query::QueryCheckLayer::new(&document);
-    let document = std::sync::Arc::new(document);
-    api.route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route(
-            "/v1/openapi.json",
-            get(move |_: auth::Authorized<auth::Read>| {
-                let document = std::sync::Arc::clone(&document);
-                async move { json::Json((*document).clone()) }
-            }),
-        )
-        .fallback(not_found)
+    api.fallback(not_found)
         // One layer call: each wraps every route once more (a boxed service and future per
         // request).
         .layer(
@@ -233,6 +231,19 @@ impl Deleted {
             deleted: true,
         }
     }
+}
+
+/// The query parameters of every list (API.md §0), as the OpenAPI document shows them;
+/// [`page_request`] reads them.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct PageParams {
+    /// Items per page, 1–100, default 50.
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// The previous page's `nextCursor`.
+    cursor: Option<String>,
 }
 
 /// Reads `limit` and `cursor` from the query.

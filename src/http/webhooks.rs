@@ -66,7 +66,7 @@ pub async fn create(
     path = "/v1/webhooks",
     tag = "webhooks",
     summary = "List webhook endpoints",
-    params(("limit" = Option<u32>, Query, description = "1-100, default 50"), ("cursor" = Option<String>, Query, description = "from nextCursor")),
+    params(crate::http::PageParams),
     responses((status = 200, body = ListBody<WebhookView>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]
@@ -164,7 +164,7 @@ pub async fn test(
     path = "/v1/webhooks/{id}/deliveries",
     tag = "webhooks",
     summary = "Delivery attempts, newest first",
-    params(("id" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    params(("id" = String, Path), crate::http::PageParams),
     responses((status = 200, body = ListBody<DeliveryAttempt>), (status = "default", description = "Error envelope", body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = []))
 )]

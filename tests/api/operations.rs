@@ -213,6 +213,10 @@ const CONTRACT: &[(&str, &str)] = &[
     ("post", "/v1/balances/debit"),
     ("post", "/v1/balances/check"),
     ("get", "/v1/balances/{id}/transactions"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/v1/openapi.json"),
 ];
 
 /// `POST`s that take no `Idempotency-Key`: the read-only ones, and creating an API key,
@@ -267,6 +271,18 @@ async fn openapi_document_matches_the_contract_and_the_router() {
         "operationIds are unique: {operation_ids:?}"
     );
     assert!(operation_ids.contains(&"balances_check".to_string()));
+    // Every list takes `limit` within the contract's range.
+    let customers = &document["paths"]["/v1/customers"]["get"]["parameters"];
+    let limit = customers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap();
+    assert_eq!(
+        (&limit["schema"]["minimum"], &limit["schema"]["maximum"]),
+        (&json!(1), &json!(100))
+    );
     let mut expected: Vec<(String, String)> = CONTRACT
         .iter()
         .chain(EXTENSIONS)
@@ -280,6 +296,10 @@ async fn openapi_document_matches_the_contract_and_the_router() {
     );
     // Every documented operation is served by the router (not the fallback, not 405).
     for (method, path) in &documented {
+        if path == "/metrics" {
+            assert_eq!(app.get_text(path).await.0, 200);
+            continue;
+        }
         let concrete = path.replace("{id}", "x1").replace("{delivery_id}", "x2");
         let body = matches!(method.as_str(), "post" | "put").then(|| json!({}));
         let response = app
