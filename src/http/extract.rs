@@ -172,7 +172,7 @@ fn quoted_after<'a>(message: &'a str, marker: &str) -> Option<&'a str> {
 }
 
 /// Query parameters, read one by one; any parameter left unread is rejected, so a typo
-/// never passes silently.
+/// never passes silently, and so is one given twice (which of the two would count?).
 pub struct QueryParams(Vec<(String, String)>);
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
@@ -180,7 +180,16 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let raw = parts.uri.query().unwrap_or("");
-        serde_urlencoded_pairs(raw).map(QueryParams)
+        let pairs = serde_urlencoded_pairs(raw)?;
+        for (index, (name, _)) in pairs.iter().enumerate() {
+            if pairs[..index].iter().any(|(earlier, _)| earlier == name) {
+                return Err(ApiError::field(FieldError::invalid(
+                    name.clone(),
+                    "is given more than once",
+                )));
+            }
+        }
+        Ok(QueryParams(pairs))
     }
 }
 

@@ -270,6 +270,18 @@ async fn bad_customer_input(app: TestApp) {
     app.get("/v1/customers?sort=asc")
         .await
         .assert_field_error("invalid_field_value", "sort");
+    let twice = app.get("/v1/customers?limit=1&limit=2").await;
+    twice.assert_field_error("invalid_field_value", "limit");
+    assert!(
+        twice.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than once"),
+        "{twice:?}"
+    );
+    app.get("/healthz?probe=1")
+        .await
+        .assert_field_error("invalid_field_value", "probe");
     // Routes that take no query refuse one too, before doing anything.
     app.put("/v1/customers/q?dryRun=1", json!({"name": "Q"}))
         .await
