@@ -98,14 +98,16 @@ impl IdempotencyKey {
 }
 
 /// An idempotency key, whether it comes as the `Idempotency-Key` header or an event's
-/// `idempotencyKey`: the two are one key, so both take only what a header can carry, 1 to 256
-/// visible ASCII characters (spaces and tabs included).
+/// `idempotencyKey`: the two are one key, so both take only what a header carries as it was
+/// sent, 1 to 256 printable ASCII characters: spaces and tabs inside it, never at its ends
+/// (HTTP drops those from a header).
 pub fn check_idempotency_key(field: &str, key: &str) -> Result<(), FieldError> {
-    let visible = |c: char| c == '\t' || (' '..='~').contains(&c);
-    if key.is_empty() || key.len() > 256 || !key.chars().all(visible) {
+    let printable = |c: char| c == '\t' || (' '..='~').contains(&c);
+    let padded = key.starts_with([' ', '\t']) || key.ends_with([' ', '\t']);
+    if key.is_empty() || key.len() > 256 || !key.chars().all(printable) || padded {
         return Err(FieldError::invalid(
             field,
-            "must be 1 to 256 visible ASCII characters",
+            "must be 1 to 256 printable ASCII characters, with no space or tab at either end",
         ));
     }
     Ok(())
@@ -303,7 +305,15 @@ mod tests {
                 "{key}"
             );
         }
-        for key in ["", "clé", "new\nline", &"x".repeat(257)] {
+        for key in [
+            "",
+            "clé",
+            "new\nline",
+            &"x".repeat(257),
+            "ab ",
+            " ab",
+            "\tab",
+        ] {
             let error = check_idempotency_key("idempotencyKey", key).unwrap_err();
             assert_eq!(error.field(), "idempotencyKey", "{key}");
         }

@@ -23,7 +23,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     match headers.get(&IDEMPOTENCY_KEY) {
         None => Ok(None),
         Some(value) => {
-            // A header that is not visible ASCII reads as empty, which the check refuses.
+            // A header that is not ASCII reads as empty, which the check refuses.
             let key = value.to_str().unwrap_or_default();
             check_idempotency_key("Idempotency-Key", key)?;
             Ok(Some(key))

@@ -23,7 +23,7 @@ use crate::service::replay::Replay;
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
 pub struct IdempotencyKeyHeader {
-    /// 1 to 256 visible ASCII characters. A repeat with the same key within 24 h changes
+    /// 1 to 256 printable ASCII characters. A repeat with the same key within 24 h changes
     /// nothing and answers the first answer's IDs with `Idempotent-Replayed: true`.
     #[param(rename = "Idempotency-Key")]
     #[allow(dead_code)]
