@@ -135,7 +135,7 @@ fn classify(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
             strip_position(&inner.to_string())
         ));
     }
-    let message = strip_position(&inner.to_string());
+    let message = in_json_terms(&strip_position(&inner.to_string()));
     let at_root = path == "." || path.is_empty();
     if at_root && message.starts_with("invalid type") {
         return ApiError::invalid_request("the request body must be a JSON object");
@@ -157,6 +157,25 @@ fn classify(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     }
     let field = if at_root { "body".to_string() } else { path };
     ApiError::field(FieldError::invalid(field, message))
+}
+
+/// serde names what it expected in Rust's terms (`f64`, `struct NewEvent`); the caller wrote
+/// JSON.
+fn in_json_terms(message: &str) -> String {
+    let Some((head, expected)) = message.rsplit_once("expected ") else {
+        return message.to_string();
+    };
+    let plain = match expected {
+        "f32" | "f64" => "a number",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer",
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer",
+        "a sequence" => "an array",
+        "a map" => "an object",
+        "a borrowed string" | "a char" => "a string",
+        other if other.starts_with("struct ") || other.starts_with("map ") => "an object",
+        other => other,
+    };
+    format!("{head}expected {plain}")
 }
 
 fn strip_position(message: &str) -> String {
@@ -280,6 +299,26 @@ mod tests {
         assert!(message.starts_with("`inner.count`"), "{message}");
         let (_, message) = error_of(r#"{"name":"a","inner":{"count":1,"x":2}}"#);
         assert!(message.starts_with("`inner.x` is not"), "{message}");
+        // Expectations in JSON's terms, not Rust's.
+        let (_, message) = error_of(r#"{"name":"a","inner":{"count":"x"}}"#);
+        assert!(
+            message.ends_with("expected a non-negative integer"),
+            "{message}"
+        );
+        let (_, message) = error_of(r#"{"name":"a","inner":5}"#);
+        assert!(message.ends_with("expected an object"), "{message}");
+        assert_eq!(
+            in_json_terms("invalid type: string \"x\", expected f64"),
+            "invalid type: string \"x\", expected a number"
+        );
+        assert_eq!(
+            in_json_terms("invalid type: map, expected a sequence"),
+            "invalid type: map, expected an array"
+        );
+        assert_eq!(
+            in_json_terms("unknown variant `x`, expected one of `a`, `b`"),
+            "unknown variant `x`, expected one of `a`, `b`"
+        );
         let (code, message) = error_of(r#"{"name":"a","inner":{}}"#);
         assert_eq!(code, "missing_required_field");
         assert!(message.starts_with("`inner.count`"), "{message}");
