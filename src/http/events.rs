@@ -149,6 +149,11 @@ pub async fn list(
     };
     let start = date("startDate", query.take("startDate"))?;
     let end = date("endDate", query.take("endDate"))?;
+    if let (Some(start), Some(end)) = (start, end)
+        && end <= start
+    {
+        return Err(FieldError::invalid("endDate", "must be after startDate").into());
+    }
     let event_type = query.take("eventType");
     query.finish()?;
     let filters = EventListQuery {

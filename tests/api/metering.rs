@@ -872,6 +872,10 @@ async fn bad_metering_input(app: TestApp) {
     app.get("/v1/events?customerId=b&startDate=x")
         .await
         .assert_field_error("invalid_field_value", "startDate");
+    // A reversed range is refused, as meter queries refuse one.
+    app.get("/v1/events?customerId=b&startDate=2026-12-07T12:00:00Z&endDate=2026-12-07T11:00:00Z")
+        .await
+        .assert_field_error("invalid_field_value", "endDate");
     app.get("/v1/events?customerId=b&limit=500")
         .await
         .assert_field_error("invalid_field_value", "limit");
