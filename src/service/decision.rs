@@ -701,7 +701,9 @@ impl Gateway {
                 "only a held reservation can be extended".into(),
             ));
         }
-        let expires_at = now + TimeDelta::seconds(ttl);
+        // Extending never shortens: a caller asking for a minute more of a hold that has five
+        // left keeps the five.
+        let expires_at = (now + TimeDelta::seconds(ttl)).max(doc.reservation.expires_at);
         doc.reservation.expires_at = expires_at;
         let expires_ms = expires_at.timestamp_millis();
         let holds: Vec<_> = doc

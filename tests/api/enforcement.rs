@@ -278,6 +278,17 @@ async fn reservation_lifecycle(app: TestApp) {
     assert!(
         extended.body["expiresAt"].as_str().unwrap() > reservation["expiresAt"].as_str().unwrap()
     );
+    // Extending never shortens a hold.
+    let again = app
+        .post(
+            &format!("/v1/reservations/{rsv}/extend"),
+            json!({"ttlSeconds": 60}),
+        )
+        .await;
+    assert_eq!(
+        again.assert_status(200)["expiresAt"],
+        extended.body["expiresAt"]
+    );
 
     let committed = app
         .post(
