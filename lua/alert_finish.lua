@@ -2,7 +2,7 @@
 --
 -- KEYS[1]   the delivery schedule (sorted set)
 -- KEYS[2]   attempts per delivery (hash)
--- KEYS[3]   consecutive failures per endpoint (hash)
+-- KEYS[3]   failed deliveries in a row per endpoint (hash)
 -- KEYS[4]   the endpoint's attempt log (sorted set, scores 0, members "<attemptId>:<json>")
 -- KEYS[5]   per delivery, the attempt log member its retry follows (hash)
 -- ARGV[1]   delivery member ("<messageId> <endpointId>")
@@ -12,7 +12,9 @@
 -- ARGV[5]   retry: next attempt (unix ms)
 -- ARGV[6]   "attempts:first_attempt_ms" after this attempt
 -- ARGV[7]   how many attempts the log keeps
--- Returns the endpoint's consecutive failures after this attempt.
+-- ARGV[8]   '1' when this is the delivery's first attempt: a failed delivery counts once
+--           toward the endpoint's failures in a row, however often it is retried
+-- Returns the endpoint's failed deliveries in a row after this attempt.
 
 -- The attempt this one retries was logged pending while this one was due: it failed.
 local retried = redis.call('HGET', KEYS[5], ARGV[1])
@@ -42,4 +44,7 @@ else
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
-return redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+if ARGV[8] == '1' then
+  return redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+end
+return tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')

@@ -14,7 +14,8 @@ use super::time::serde_rfc3339;
 
 pub const SECRET_PREFIX: &str = "whsec_";
 pub const EVENT_TYPES: [&str; 3] = ["limit.threshold_reached", "limit.exceeded", "ping"];
-/// Consecutive failed deliveries after which an endpoint is disabled.
+/// Failed deliveries in a row (messages, each counted once however often it is retried) after
+/// which an endpoint is disabled.
 pub const DISABLE_AFTER_FAILURES: u32 = 20;
 /// How long a message is retried before it is marked failed.
 pub const RETRY_FOR_MS: i64 = 24 * 3600 * 1000;

@@ -23,6 +23,14 @@ pub struct Claim {
     pub first_attempt_ms: i64,
 }
 
+impl Claim {
+    /// A delivery that fails counts once toward disabling its endpoint, at its first attempt:
+    /// retries of a message the endpoint cannot take are not more failed deliveries.
+    pub fn is_first_attempt(&self) -> bool {
+        self.attempts == 0
+    }
+}
+
 /// How an attempt ended, for the schedule.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptEnd {
@@ -76,7 +84,8 @@ pub trait AlertStore: Send + Sync + 'static {
 
     /// Records an attempt (JSON, ID `attempt_id`) in the endpoint's log and moves the delivery
     /// on; the delivery's previous attempt, logged `pending` while this one was due, is
-    /// rewritten `failed` ([`superseded`]). Returns the endpoint's consecutive failures after it.
+    /// rewritten `failed` ([`superseded`]). Returns the endpoint's failed deliveries in a row after
+    /// it (a success resets them; a retry does not add one, see [`Claim::is_first_attempt`]).
     async fn finish_attempt(
         &self,
         claim: &Claim,

@@ -72,7 +72,7 @@ impl Keys {
         format!("{}:{{wh}}:retried", self.prefix)
     }
 
-    /// Consecutive failures per endpoint.
+    /// Failed deliveries in a row per endpoint.
     pub fn webhook_failures(&self) -> String {
         format!("{}:{{wh}}:failures", self.prefix)
     }

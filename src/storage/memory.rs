@@ -1287,7 +1287,9 @@ impl AlertStore for MemoryStore {
             .failures
             .entry(claim.endpoint_id.clone())
             .or_default();
-        *failures += 1;
+        if claim.is_first_attempt() {
+            *failures += 1;
+        }
         Ok(*failures)
     }
 

@@ -1414,6 +1414,7 @@ impl AlertStore for RedisStore {
             retry_at.to_string(),
             format!("{}:{}", claim.attempts + 1, claim.first_attempt_ms),
             ATTEMPT_LOG_LEN.to_string(),
+            if claim.is_first_attempt() { "1" } else { "0" }.to_string(),
         ];
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -147,6 +147,7 @@ every_store!(
     thresholds_fire_once_per_window_signed,
     failed_deliveries_retry_with_the_same_id,
     endpoints_disable_after_twenty_failures,
+    retries_count_once_toward_disabling,
     redeliver_sends_the_message_again,
     the_sweep_delivers_what_a_dead_node_left,
 );
@@ -484,6 +485,61 @@ async fn endpoints_disable_after_twenty_failures(app: TestApp) {
         ))
         .await;
     assert_eq!(next.body["data"].as_array().unwrap().len(), 16);
+}
+
+/// An endpoint is disabled after 20 failed *deliveries* (a message to it) in a row: a message
+/// retried over and over while the receiver is down counts once, so a short outage during a
+/// burst of alerts does not disable it.
+async fn retries_count_once_toward_disabling(app: TestApp) {
+    let receiver = Receiver::start().await;
+    receiver.always_answer(503);
+    let (id, _) = webhook(&app, &receiver.url).await;
+    let meter = app.tokens_meter().await;
+    app.post(
+        "/v1/limits",
+        json!({"name": "d", "meterId": meter, "limitValue": 10, "period": "day", "alertThresholds": [50]}),
+    )
+    .await
+    .assert_status(201);
+    // Two messages: 50% reached, and exceeded.
+    app.post(
+        "/v1/events/record",
+        json!({"customerId": "down", "eventType": "llm", "values": {"tokens": 10}}),
+    )
+    .await
+    .assert_status(200);
+    let wait = Duration::from_secs(10);
+    receiver.wait_for(2, wait).await;
+    // Ten retries of each (the clock moves past each delay; nobody sleeps): 22 failed attempts.
+    let delays = [5, 30, 120, 600, 1800, 3600, 7200, 7200, 7200, 7200];
+    for (step, delay) in delays.into_iter().enumerate() {
+        app.gateway.clock().shift(TimeDelta::seconds(delay + 1));
+        receiver.wait_for(2 * (step + 2), wait).await;
+    }
+    let started = Instant::now();
+    while app
+        .get(&format!("/v1/webhooks/{id}/deliveries?limit=100"))
+        .await
+        .body["data"]
+        .as_array()
+        .unwrap()
+        .len()
+        < 22
+    {
+        assert!(started.elapsed() < wait, "22 attempts logged");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let path = format!("/v1/webhooks/{id}");
+    let enabled = app.get(&path).await.body["enabled"].clone();
+    assert_eq!(enabled, json!(true), "22 attempts, 2 deliveries");
+    // Each new delivery that fails counts: 18 more make 20.
+    for n in 1..=18 {
+        app.post(&format!("/v1/webhooks/{id}/test"), json!({}))
+            .await
+            .assert_status(200);
+        let enabled = app.get(&path).await.body["enabled"].clone();
+        assert_eq!(enabled, json!(n < 18), "after {} deliveries", n + 2);
+    }
 }
 
 async fn redeliver_sends_the_message_again(app: TestApp) {
