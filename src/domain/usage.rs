@@ -244,14 +244,16 @@ pub struct EventPlan {
     pub balances: Vec<(Arc<Balance>, usize)>,
 }
 
-/// What one event changes. `meters` are ordered by ID; `balances` are the customer's
-/// (those with a meter are debited).
+/// What one event changes at `now`. `meters` are ordered by ID; `balances` are the
+/// customer's (those with a meter are debited). A backdated event does not count toward a
+/// window no longer retained at `now`: its counter is gone, and nothing would keep a new one.
 pub fn plan_event(
     event: &Event,
     meters: &[Arc<Meter>],
     limits: &[ResolvedLimit],
     balances: &[Arc<Balance>],
     calendar: CustomerCalendar,
+    now: DateTime<Utc>,
 ) -> EventPlan {
     let mut counters: Vec<CounterWrite> = Vec::new();
     let mut counted = Vec::new();
@@ -260,6 +262,9 @@ pub fn plan_event(
             continue;
         };
         let window = calendar.window(limit.limit.period, event.timestamp);
+        if window.is_some_and(|window| window.retain_until() <= now) {
+            continue;
+        }
         let counter = limit.counter(window);
         let index = match counters.iter().position(|c| c.counter == counter) {
             Some(index) => index,
@@ -562,6 +567,7 @@ mod tests {
             &[a, b, gpt4],
             &[],
             utc_calendar(),
+            e.timestamp,
         );
         assert_eq!(plan.counters.len(), 1);
         assert_eq!(
@@ -592,6 +598,41 @@ mod tests {
                 .unwrap()
                 .timestamp()
         );
+    }
+
+    #[test]
+    fn a_backdated_event_skips_windows_no_longer_retained() {
+        let m = meter(
+            "m",
+            json!({"name": "m", "aggregation": "sum", "field": "values.tokens"}),
+        );
+        let day = limit("d", &m, json!({"limitValue": 100, "period": "day"}));
+        let month = limit("mo", &m, json!({"limitValue": 100, "period": "month"}));
+        // 2026-11-21T12:00Z; its day window is kept until 2026-11-23T00:00Z.
+        let e = event(json!({"customerId": "c", "eventType": "llm", "values": {"tokens": 3}}));
+        let plan_at = |now: DateTime<Utc>| {
+            plan_event(
+                &e,
+                std::slice::from_ref(&m),
+                &[day.clone(), month.clone()],
+                &[],
+                utc_calendar(),
+                now,
+            )
+        };
+        let kept_until = Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap();
+        let ids = |plan: &EventPlan| -> Vec<String> {
+            plan.limits
+                .iter()
+                .map(|(l, _, _)| l.limit.id.clone())
+                .collect()
+        };
+        let before = plan_at(kept_until - chrono::TimeDelta::milliseconds(1));
+        assert_eq!(ids(&before), ["d", "mo"]);
+        let after = plan_at(kept_until);
+        assert_eq!(ids(&after), ["mo"], "the day's counter is gone");
+        assert_eq!(after.counters.len(), 1);
+        assert_eq!(after.rollups.len(), 1, "meter queries still see it");
     }
 
     #[test]
@@ -637,6 +678,7 @@ mod tests {
             &[],
             &[by_tokens, by_calls, gpt4_only, unmetered, Arc::new(on_peak)],
             utc_calendar(),
+            e.timestamp,
         );
         let debits: Vec<(String, CounterOp, Option<i64>)> = plan
             .balances

@@ -305,12 +305,12 @@ impl Gateway {
         let (calendar, unknown) = match self.calendar_of(&customer_id, now).await {
             Ok(found) => found,
             Err(error) if is_outage(&error) => {
-                let plan = self.plan(event, self.default_calendar(now));
+                let plan = self.plan(event, self.default_calendar(now), now);
                 return Ok(Err(Decision::degraded(customer_id, &plan_windows(&plan))));
             }
             Err(error) => return Err(error),
         };
-        let plan = self.plan(event, calendar);
+        let plan = self.plan(event, calendar, now);
         let degraded = |error: &ServiceError| {
             tracing::warn!(%error, "decision degraded");
             Decision::degraded(customer_id.clone(), &plan_windows(&plan))
@@ -649,7 +649,7 @@ impl Gateway {
             now,
         )?;
         let (calendar, _) = self.calendar_of(&reservation.customer_id, now).await?;
-        let plan = self.plan(&event, calendar);
+        let plan = self.plan(&event, calendar, now);
         self.current_states(&reservation.customer_id, &plan, now)
             .await
     }

@@ -200,7 +200,12 @@ impl Gateway {
         Ok(())
     }
 
-    pub(super) fn plan(&self, event: &Event, calendar: CustomerCalendar) -> EventPlan {
+    pub(super) fn plan(
+        &self,
+        event: &Event,
+        calendar: CustomerCalendar,
+        now: DateTime<Utc>,
+    ) -> EventPlan {
         let governing = self.cache.governing(&event.customer_id);
         plan_event(
             event,
@@ -208,6 +213,7 @@ impl Gateway {
             &governing.limits,
             &governing.balances,
             calendar,
+            now,
         )
     }
 
@@ -252,7 +258,7 @@ impl Gateway {
         let (calendar, unknown) = self.calendar_of(&event.customer_id, now).await?;
         self.create_implicitly(unknown.into_iter().collect())
             .await?;
-        let plan = self.plan(&event, calendar);
+        let plan = self.plan(&event, calendar, now);
         let recorded = match self.write_one(&event, &plan, &Mode::Record, now).await? {
             RecordOutcome::Written { after, alerts, .. } => {
                 if alerts > 0 {
@@ -335,7 +341,7 @@ impl Gateway {
         self.create_implicitly(unknown).await?;
         let plans: Vec<EventPlan> = events
             .iter()
-            .map(|e| self.plan(e, calendars[&e.customer_id]))
+            .map(|e| self.plan(e, calendars[&e.customer_id], now))
             .collect();
         let writes: Vec<EventWrite<'_>> = events
             .iter()
