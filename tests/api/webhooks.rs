@@ -508,27 +508,27 @@ async fn retries_count_once_toward_disabling(app: TestApp) {
     )
     .await
     .assert_status(200);
-    let wait = Duration::from_secs(10);
-    receiver.wait_for(2, wait).await;
+    // Each attempt is awaited until it is logged, hence rescheduled, before the clock moves on:
+    // a retry scheduled after the move would be due a whole delay later.
+    let attempts_logged = |n: usize| {
+        let app = &app;
+        let path = format!("/v1/webhooks/{id}/deliveries?limit=100");
+        async move {
+            let started = Instant::now();
+            while app.get(&path).await.body["data"].as_array().unwrap().len() < n {
+                assert!(started.elapsed() < Duration::from_secs(10), "{n} attempts");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    };
+    attempts_logged(2).await;
     // Ten retries of each (the clock moves past each delay; nobody sleeps): 22 failed attempts.
     let delays = [5, 30, 120, 600, 1800, 3600, 7200, 7200, 7200, 7200];
     for (step, delay) in delays.into_iter().enumerate() {
         app.gateway.clock().shift(TimeDelta::seconds(delay + 1));
-        receiver.wait_for(2 * (step + 2), wait).await;
+        attempts_logged(2 * (step + 2)).await;
     }
-    let started = Instant::now();
-    while app
-        .get(&format!("/v1/webhooks/{id}/deliveries?limit=100"))
-        .await
-        .body["data"]
-        .as_array()
-        .unwrap()
-        .len()
-        < 22
-    {
-        assert!(started.elapsed() < wait, "22 attempts logged");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    assert_eq!(receiver.seen().len(), 22);
     let path = format!("/v1/webhooks/{id}");
     let enabled = app.get(&path).await.body["enabled"].clone();
     assert_eq!(enabled, json!(true), "22 attempts, 2 deliveries");
