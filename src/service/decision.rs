@@ -546,14 +546,21 @@ impl Gateway {
         let loaded = self.load_reservation(id).await?;
         let now = self.clock.now();
         let customer = loaded.reservation.customer_id.clone();
+        let values = input
+            .values
+            .unwrap_or_else(|| loaded.reservation.values.clone());
+        let new_event = loaded.reservation.event_input(values.clone());
+        let event = Event::validate(String::new(), new_event, None, now);
         // The commit is claimed before its event is counted, so a release that comes between
         // the counting and the hold's end is refused instead of both succeeding. A commit that
-        // began before (and whose node may have died) is carried on with its event ID.
+        // began before (and whose node may have died) is carried on with its event ID. Its
+        // values are checked before the claim: a rejected commit changes nothing.
         let (status, event_id) = match (loaded.status.as_str(), loaded.event_id) {
             (ended @ ("committed" | "released"), event_id) => {
                 (ended.to_string(), event_id.unwrap_or_default())
             }
             (_, event_id) => {
+                event.as_ref().map_err(|error| error.clone())?;
                 let event_id = event_id.unwrap_or_else(|| self.new_id(IdKind::Event));
                 self.store
                     .finish_reservation(
@@ -582,9 +589,8 @@ impl Gateway {
             _ => {}
         }
         let mut reservation = loaded.reservation;
-        let values = input.values.unwrap_or_else(|| reservation.values.clone());
-        let new_event = reservation.event_input(values.clone());
-        let mut event = Event::validate(event_id, new_event, None, now)?;
+        let mut event = event?;
+        event.id = event_id;
         event.idempotency_key = Some(IdempotencyKey::Commit {
             reservation_id: id.to_string(),
         });

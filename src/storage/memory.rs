@@ -806,8 +806,10 @@ impl UsageStore for MemoryStore {
         }
         record.insert("status".into(), status.into());
         record.insert("eventId".into(), event_id.into());
-        if let Some(entry) = usage.entries.get_mut(&key) {
-            entry.expire_at_ms = Some(now + RESERVATION_AFTERLIFE_MS);
+        for kept in [key, self.keys.reservation_owner(id)] {
+            if let Some(entry) = usage.entries.get_mut(&kept) {
+                entry.expire_at_ms = Some(now + RESERVATION_AFTERLIFE_MS);
+            }
         }
         let holds_key = self.keys.holds(customer);
         for counter in counters {
@@ -837,10 +839,17 @@ impl UsageStore for MemoryStore {
             return Ok(false);
         }
         record.insert("doc".into(), doc.into());
-        if let Some(entry) = usage.entries.get_mut(&key) {
-            entry.expire_at_ms = Some(expires_at_ms + RESERVATION_AFTERLIFE_MS);
+        for kept in [key, self.keys.reservation_owner(id)] {
+            if let Some(entry) = usage.entries.get_mut(&kept) {
+                entry.expire_at_ms = Some(expires_at_ms + RESERVATION_AFTERLIFE_MS);
+            }
         }
         let holds_key = self.keys.holds(customer);
+        // As lua/reservation_extend.lua: no hold outlives the longest reservation from its
+        // last change.
+        if let Some(entry) = usage.entries.get_mut(&holds_key) {
+            entry.expire_at_ms = Some(now + HOLDS_TTL_MS);
+        }
         for (counter, hold_expires) in holds {
             let field = Keys::hold_field(&self.keys.counter(customer, counter), id);
             if let Some(entries) = usage.live_hash(&holds_key, now)

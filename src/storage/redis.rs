@@ -297,6 +297,22 @@ impl RedisStore {
         result
     }
 
+    /// The owner pointer lives as long as the record it points to (a separate key: the record
+    /// is in its customer's slot, the pointer is found by the reservation ID alone).
+    async fn keep_owner(&self, id: &str, ttl_ms: i64) -> StoreResult<()> {
+        let refresh = redis::cmd("PEXPIRE")
+            .arg(self.keys.reservation_owner(id))
+            .arg(ttl_ms)
+            .to_owned();
+        for answer in self
+            .concurrently(CONFIG_DEADLINE, std::iter::once(&refresh))
+            .await?
+        {
+            answer.map_err(store_error)?;
+        }
+        Ok(())
+    }
+
     pub fn with_retention(mut self, retention: Retention) -> RedisStore {
         self.retention = retention;
         self
@@ -1106,11 +1122,18 @@ impl UsageStore for RedisStore {
             }
             _ => return Err(StoreError::Internal("unexpected reservation answer".into())),
         };
-        Ok(match values.as_slice() {
+        let ended = match values.as_slice() {
             [status, _] if status == "missing" => None,
             [status, event] => Some((status.clone(), event.clone())),
             _ => return Err(StoreError::Internal("unexpected reservation answer".into())),
-        })
+        };
+        if ended
+            .as_ref()
+            .is_some_and(|(status, _)| status == "committed" || status == "released")
+        {
+            self.keep_owner(id, RESERVATION_AFTERLIFE_MS).await?;
+        }
+        Ok(ended)
     }
 
     async fn extend_reservation(
@@ -1126,7 +1149,8 @@ impl UsageStore for RedisStore {
             self.keys.holds(customer),
         ];
         let now = chrono::Utc::now().timestamp_millis();
-        let ttl = ((expires_at_ms - now).max(1) + RESERVATION_AFTERLIFE_MS).to_string();
+        let ttl_ms = (expires_at_ms - now).max(1) + RESERVATION_AFTERLIFE_MS;
+        let ttl = ttl_ms.to_string();
         let pairs: Vec<String> = holds
             .iter()
             .flat_map(|(c, expires)| [self.keys.counter(customer, c), expires.to_string()])
@@ -1139,7 +1163,11 @@ impl UsageStore for RedisStore {
             .eval_many(&self.reservation_extend, &[call], CONFIG_DEADLINE)
             .await?
             .pop();
-        Ok(matches!(answer, Some(Value::Int(1))))
+        let extended = matches!(answer, Some(Value::Int(1)));
+        if extended {
+            self.keep_owner(id, ttl_ms).await?;
+        }
+        Ok(extended)
     }
 
     async fn read_rollups(

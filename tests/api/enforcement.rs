@@ -550,6 +550,22 @@ async fn reservation_refusals_and_conflicts(app: TestApp) {
         40,
         "sum limits hold, max limits hold nothing"
     );
+    // A commit with bad values is rejected and changes nothing: the hold can still be
+    // released.
+    let rsv = fits.body["reservation"]["id"].as_str().unwrap();
+    app.post(
+        &format!("/v1/reservations/{rsv}/commit"),
+        json!({"values": {"bad-key": 5}}),
+    )
+    .await
+    .assert_field_error("invalid_field_value", "values.bad-key");
+    let fetched = app.get(&format!("/v1/reservations/{rsv}")).await;
+    assert_eq!(fetched.assert_status(200)["status"], "held");
+    let released = app
+        .post(&format!("/v1/reservations/{rsv}/release"), json!({}))
+        .await;
+    assert_eq!(released.assert_status(200)["status"], "released");
+    assert_eq!(used(&app, "ref", &id).await, (json!(0), json!(0)));
 }
 
 /// A commit claims its reservation before it counts the event, so a release that comes while
@@ -723,4 +739,53 @@ async fn a_single_hold_is_capped_to_a_share_of_the_limit() {
         .await;
     assert_eq!(fits.body["allowed"], true);
     assert_eq!(used(&app, "share", &id).await.1, 50);
+}
+
+/// A reservation is found by its ID through an owner pointer (a key of its own, outside the
+/// customer's slot): the pointer lives as long as the record, through extends and after the
+/// end, or the reservation would answer 404 while its record and holds still count.
+#[tokio::test]
+async fn the_owner_pointer_lives_as_long_as_the_reservation() {
+    use crate::common::{redis_store, settings, shared_redis, unique_prefix};
+
+    let prefix = unique_prefix();
+    let app = TestApp::on(
+        redis_store(&shared_redis().url(), &prefix).await,
+        settings(),
+    )
+    .await;
+    let held = app
+        .post(
+            "/v1/reservations",
+            json!({"customerId": "own", "eventType": "llm", "values": {"tokens": 1}, "ttlSeconds": 60}),
+        )
+        .await;
+    let rsv = held.assert_status(200)["reservation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let server = shared_redis();
+    let pttl = |key: String| -> i64 { server.query(::redis::cmd("PTTL").arg(key)) };
+    let owner = format!("{prefix}:{{r:{rsv}}}:owner");
+    let record = format!("{prefix}:{{c:own}}:rsv:{rsv}");
+    let lives_as_long = |what: &str| {
+        let (owner_ms, record_ms) = (pttl(owner.clone()), pttl(record.clone()));
+        assert!(record_ms > 0, "{what}: record {record_ms}");
+        assert!(
+            owner_ms >= record_ms - 5_000,
+            "{what}: owner {owner_ms} ms, record {record_ms} ms"
+        );
+    };
+    lives_as_long("reserved");
+    app.post(
+        &format!("/v1/reservations/{rsv}/extend"),
+        json!({"ttlSeconds": 3600}),
+    )
+    .await
+    .assert_status(200);
+    lives_as_long("extended");
+    app.post(&format!("/v1/reservations/{rsv}/commit"), json!({}))
+        .await
+        .assert_status(200);
+    lives_as_long("committed");
 }
