@@ -25,7 +25,7 @@
 -- ARGV[4]   event ID (record/consume) or reservation ID (reserve)
 -- ARGV[5]   event log member ('' for none)
 -- ARGV[6]   how many events the log keeps (it is trimmed back to that when 1/8 over)
--- ARGV[7]   event log TTL in ms (refreshed on about one write in 64)
+-- ARGV[7]   event log TTL in ms (from this write)
 -- ARGV[8]   number of ops n; ARGV[9] how many of them (the first) are limit counters, c;
 -- ARGV[10]  number of alert rules m
 -- ARGV[11..] ops, 4 values each: kind, value ("value@at_ms" for latest kinds), expire_at_ms
@@ -57,7 +57,7 @@ local KEYS, ARGV = KEYS, ARGV
 local call, try_call = redis.call, redis.pcall
 local tonumber, tostring, type, unpack = tonumber, tostring, type, unpack
 local match, gmatch = string.match, string.gmatch
-local floor, ceil, max = math.floor, math.ceil, math.max
+local floor, ceil, max, abs = math.floor, math.ceil, math.max, math.abs
 -- Numeric arguments are read as `text + 0`: Lua 5.1's tonumber on a string runs strtod twice
 -- (lua_isnumber, then lua_tonumber), arithmetic coercion once, and this script reads dozens
 -- of numbers per event.
@@ -123,6 +123,14 @@ local function increment(key, field, value, number)
     return tonumber(call('HINCRBYFLOAT', key, field, value))
   end
   return call('INCRBYFLOAT', key, value)
+end
+
+-- Whether a sum that reads `after` once `v` was added may have created its key. A wrong yes
+-- only sets the key's fixed expiry again; a wrong no would leave a key that never expires. So
+-- the test allows for the float command's rounding: it stores 17 decimals, and a value of
+-- 1e-18 added to nothing reads back 0.
+local function just_created(after, v)
+  return abs(after - v) <= 1e-9 * max(1, abs(v))
 end
 
 -- One event: its keys are KEYS[kb + 1 ..], its arguments ARGV[ab + 1 ..] (laid out as above).
@@ -249,11 +257,11 @@ local function run(kb, ab)
       result = increment(key, nil, value, v)
       after = tonumber(result)
       before = after - v
-      created = after == v
+      created = just_created(after, v)
     elseif kind == 'hadd' then
       local v = value + 0
       after = increment(key, field, value, v)
-      created = after == v
+      created = just_created(after, v)
     elseif kind == 'max' then
       local old = current[i] or call('GET', key)
       before = stored_number(old)
@@ -344,19 +352,16 @@ local function run(kb, ab)
   end
   out[2] = alerts
 
-  -- The log is trimmed once it outgrows its cap by an eighth, and its TTL refreshed now and
-  -- then: an active customer's log never expires, an idle one's goes ARGV[ab + 7] ms after its
-  -- last refresh. Readers take the newest ARGV[ab + 6] members.
+  -- The log is trimmed once it outgrows its cap by an eighth, and its TTL refreshed by every
+  -- write: it goes ARGV[ab + 7] ms after the customer's last event, never with events younger
+  -- than that in it. Readers take the newest ARGV[ab + 6] members.
   if ARGV[ab + 5] ~= '' then
     local length = call('RPUSH', log_key, ARGV[ab + 5])
     local cap = ARGV[ab + 6] + 0
     if length > cap + ceil(cap / 8) then
       call('LTRIM', log_key, -cap, -1)
     end
-    -- About one write in 64 (by the clock's last digits), and always for a new log.
-    if length == 1 or now % 64 == 0 then
-      call('PEXPIRE', log_key, ARGV[ab + 7])
-    end
+    call('PEXPIRE', log_key, ARGV[ab + 7])
   end
 
   return out

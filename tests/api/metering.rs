@@ -957,3 +957,50 @@ async fn redis_event_log_is_capped() {
     event_log_is_capped(TestApp::on(std::sync::Arc::new(store), crate::common::settings()).await)
         .await;
 }
+
+/// Keys in Redis that must expire do: the event log is kept its retention from the last
+/// event (not from the last of an occasional refresh, which let a quiet customer's recent
+/// events vanish), and a window counter created by a value too small for `INCRBYFLOAT`'s
+/// decimals still gets its window's expiry.
+#[tokio::test]
+async fn redis_keys_expire_when_they_should() {
+    use crate::common::{redis_store, settings, shared_redis, unique_prefix};
+
+    let prefix = unique_prefix();
+    let app = TestApp::on(
+        redis_store(&shared_redis().url(), &prefix).await,
+        settings(),
+    )
+    .await;
+    let server = shared_redis();
+    let pttl = |key: &str| -> i64 { server.query(::redis::cmd("PTTL").arg(key)) };
+    let meter = app.tokens_meter().await;
+    app.limit(json!({"name": "d", "meterId": meter, "limitValue": 10, "period": "day"}))
+        .await;
+    let record = |customer: &str, tokens: f64| {
+        app.post(
+            "/v1/events/record",
+            json!({"customerId": customer, "eventType": "llm", "values": {"tokens": tokens}}),
+        )
+    };
+    record("quiet", 1.0).await.assert_status(200);
+    // As if the log were about to expire: the next event keeps it its whole retention.
+    let log = format!("{prefix}:{{c:quiet}}:events");
+    let _: i64 = server.query(::redis::cmd("PEXPIRE").arg(&log).arg(1000));
+    record("quiet", 1.0).await.assert_status(200);
+    let retention = settings().event_retention.as_millis() as i64;
+    assert!(pttl(&log) > retention - 60_000, "log PTTL {}", pttl(&log));
+
+    record("tiny", 1e-18).await.assert_status(200);
+    let mut counters: Vec<String> =
+        server.query(::redis::cmd("KEYS").arg(format!("{prefix}:{{c:tiny}}:u:*")));
+    let rollups: Vec<String> =
+        server.query(::redis::cmd("KEYS").arg(format!("{prefix}:{{c:tiny}}:h:*")));
+    // Hourly roll-ups expire; the all-time one is kept.
+    counters.extend(rollups.into_iter().filter(|key| !key.ends_with(":all")));
+    assert_eq!(counters.len(), 2, "{counters:?}");
+    for counter in &counters {
+        let ttl = pttl(counter);
+        assert!(ttl > 0, "{counter} expires (PTTL {ttl})");
+    }
+}
