@@ -504,7 +504,17 @@ impl Gateway {
                 return Ok(());
             }
         };
-        let webhook = self.cache.read().webhooks.get(&claim.endpoint_id).cloned();
+        let cached = self.cache.read().webhooks.get(&claim.endpoint_id).cloned();
+        // This node may not have heard yet of an endpoint created (or enabled again) on another
+        // one: storage decides before the delivery is given up.
+        let webhook = match cached.filter(|w| w.enabled) {
+            Some(webhook) => Some(webhook),
+            None => match self.get_webhook(&claim.endpoint_id).await {
+                Ok(webhook) => Some(Arc::new(webhook)),
+                Err(ServiceError::NotFound(_)) => None,
+                Err(error) => return Err(error),
+            },
+        };
         let Some(webhook) = webhook.filter(|w| w.enabled) else {
             let posted = Posted {
                 response_status: None,

@@ -542,6 +542,37 @@ async fn retries_count_once_toward_disabling(app: TestApp) {
     }
 }
 
+/// A node that has not heard of an endpoint yet (created on another node less than a poll
+/// ago) asks storage before it gives a delivery to it up.
+#[tokio::test]
+async fn a_node_yet_to_hear_of_an_endpoint_still_delivers_to_it() {
+    let store: std::sync::Arc<dyn quotagate::storage::Store> =
+        std::sync::Arc::new(quotagate::storage::memory::MemoryStore::new());
+    let settings = crate::common::settings;
+    let first = TestApp::without_background(std::sync::Arc::clone(&store), settings()).await;
+    let late = TestApp::without_background(store, settings()).await;
+    let receiver = Receiver::start().await;
+    let (id, secret) = webhook(&first, &receiver.url).await;
+    let meter = first.tokens_meter().await;
+    first
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 1, "period": "day"}))
+        .await;
+    first
+        .post(
+            "/v1/events/record",
+            json!({"customerId": "late", "eventType": "llm", "values": {"tokens": 1}}),
+        )
+        .await
+        .assert_status(200);
+    let customer = quotagate::domain::ids::CustomerId::parse("customerId", "late").unwrap();
+    assert_eq!(first.gateway.hand_over_outbox(&customer).await.unwrap(), 1);
+    assert_eq!(late.gateway.deliver_due().await.unwrap(), 1);
+    let seen = receiver.wait_for(1, Duration::from_secs(10)).await;
+    verify(&seen[0], &secret);
+    let log = first.get(&format!("/v1/webhooks/{id}/deliveries")).await;
+    assert_eq!(log.body["data"][0]["status"], "succeeded");
+}
+
 async fn redeliver_sends_the_message_again(app: TestApp) {
     let receiver = Receiver::start().await;
     let (id, _) = webhook(&app, &receiver.url).await;

@@ -499,7 +499,9 @@ impl TestApp {
         Self::without_background(Arc::clone(&self.store), settings()).await
     }
 
-    async fn without_background(store: Arc<dyn Store>, settings: Settings) -> TestApp {
+    /// A node that runs no background work (no config polling, no alert hand-over or
+    /// delivery): its cache stays as it was at its start; tests drive the rest by hand.
+    pub async fn without_background(store: Arc<dyn Store>, settings: Settings) -> TestApp {
         let gateway = Gateway::start(Arc::clone(&store), settings).await.unwrap();
         let running = TaskTracker::new();
         TestApp {
