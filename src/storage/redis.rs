@@ -518,8 +518,13 @@ impl ConfigStore for RedisStore {
             .arg(self.keys.config_docs(kind))
             .arg(id)
             .to_owned();
-        self.guarded(CONFIG_DEADLINE, cmd.query_async(&mut conn))
-            .await
+        // A customer the node has not cached is read on the decision path (its calendar), so
+        // the read has that path's deadline: a slow Redis degrades the decision in time.
+        let deadline = match kind {
+            Kind::Customer => self.timeout,
+            _ => CONFIG_DEADLINE,
+        };
+        self.guarded(deadline, cmd.query_async(&mut conn)).await
     }
 
     async fn page(

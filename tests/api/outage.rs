@@ -138,6 +138,16 @@ async fn outages_degrade_by_fail_mode_and_recover() {
     let (ready, took) = timed(&app, Method::GET, "/readyz", None).await;
     ready.assert_error(503, "storage_unavailable");
     assert!(took < Duration::from_secs(1), "/readyz took {took:?}");
+    // A customer this node has not cached is read with the decision's deadline too.
+    let (unknown, took) = timed(
+        &app,
+        Method::POST,
+        "/v1/limits/check",
+        Some(json!({"customerId": "never-seen"})),
+    )
+    .await;
+    assert!(took < Duration::from_millis(500), "check took {took:?}");
+    assert_eq!(unknown.assert_status(200)["degraded"], true);
     for _ in 0..5 {
         let (open, took) = timed(
             &app,
