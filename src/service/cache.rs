@@ -120,6 +120,18 @@ pub struct CacheState {
     /// Each customer's balances, by ID.
     balances: HashMap<CustomerId, Vec<Arc<Balance>>>,
     balance_owners: HashMap<String, CustomerId>,
+    local: LocalWrites,
+}
+
+/// This node's own writes, for the reads of storage that overlap them: a batch of the change
+/// log read while the node wrote may hold an older version of what it wrote.
+#[derive(Default)]
+struct LocalWrites {
+    /// Writes applied so far.
+    count: u64,
+    /// `(count after the write, kind, id, document)` of the writes that a read still in
+    /// flight may have missed.
+    recent: Vec<(u64, Kind, String, Option<String>)>,
 }
 
 fn decode<T: DeserializeOwned>(kind: Kind, doc: &str) -> Option<T> {
@@ -266,6 +278,7 @@ impl ConfigCache {
     /// second for 100 000) to hold up every request on the worker that ran it.
     pub async fn reload(&self, store: &dyn ConfigStore) -> ServiceResult<()> {
         let started = std::time::Instant::now();
+        let seen = self.local_writes();
         let cursor = store.change_cursor().await?;
         let mut documents = Vec::with_capacity(Kind::ALL.len());
         // Balance names are an index that only storage reads: nothing to load.
@@ -286,7 +299,20 @@ impl ConfigCache {
             ServiceError::Storage(StoreError::Internal(format!("config cache reload: {e}")))
         })?;
         let loaded = fresh.customers.len() + fresh.meters.len() + fresh.limits.len();
-        let stale = std::mem::replace(&mut *self.write(), fresh);
+        let mut state = self.write();
+        // What this node wrote during the load may be missing from it: those writes are
+        // applied again. Polls replay every change after the cursor, taken before the load,
+        // in order, so one that another node made after them comes back too.
+        let mut fresh = fresh;
+        let local = std::mem::take(&mut state.local);
+        for (count, kind, id, doc) in &local.recent {
+            if *count > seen {
+                fresh.set(*kind, id, doc.as_deref());
+            }
+        }
+        fresh.local = local;
+        let stale = std::mem::replace(&mut *state, fresh);
+        drop(state);
         *self.cursor.write().unwrap_or_else(|p| p.into_inner()) = cursor;
         // Freeing the old copy is as long as decoding was, and needs no lock.
         tokio::task::spawn_blocking(move || drop(stale));
@@ -304,23 +330,50 @@ impl ConfigCache {
     /// whether they wrote.
     pub fn apply_local(&self, ops: &[ConfigOp]) {
         let mut state = self.write();
+        state.local.count += 1;
+        let count = state.local.count;
         for op in ops {
-            match op {
-                ConfigOp::Put { kind, id, doc, .. } => state.set(*kind, id, Some(doc)),
-                ConfigOp::Delete { kind, id, .. } => state.set(*kind, id, None),
+            let (kind, id, doc) = match op {
+                ConfigOp::Put { kind, id, doc, .. } => (*kind, id, Some(doc.clone())),
+                ConfigOp::Delete { kind, id, .. } => (*kind, id, None),
                 ConfigOp::PutIfAbsent { .. }
                 | ConfigOp::Require { .. }
                 | ConfigOp::Touch { .. }
-                | ConfigOp::Unchanged { .. } => {}
-            }
+                | ConfigOp::Unchanged { .. } => continue,
+            };
+            state.set(kind, id, doc.as_deref());
+            state.local.recent.push((count, kind, id.clone(), doc));
         }
     }
 
-    fn apply_changes(&self, changes: &[ConfigChange]) {
+    /// How many local writes this node has applied; a read of storage takes it first.
+    fn local_writes(&self) -> u64 {
+        self.read().local.count
+    }
+
+    /// Applies a batch of the change log read when [`Self::local_writes`] was `seen`, and moves
+    /// the cursor past it. A local write made meanwhile is newer than the batch's versions of
+    /// its document unless the batch reached it: if the batch's last version of that document
+    /// is another one, which came last is unknown, so the batch is left for the next poll,
+    /// which reads it again (with the write in its place). Returns whether it was applied.
+    fn apply_polled(&self, seen: u64, changes: &[ConfigChange], next: String) -> bool {
         let mut state = self.write();
+        state.local.recent.retain(|(count, ..)| *count > seen);
+        let unordered = state.local.recent.iter().any(|(_, kind, id, doc)| {
+            changes
+                .iter()
+                .rev()
+                .find(|change| change.kind == *kind && change.id == *id)
+                .is_some_and(|change| change.doc != *doc)
+        });
+        if unordered {
+            return false;
+        }
         for change in changes {
             state.set(change.kind, &change.id, change.doc.as_deref());
         }
+        *self.cursor.write().unwrap_or_else(|p| p.into_inner()) = next;
+        true
     }
 
     fn mark_synced(&self) {
@@ -343,13 +396,15 @@ impl ConfigCache {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let seen = self.local_writes();
         let Some((changes, next)) = store.changes_after(&cursor, CHANGES_PER_POLL).await? else {
             tracing::info!("the config change log no longer reaches back to this node; reloading");
             self.reload(store).await?;
             return Ok(0);
         };
-        self.apply_changes(&changes);
-        *self.cursor.write().unwrap_or_else(|p| p.into_inner()) = next;
+        if !self.apply_polled(seen, &changes, next) {
+            return Ok(0);
+        }
         self.mark_synced();
         Ok(changes.len())
     }
@@ -488,6 +543,55 @@ mod tests {
         assert_eq!(state.resolved.meters.len(), 1);
         state.set(Kind::Meter, "m1", Some(&meter_doc("m1")));
         assert_eq!(governing_ids(&state, "c1"), ["o1=31", "d1=11"]);
+    }
+
+    /// Read your writes: a batch of the change log read before this node's own write landed
+    /// may hold an older version of what it wrote; it is not applied over the write.
+    #[test]
+    fn a_poll_never_undoes_a_local_write_made_while_it_read() {
+        let cache = ConfigCache::default();
+        let change = |id: &str, doc: &str| ConfigChange {
+            kind: Kind::Limit,
+            id: id.into(),
+            doc: Some(doc.to_string()),
+        };
+        let put = |id: &str, doc: &str| ConfigOp::Put {
+            kind: Kind::Limit,
+            id: id.into(),
+            doc: doc.to_string(),
+            guard: crate::storage::Guard::Always,
+        };
+        cache.apply_local(&[ConfigOp::Put {
+            kind: Kind::Meter,
+            id: "m1".into(),
+            doc: meter_doc("m1"),
+            guard: crate::storage::Guard::Always,
+        }]);
+        let (d10, d20) = (
+            limit_doc("d1", "m1", None, "day", 10),
+            limit_doc("d1", "m1", None, "day", 20),
+        );
+        // A poll reads the first version; the node writes the second meanwhile: the batch is
+        // left for the next poll, and the write stays.
+        let seen = cache.local_writes();
+        cache.apply_local(&[put("d1", &d20)]);
+        assert!(!cache.apply_polled(seen, &[change("d1", &d10)], "c1".into()));
+        assert_eq!(governing_ids(&cache.read(), "c1"), ["d1=20"]);
+        assert_eq!(*cache.cursor.read().unwrap(), "", "read again next time");
+        // The next poll reads both versions, in the log's order, and applies them.
+        let seen = cache.local_writes();
+        let both = [change("d1", &d10), change("d1", &d20)];
+        assert!(cache.apply_polled(seen, &both, "c2".into()));
+        assert_eq!(governing_ids(&cache.read(), "c1"), ["d1=20"]);
+        assert_eq!(*cache.cursor.read().unwrap(), "c2");
+        // A batch that already holds a write made while it was read, as its document's last
+        // version, is applied: a node writing all the time still follows the log.
+        let seen = cache.local_writes();
+        let d30 = limit_doc("d2", "m1", None, "day", 30);
+        cache.apply_local(&[put("d2", &d30)]);
+        let batch = [change("d1", &d10), change("d2", &d30)];
+        assert!(cache.apply_polled(seen, &batch, "c3".into()));
+        assert_eq!(governing_ids(&cache.read(), "c1"), ["d1=10", "d2=30"]);
     }
 
     /// A node whose cursor the change log has moved past (more changes than it keeps) reads
