@@ -6,10 +6,14 @@
 -- ARGV[2]   the new reservation document (JSON)
 -- ARGV[3]   TTL in ms of the record from now on
 -- ARGV[4..] pairs: a counter key the reservation holds on, and that hold's new expiry (unix ms)
--- Returns 1 when extended, 0 when the reservation is not held (or gone).
+-- Returns 1 when extended, 0 when the reservation is not held (or gone), 2 when it already
+-- lasts longer (its record outlives ARGV[3]: a concurrent extend went further), unchanged.
 
 if redis.call('HGET', KEYS[1], 'status') ~= 'held' then
   return 0
+end
+if redis.call('PTTL', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 2
 end
 for i = 4, #ARGV, 2 do
   local field = ARGV[i] .. '|' .. ARGV[1]

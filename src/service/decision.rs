@@ -20,7 +20,9 @@ use crate::domain::usage::{
     CounterOp, CustomerCalendar, EventPlan, LimitState, ResolvedLimit, fits, retry_after,
 };
 use crate::storage::StoreError;
-use crate::storage::usage::{CounterReading, Finish, Mode, RecordOutcome, ReservationWrite};
+use crate::storage::usage::{
+    CounterReading, Extension, Finish, Mode, RecordOutcome, ReservationWrite,
+};
 
 /// `POST /v1/limits/check` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -707,9 +709,7 @@ impl Gateway {
                 "only a held reservation can be extended".into(),
             ));
         }
-        // Extending never shortens: a caller asking for a minute more of a hold that has five
-        // left keeps the five.
-        let expires_at = (now + TimeDelta::seconds(ttl)).max(doc.reservation.expires_at);
+        let expires_at = now + TimeDelta::seconds(ttl);
         doc.reservation.expires_at = expires_at;
         let expires_ms = expires_at.timestamp_millis();
         let holds: Vec<_> = doc
@@ -718,14 +718,20 @@ impl Gateway {
             .map(|h| (h.counter.clone(), h.expires_at_ms(expires_ms)))
             .collect();
         let text = super::config::to_doc(&doc)?;
-        if !self
+        match self
             .store
             .extend_reservation(&doc.reservation.customer_id, id, &holds, &text, expires_ms)
             .await?
         {
-            return Err(ServiceError::Conflict(
-                "only a held reservation can be extended".into(),
-            ));
+            Extension::Extended => {}
+            // Extending never shortens: a caller asking for a minute more of a hold that has
+            // five left (or that a concurrent extend took further) keeps the five.
+            Extension::AlreadyLonger => return Ok(self.load_reservation(id).await?.reservation),
+            Extension::NotHeld => {
+                return Err(ServiceError::Conflict(
+                    "only a held reservation can be extended".into(),
+                ));
+            }
         }
         Ok(doc.reservation)
     }

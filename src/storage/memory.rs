@@ -16,9 +16,9 @@ use super::balances::{
 use super::keys::Keys;
 use super::replays::{ReplayClaim, ReplayStore};
 use super::usage::{
-    CounterReading, EventOps, EventWrite, Finish, KeyOp, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
-    RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, UsageToForget, decode_rollup,
-    event_ops, parse_counter, usage_keys_to_forget,
+    CounterReading, EventOps, EventWrite, Extension, Finish, KeyOp, Mode, OpKind,
+    RESERVATION_AFTERLIFE_MS, RecordOutcome, Retention, Rollups, StoredReservation, UsageStore,
+    UsageToForget, decode_rollup, event_ops, parse_counter, usage_keys_to_forget,
 };
 use super::{ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreResult};
 use crate::domain::alert::{Crossing, EXCEEDED};
@@ -828,20 +828,28 @@ impl UsageStore for MemoryStore {
         holds: &[(CounterId, i64)],
         doc: &str,
         expires_at_ms: i64,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Extension> {
         let now = now_ms();
         let mut usage = self.usage();
         let key = self.keys.reservation(customer, id);
         let Some(record) = usage.live_hash(&key, now) else {
-            return Ok(false);
+            return Ok(Extension::NotHeld);
         };
         if record.get("status").map(String::as_str) != Some("held") {
-            return Ok(false);
+            return Ok(Extension::NotHeld);
         }
+        let record_expires = expires_at_ms + RESERVATION_AFTERLIFE_MS;
+        let ends = usage.entries.get(&key).and_then(|entry| entry.expire_at_ms);
+        if ends.is_some_and(|ends| ends >= record_expires) {
+            return Ok(Extension::AlreadyLonger);
+        }
+        let Some(record) = usage.live_hash(&key, now) else {
+            return Ok(Extension::NotHeld);
+        };
         record.insert("doc".into(), doc.into());
         for kept in [key, self.keys.reservation_owner(id)] {
             if let Some(entry) = usage.entries.get_mut(&kept) {
-                entry.expire_at_ms = Some(expires_at_ms + RESERVATION_AFTERLIFE_MS);
+                entry.expire_at_ms = Some(record_expires);
             }
         }
         let holds_key = self.keys.holds(customer);
@@ -859,7 +867,7 @@ impl UsageStore for MemoryStore {
                 *entry = format!("{amount}:{hold_expires}");
             }
         }
-        Ok(true)
+        Ok(Extension::Extended)
     }
 
     async fn read_rollups(

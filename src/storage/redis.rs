@@ -24,9 +24,9 @@ use super::balances::{
 use super::keys::Keys;
 use super::replays::{ReplayClaim, ReplayStore};
 use super::usage::{
-    AlertOp, CounterReading, EventOps, EventWrite, Finish, Mode, OpKind, RESERVATION_AFTERLIFE_MS,
-    RecordOutcome, Retention, Rollups, StoredReservation, UsageStore, UsageToForget, decode_rollup,
-    event_ops, number_text, parse_counter, usage_keys_to_forget,
+    AlertOp, CounterReading, EventOps, EventWrite, Extension, Finish, Mode, OpKind,
+    RESERVATION_AFTERLIFE_MS, RecordOutcome, Retention, Rollups, StoredReservation, UsageStore,
+    UsageToForget, decode_rollup, event_ops, number_text, parse_counter, usage_keys_to_forget,
 };
 use super::{
     ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreError, StoreResult,
@@ -1148,7 +1148,7 @@ impl UsageStore for RedisStore {
         holds: &[(CounterId, i64)],
         doc: &str,
         expires_at_ms: i64,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Extension> {
         let keys = [
             self.keys.reservation(customer, id),
             self.keys.holds(customer),
@@ -1168,11 +1168,15 @@ impl UsageStore for RedisStore {
             .eval_many(&self.reservation_extend, &[call], CONFIG_DEADLINE)
             .await?
             .pop();
-        let extended = matches!(answer, Some(Value::Int(1)));
-        if extended {
-            self.keep_owner(id, ttl_ms).await?;
-        }
-        Ok(extended)
+        Ok(match answer {
+            Some(Value::Int(1)) => {
+                self.keep_owner(id, ttl_ms).await?;
+                Extension::Extended
+            }
+            Some(Value::Int(2)) => Extension::AlreadyLonger,
+            Some(Value::Int(0)) => Extension::NotHeld,
+            _ => return Err(unexpected_answer()),
+        })
     }
 
     async fn read_rollups(

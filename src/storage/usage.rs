@@ -405,6 +405,16 @@ pub struct StoredReservation {
     pub committed_values: Option<String>,
 }
 
+/// What an extend did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    Extended,
+    /// The reservation already ends at or after the asked expiry; nothing changed.
+    AlreadyLonger,
+    /// The reservation is not held (or gone).
+    NotHeld,
+}
+
 /// How a held reservation ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish<'a> {
@@ -508,8 +518,8 @@ pub trait UsageStore: Send + Sync + 'static {
         finish: Finish<'_>,
     ) -> StoreResult<Option<(String, String)>>;
 
-    /// Moves a held reservation's expiry (and that of its holds) to `expires_at_ms`.
-    /// Returns false when it is not held.
+    /// Moves a held reservation's expiry (and that of its holds) to `expires_at_ms`, unless it
+    /// already ends later (a concurrent extend went further: extending never shortens).
     async fn extend_reservation(
         &self,
         customer: &CustomerId,
@@ -517,7 +527,7 @@ pub trait UsageStore: Send + Sync + 'static {
         holds: &[(CounterId, i64)],
         doc: &str,
         expires_at_ms: i64,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<Extension>;
 }
 
 #[cfg(test)]

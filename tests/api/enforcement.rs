@@ -289,6 +289,18 @@ async fn reservation_lifecycle(app: TestApp) {
         again.assert_status(200)["expiresAt"],
         extended.body["expiresAt"]
     );
+    // Nor do concurrent extends: the longer one stands, whichever lands last.
+    let path = format!("/v1/reservations/{rsv}/extend");
+    for _ in 0..5 {
+        let (long, short) = tokio::join!(
+            app.post(&path, json!({"ttlSeconds": 3600})),
+            app.post(&path, json!({"ttlSeconds": 60})),
+        );
+        let long = long.assert_status(200)["expiresAt"].clone();
+        short.assert_status(200);
+        let now = app.get(&format!("/v1/reservations/{rsv}")).await;
+        assert_eq!(now.assert_status(200)["expiresAt"], long);
+    }
 
     let committed = app
         .post(
