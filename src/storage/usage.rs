@@ -12,9 +12,10 @@ use async_trait::async_trait;
 use super::StoreResult;
 use super::keys::Keys;
 use crate::domain::alert::{self, AlertRule};
-use crate::domain::event::Event;
+use crate::domain::event::{Event, IdempotencyKey};
 use crate::domain::field::Dimensions;
 use crate::domain::ids::CustomerId;
+use crate::domain::reservation::MAX_TTL_SECONDS;
 use crate::domain::usage::{CounterId, CounterOp, EventPlan};
 
 /// How long storage keeps what is not tied to a window.
@@ -323,7 +324,7 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
             .idempotency_key
             .as_ref()
             .map(|k| keys.idempotency(customer, k.digest_input())),
-        dedupe_ttl_ms: retention.idempotency.as_millis() as i64,
+        dedupe_ttl_ms: dedupe_ttl_ms(event.idempotency_key.as_ref(), retention),
         log_key: keys.event_log(customer),
         log_member,
         log_ttl_ms: events_ms,
@@ -530,9 +531,38 @@ pub trait UsageStore: Send + Sync + 'static {
     ) -> StoreResult<Extension>;
 }
 
+/// How long an event's idempotency key is kept. A commit's outlives its reservation's record:
+/// a reservation whose commit counted its event but never finished (its node died) stays
+/// committable while the record lives, up to its expiry (at most the longest reservation
+/// from the commit) plus its afterlife, and its retried commit must still find the key.
+fn dedupe_ttl_ms(key: Option<&IdempotencyKey>, retention: &Retention) -> i64 {
+    let kept = retention.idempotency.as_millis() as i64;
+    match key {
+        Some(IdempotencyKey::Commit { .. }) => {
+            kept.max(RESERVATION_AFTERLIFE_MS) + MAX_TTL_SECONDS * 1000
+        }
+        _ => kept,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commit_key_outlives_its_reservation() {
+        let retention = Retention::default();
+        let commit = IdempotencyKey::Commit {
+            reservation_id: "rsv_1".into(),
+        };
+        let caller = IdempotencyKey::Caller("k".into());
+        let day = 24 * 3600 * 1000;
+        assert_eq!(dedupe_ttl_ms(Some(&caller), &retention), day);
+        assert_eq!(
+            dedupe_ttl_ms(Some(&commit), &retention),
+            RESERVATION_AFTERLIFE_MS + MAX_TTL_SECONDS * 1000
+        );
+    }
 
     #[test]
     fn numbers_are_written_as_the_script_reads_them() {
