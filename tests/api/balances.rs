@@ -947,14 +947,9 @@ async fn bad_balance_input(app: TestApp) {
 /// forever in Redis.
 #[tokio::test]
 async fn a_deleted_balance_leaves_no_lasting_key_in_redis() {
-    use crate::common::{redis_store, settings, shared_redis, unique_prefix};
+    use crate::common::shared_redis;
 
-    let prefix = unique_prefix();
-    let app = TestApp::on(
-        redis_store(&shared_redis().url(), &prefix).await,
-        settings(),
-    )
-    .await;
+    let (app, prefix) = TestApp::redis_with_prefix().await;
     let id: &str = &metered_balance(&app, 10).await;
     let stale = app.node_that_dies_after_counting().await;
     assert_eq!(

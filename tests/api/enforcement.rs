@@ -758,14 +758,9 @@ async fn a_single_hold_is_capped_to_a_share_of_the_limit() {
 /// end, or the reservation would answer 404 while its record and holds still count.
 #[tokio::test]
 async fn the_owner_pointer_lives_as_long_as_the_reservation() {
-    use crate::common::{redis_store, settings, shared_redis, unique_prefix};
+    use crate::common::shared_redis;
 
-    let prefix = unique_prefix();
-    let app = TestApp::on(
-        redis_store(&shared_redis().url(), &prefix).await,
-        settings(),
-    )
-    .await;
+    let (app, prefix) = TestApp::redis_with_prefix().await;
     let held = app
         .post(
             "/v1/reservations",

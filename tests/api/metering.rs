@@ -964,14 +964,9 @@ async fn redis_event_log_is_capped() {
 /// decimals still gets its window's expiry.
 #[tokio::test]
 async fn redis_keys_expire_when_they_should() {
-    use crate::common::{redis_store, settings, shared_redis, unique_prefix};
+    use crate::common::shared_redis;
 
-    let prefix = unique_prefix();
-    let app = TestApp::on(
-        redis_store(&shared_redis().url(), &prefix).await,
-        settings(),
-    )
-    .await;
+    let (app, prefix) = TestApp::redis_with_prefix().await;
     let server = shared_redis();
     let pttl = |key: &str| -> i64 { server.query(::redis::cmd("PTTL").arg(key)) };
     let meter = app.tokens_meter().await;
@@ -988,7 +983,7 @@ async fn redis_keys_expire_when_they_should() {
     let log = format!("{prefix}:{{c:quiet}}:events");
     let _: i64 = server.query(::redis::cmd("PEXPIRE").arg(&log).arg(1000));
     record("quiet", 1.0).await.assert_status(200);
-    let retention = settings().event_retention.as_millis() as i64;
+    let retention = crate::common::settings().event_retention.as_millis() as i64;
     assert!(pttl(&log) > retention - 60_000, "log PTTL {}", pttl(&log));
 
     record("tiny", 1e-18).await.assert_status(200);

@@ -482,8 +482,14 @@ impl TestApp {
     }
 
     pub async fn redis() -> TestApp {
-        let store = redis_store(&shared_redis().url(), &unique_prefix()).await;
-        Self::on(store, settings()).await
+        Self::redis_with_prefix().await.0
+    }
+
+    /// On the shared Redis, with the key prefix it uses, for tests that look at the keys.
+    pub async fn redis_with_prefix() -> (TestApp, String) {
+        let prefix = unique_prefix();
+        let store = redis_store(&shared_redis().url(), &prefix).await;
+        (Self::on(store, settings()).await, prefix)
     }
 
     pub async fn on(store: Arc<dyn Store>, settings: Settings) -> TestApp {
