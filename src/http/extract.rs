@@ -200,8 +200,9 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let raw = parts.uri.query().unwrap_or("");
         let pairs = serde_urlencoded_pairs(raw)?;
-        for (index, (name, _)) in pairs.iter().enumerate() {
-            if pairs[..index].iter().any(|(earlier, _)| earlier == name) {
+        let mut names = std::collections::HashSet::with_capacity(pairs.len());
+        for (name, _) in &pairs {
+            if !names.insert(name.as_str()) {
                 return Err(ApiError::field(FieldError::invalid(
                     name.clone(),
                     "is given more than once",
