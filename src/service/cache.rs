@@ -26,6 +26,8 @@ use crate::storage::{ConfigChange, ConfigOp, ConfigStore, Kind, StoreError};
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const CHANGES_PER_POLL: usize = 1000;
+/// Local writes remembered for the polls that overlap them (see [`LocalWrites`]).
+const MAX_RECENT_LOCAL_WRITES: usize = 10_000;
 
 #[derive(Default)]
 pub struct ConfigCache {
@@ -300,17 +302,13 @@ impl ConfigCache {
         })?;
         let loaded = fresh.customers.len() + fresh.meters.len() + fresh.limits.len();
         let mut state = self.write();
-        // What this node wrote during the load may be missing from it: those writes are
-        // applied again. Polls replay every change after the cursor, taken before the load,
-        // in order, so one that another node made after them comes back too.
+        // A write this node made during the load may be missing from it. It is not applied
+        // again here: another node's later change of the same document may be in the load,
+        // and nothing would bring that back. The next poll replays the log from the cursor,
+        // taken before the load, write included, in order.
         let mut fresh = fresh;
-        let local = std::mem::take(&mut state.local);
-        for (count, kind, id, doc) in &local.recent {
-            if *count > seen {
-                fresh.set(*kind, id, doc.as_deref());
-            }
-        }
-        fresh.local = local;
+        fresh.local = std::mem::take(&mut state.local);
+        fresh.local.recent.retain(|(count, ..)| *count > seen);
         let stale = std::mem::replace(&mut *state, fresh);
         drop(state);
         *self.cursor.write().unwrap_or_else(|p| p.into_inner()) = cursor;
@@ -343,6 +341,11 @@ impl ConfigCache {
             };
             state.set(kind, id, doc.as_deref());
             state.local.recent.push((count, kind, id.clone(), doc));
+        }
+        // Polls prune the list; a node that does not poll keeps only the latest writes.
+        if state.local.recent.len() > MAX_RECENT_LOCAL_WRITES {
+            let excess = state.local.recent.len() - MAX_RECENT_LOCAL_WRITES / 2;
+            state.local.recent.drain(..excess);
         }
     }
 
