@@ -720,7 +720,14 @@ impl Gateway {
         let text = super::config::to_doc(&doc)?;
         match self
             .store
-            .extend_reservation(&doc.reservation.customer_id, id, &holds, &text, expires_ms)
+            .extend_reservation(
+                &doc.reservation.customer_id,
+                id,
+                &holds,
+                &text,
+                expires_ms,
+                now.timestamp_millis(),
+            )
             .await?
         {
             Extension::Extended => {}

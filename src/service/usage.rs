@@ -135,7 +135,11 @@ impl Gateway {
         if let Some(customer) = self.cache.customer(id) {
             return Ok((calendar(&customer), None));
         }
-        let customer = match self.store.get(Kind::Customer, id.as_str()).await? {
+        let customer = match self
+            .store
+            .get_for_decision(Kind::Customer, id.as_str())
+            .await?
+        {
             Some(doc) => {
                 let customer: Customer =
                     serde_json::from_str(&doc).map_err(|e| corrupt("customers", e))?;

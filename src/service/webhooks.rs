@@ -169,7 +169,12 @@ impl Gateway {
 
     pub async fn update_webhook(&self, id: &str, patch: WebhookPatch) -> ServiceResult<Webhook> {
         let mut webhook = self.get_webhook(id).await?;
+        let was_enabled = webhook.enabled;
         webhook.apply(patch, self.settings.webhook_destinations, self.clock.now())?;
+        if webhook.enabled && !was_enabled {
+            // Before the endpoint is enabled: its first failure must not disable it at once.
+            self.store.reset_failures(&webhook.id).await?;
+        }
         self.put_webhook(&webhook).await?;
         Ok(webhook)
     }

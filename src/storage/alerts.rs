@@ -95,6 +95,10 @@ pub trait AlertStore: Send + Sync + 'static {
         now_ms: i64,
     ) -> StoreResult<u32>;
 
+    /// Forgets the endpoint's failed deliveries in a row (it was enabled again: it starts
+    /// afresh rather than being disabled by its next failure).
+    async fn reset_failures(&self, endpoint_id: &str) -> StoreResult<()>;
+
     /// The endpoint's attempts, newest first, strictly before the attempt ID `before`.
     async fn attempts(
         &self,

@@ -828,7 +828,9 @@ impl UsageStore for MemoryStore {
         holds: &[(CounterId, i64)],
         doc: &str,
         expires_at_ms: i64,
+        _node_now_ms: i64,
     ) -> StoreResult<Extension> {
+        // Expiries here are absolute instants, on the node's clock like `expires_at_ms`.
         let now = now_ms();
         let mut usage = self.usage();
         let key = self.keys.reservation(customer, id);
@@ -1308,6 +1310,11 @@ impl AlertStore for MemoryStore {
             *failures += 1;
         }
         Ok(*failures)
+    }
+
+    async fn reset_failures(&self, endpoint_id: &str) -> StoreResult<()> {
+        self.alerts().failures.remove(endpoint_id);
+        Ok(())
     }
 
     async fn attempts(

@@ -147,6 +147,13 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait ConfigStore: Send + Sync + 'static {
     async fn get(&self, kind: Kind, id: &str) -> StoreResult<Option<String>>;
 
+    /// As [`Self::get`], for a read on the decision path (a customer the node has not cached
+    /// yet): it has the decisions' storage deadline, so a slow store degrades the decision in
+    /// time instead of holding it for the configuration deadline.
+    async fn get_for_decision(&self, kind: Kind, id: &str) -> StoreResult<Option<String>> {
+        self.get(kind, id).await
+    }
+
     /// Up to `limit` documents with IDs strictly after `after`, in ID order.
     async fn page(
         &self,

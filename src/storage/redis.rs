@@ -298,19 +298,41 @@ impl RedisStore {
     }
 
     /// The owner pointer lives as long as the record it points to (a separate key: the record
-    /// is in its customer's slot, the pointer is found by the reservation ID alone).
-    async fn keep_owner(&self, id: &str, ttl_ms: i64) -> StoreResult<()> {
+    /// is in its customer's slot, the pointer is found by the reservation ID alone). Best
+    /// effort, after the change it follows: that change is made, and a pointer that fails to
+    /// follow still lives a day past the reservation's expiry as it was.
+    async fn keep_owner(&self, id: &str, ttl_ms: i64) {
         let refresh = redis::cmd("PEXPIRE")
             .arg(self.keys.reservation_owner(id))
             .arg(ttl_ms)
             .to_owned();
-        for answer in self
+        let answers = self
             .concurrently(CONFIG_DEADLINE, std::iter::once(&refresh))
-            .await?
-        {
-            answer.map_err(store_error)?;
+            .await;
+        let failed = match answers {
+            Ok(answers) => answers
+                .into_iter()
+                .find_map(|answer| answer.err())
+                .map(store_error),
+            Err(error) => Some(error),
+        };
+        if let Some(error) = failed {
+            tracing::warn!(%error, reservation = id, "reservation owner pointer not extended");
         }
-        Ok(())
+    }
+
+    async fn get_within(
+        &self,
+        deadline: Duration,
+        kind: Kind,
+        id: &str,
+    ) -> StoreResult<Option<String>> {
+        let mut conn = self.conn();
+        let cmd = redis::cmd("HGET")
+            .arg(self.keys.config_docs(kind))
+            .arg(id)
+            .to_owned();
+        self.guarded(deadline, cmd.query_async(&mut conn)).await
     }
 
     pub fn with_retention(mut self, retention: Retention) -> RedisStore {
@@ -513,18 +535,11 @@ fn decode_change(fields: &redis::streams::StreamId) -> Option<ConfigChange> {
 #[async_trait]
 impl ConfigStore for RedisStore {
     async fn get(&self, kind: Kind, id: &str) -> StoreResult<Option<String>> {
-        let mut conn = self.conn();
-        let cmd = redis::cmd("HGET")
-            .arg(self.keys.config_docs(kind))
-            .arg(id)
-            .to_owned();
-        // A customer the node has not cached is read on the decision path (its calendar), so
-        // the read has that path's deadline: a slow Redis degrades the decision in time.
-        let deadline = match kind {
-            Kind::Customer => self.timeout,
-            _ => CONFIG_DEADLINE,
-        };
-        self.guarded(deadline, cmd.query_async(&mut conn)).await
+        self.get_within(CONFIG_DEADLINE, kind, id).await
+    }
+
+    async fn get_for_decision(&self, kind: Kind, id: &str) -> StoreResult<Option<String>> {
+        self.get_within(self.timeout, kind, id).await
     }
 
     async fn page(
@@ -1132,11 +1147,9 @@ impl UsageStore for RedisStore {
             [status, event] => Some((status.clone(), event.clone())),
             _ => return Err(StoreError::Internal("unexpected reservation answer".into())),
         };
-        if ended
-            .as_ref()
-            .is_some_and(|(status, _)| status == "committed" || status == "released")
-        {
-            self.keep_owner(id, RESERVATION_AFTERLIFE_MS).await?;
+        let finished = matches!(finish, Finish::Commit { .. } | Finish::Release);
+        if finished && ended.as_ref().is_some_and(|(after, _)| after == status) {
+            self.keep_owner(id, RESERVATION_AFTERLIFE_MS).await;
         }
         Ok(ended)
     }
@@ -1148,13 +1161,13 @@ impl UsageStore for RedisStore {
         holds: &[(CounterId, i64)],
         doc: &str,
         expires_at_ms: i64,
+        now_ms: i64,
     ) -> StoreResult<Extension> {
         let keys = [
             self.keys.reservation(customer, id),
             self.keys.holds(customer),
         ];
-        let now = chrono::Utc::now().timestamp_millis();
-        let ttl_ms = (expires_at_ms - now).max(1) + RESERVATION_AFTERLIFE_MS;
+        let ttl_ms = (expires_at_ms - now_ms).max(1) + RESERVATION_AFTERLIFE_MS;
         let ttl = ttl_ms.to_string();
         let pairs: Vec<String> = holds
             .iter()
@@ -1170,7 +1183,7 @@ impl UsageStore for RedisStore {
             .pop();
         Ok(match answer {
             Some(Value::Int(1)) => {
-                self.keep_owner(id, ttl_ms).await?;
+                self.keep_owner(id, ttl_ms).await;
                 Extension::Extended
             }
             Some(Value::Int(2)) => Extension::AlreadyLonger,
@@ -1466,6 +1479,20 @@ impl AlertStore for RedisStore {
                 "unexpected alert finish answer".into(),
             )),
         }
+    }
+
+    async fn reset_failures(&self, endpoint_id: &str) -> StoreResult<()> {
+        let reset = redis::cmd("HDEL")
+            .arg(self.keys.webhook_failures())
+            .arg(endpoint_id)
+            .to_owned();
+        for answer in self
+            .concurrently(CONFIG_DEADLINE, std::iter::once(&reset))
+            .await?
+        {
+            answer.map_err(store_error)?;
+        }
+        Ok(())
     }
 
     async fn attempts(

@@ -521,6 +521,7 @@ pub trait UsageStore: Send + Sync + 'static {
 
     /// Moves a held reservation's expiry (and that of its holds) to `expires_at_ms`, unless it
     /// already ends later (a concurrent extend went further: extending never shortens).
+    /// `now_ms` is the node's clock, which reservations are made on.
     async fn extend_reservation(
         &self,
         customer: &CustomerId,
@@ -528,6 +529,7 @@ pub trait UsageStore: Send + Sync + 'static {
         holds: &[(CounterId, i64)],
         doc: &str,
         expires_at_ms: i64,
+        now_ms: i64,
     ) -> StoreResult<Extension>;
 }
 

@@ -462,11 +462,17 @@ async fn endpoints_disable_after_twenty_failures(app: TestApp) {
         assert_eq!(enabled, json!(n < 20), "after {n} failures");
     }
     verify(&receiver.seen()[0], &secret);
-    // A success resets the count once re-enabled.
-    receiver.always_answer(200);
+    // Enabled again, the endpoint starts afresh: its next failure does not disable it.
     app.put(&format!("/v1/webhooks/{id}"), json!({"enabled": true}))
         .await
         .assert_status(200);
+    let ping = app
+        .post(&format!("/v1/webhooks/{id}/test"), json!({}))
+        .await;
+    assert_eq!(ping.assert_status(200)["status"], "failed");
+    let enabled = app.get(&format!("/v1/webhooks/{id}")).await.body["enabled"].clone();
+    assert_eq!(enabled, json!(true), "one failure after re-enabling");
+    receiver.always_answer(200);
     assert_eq!(
         app.post(&format!("/v1/webhooks/{id}/test"), json!({}))
             .await
@@ -484,7 +490,7 @@ async fn endpoints_disable_after_twenty_failures(app: TestApp) {
             "/v1/webhooks/{id}/deliveries?limit=100&cursor={cursor}"
         ))
         .await;
-    assert_eq!(next.body["data"].as_array().unwrap().len(), 16);
+    assert_eq!(next.body["data"].as_array().unwrap().len(), 17);
 }
 
 /// An endpoint is disabled after 20 failed *deliveries* (a message to it) in a row: a message
