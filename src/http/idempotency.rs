@@ -23,9 +23,15 @@ use crate::service::replay::Replay;
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
 pub struct IdempotencyKeyHeader {
-    /// 1 to 256 printable ASCII characters. A repeat with the same key within 24 h changes
-    /// nothing and answers the first answer's IDs with `Idempotent-Replayed: true`.
-    #[param(rename = "Idempotency-Key")]
+    /// 1 to 256 printable ASCII characters, no space or tab at either end. A repeat with the
+    /// same key within 24 h changes nothing and answers the first answer's IDs with
+    /// `Idempotent-Replayed: true`.
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[!-~]([\t -~]*[!-~])?$"
+    )]
     #[allow(dead_code)]
     idempotency_key: Option<String>,
 }

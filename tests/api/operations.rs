@@ -271,6 +271,15 @@ async fn openapi_document_matches_the_contract_and_the_router() {
         "operationIds are unique: {operation_ids:?}"
     );
     assert!(operation_ids.contains(&"balances_check".to_string()));
+    // The idempotency key is described as the gateway checks it.
+    let key = document["paths"]["/v1/customers"]["post"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "Idempotency-Key")
+        .unwrap();
+    assert_eq!(key["schema"]["maxLength"], 256);
+    assert!(key["schema"]["pattern"].is_string(), "{key}");
     // Every list takes `limit` within the contract's range.
     let customers = &document["paths"]["/v1/customers"]["get"]["parameters"];
     let limit = customers
