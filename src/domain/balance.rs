@@ -43,6 +43,7 @@ pub struct Balance {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewBalance {
     pub customer_id: CustomerId,
+    #[schema(min_length = 1, max_length = 256)]
     pub name: String,
     /// Default `credits`.
     pub unit: Option<String>,
@@ -210,7 +211,9 @@ pub struct BalanceView {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewMovement {
     pub customer_id: CustomerId,
+    #[schema(min_length = 1, max_length = 256)]
     pub name: String,
+    #[schema(exclusive_minimum = 0, maximum = 1e15)]
     pub amount: f64,
     pub description: Option<String>,
     pub reference: Option<String>,
@@ -221,7 +224,9 @@ pub struct NewMovement {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BalanceCheckRequest {
     pub customer_id: CustomerId,
+    #[schema(min_length = 1, max_length = 256)]
     pub name: String,
+    #[schema(exclusive_minimum = 0, maximum = 1e15)]
     pub amount: f64,
 }
 

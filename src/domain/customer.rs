@@ -34,7 +34,9 @@ pub struct Customer {
 pub struct NewCustomer {
     #[serde(alias = "externalId")]
     pub id: CustomerId,
+    #[schema(max_length = 256)]
     pub name: Option<String>,
+    #[schema(min_length = 3, max_length = 256)]
     pub email: Option<String>,
     pub timezone: Option<String>,
     pub billing_cycle_start: Option<String>,

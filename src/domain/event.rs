@@ -23,12 +23,14 @@ pub const MAX_FUTURE_SKEW: TimeDelta = TimeDelta::minutes(5);
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewEvent {
     pub customer_id: CustomerId,
+    #[schema(min_length = 1, max_length = 128)]
     pub event_type: String,
     pub values: Option<BTreeMap<String, Quantity>>,
     pub dimensions: Option<Dimensions>,
     #[schema(value_type = Option<Object>)]
     pub properties: Option<Map<String, Value>>,
     pub timestamp: Option<String>,
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[!-~]([\t -~]*[!-~])?$")]
     pub idempotency_key: Option<String>,
 }
 

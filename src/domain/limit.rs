@@ -44,6 +44,7 @@ pub struct Limit {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewLimit {
+    #[schema(min_length = 1, max_length = 256)]
     pub name: String,
     pub meter_id: String,
     pub limit_value: f64,

@@ -109,6 +109,7 @@ pub struct Meter {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewMeter {
+    #[schema(min_length = 1, max_length = 256)]
     pub name: String,
     pub description: Option<String>,
     pub aggregation: Aggregation,

@@ -19,10 +19,12 @@ pub const MAX_TTL_SECONDS: i64 = 3600;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewReservation {
     pub customer_id: CustomerId,
+    #[schema(min_length = 1, max_length = 128)]
     pub event_type: String,
     /// The estimate: each value ≥ 0.
     pub values: BTreeMap<String, Quantity>,
     pub dimensions: Option<Dimensions>,
+    #[schema(minimum = 1, maximum = 3600)]
     pub ttl_seconds: Option<i64>,
 }
 
@@ -60,6 +62,7 @@ pub struct CommitReservation {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExtendReservation {
+    #[schema(minimum = 1, maximum = 3600)]
     pub ttl_seconds: i64,
 }
 

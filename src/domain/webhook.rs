@@ -41,6 +41,7 @@ pub struct Webhook {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewWebhook {
+    #[schema(min_length = 1, max_length = 2048)]
     pub url: String,
     pub description: Option<String>,
     pub event_types: Option<Vec<String>>,

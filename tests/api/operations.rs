@@ -338,6 +338,19 @@ async fn openapi_document_matches_the_contract_and_the_router() {
         "#/components/schemas/Period"
     );
     assert_eq!(schemas["Period"]["enum"][6], "all_time");
+    // Bounds the gateway checks are in the document, for clients and their generators.
+    let event = &schemas["NewEvent"]["properties"];
+    assert_eq!(
+        (
+            &event["eventType"]["minLength"],
+            &event["eventType"]["maxLength"]
+        ),
+        (&json!(1), &json!(128))
+    );
+    assert_eq!(
+        schemas["ExtendReservation"]["properties"]["ttlSeconds"]["maximum"],
+        3600
+    );
     // One value is bounded by ±1e15; totals (usage, balances) add many and are not.
     assert_eq!(schemas["Quantity"]["maximum"], 1e15);
     let totals = [
