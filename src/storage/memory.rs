@@ -834,20 +834,17 @@ impl UsageStore for MemoryStore {
         let now = now_ms();
         let mut usage = self.usage();
         let key = self.keys.reservation(customer, id);
+        let record_expires = expires_at_ms + RESERVATION_AFTERLIFE_MS;
+        let ends = usage.entries.get(&key).and_then(|entry| entry.expire_at_ms);
         let Some(record) = usage.live_hash(&key, now) else {
             return Ok(Extension::NotHeld);
         };
         if record.get("status").map(String::as_str) != Some("held") {
             return Ok(Extension::NotHeld);
         }
-        let record_expires = expires_at_ms + RESERVATION_AFTERLIFE_MS;
-        let ends = usage.entries.get(&key).and_then(|entry| entry.expire_at_ms);
         if ends.is_some_and(|ends| ends >= record_expires) {
             return Ok(Extension::AlreadyLonger);
         }
-        let Some(record) = usage.live_hash(&key, now) else {
-            return Ok(Extension::NotHeld);
-        };
         record.insert("doc".into(), doc.into());
         for kept in [key, self.keys.reservation_owner(id)] {
             if let Some(entry) = usage.entries.get_mut(&kept) {

@@ -351,6 +351,10 @@ async fn openapi_document_matches_the_contract_and_the_router() {
         schemas["ExtendReservation"]["properties"]["ttlSeconds"]["maximum"],
         3600
     );
+    // The header and an event's body field are one key, described alike.
+    let key_in_body = &schemas["NewEvent"]["properties"]["idempotencyKey"];
+    assert_eq!(key_in_body["pattern"], key["schema"]["pattern"]);
+    assert_eq!(key_in_body["maxLength"], key["schema"]["maxLength"]);
     // One value is bounded by ±1e15; totals (usage, balances) add many and are not.
     assert_eq!(schemas["Quantity"]["maximum"], 1e15);
     let totals = [
