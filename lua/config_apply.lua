@@ -10,8 +10,9 @@
 --            exist), require (guard: must exist, writes nothing), touch (moves the
 --            document's version, never fails), unchanged (guard: the document's version is
 --            still doc, writes nothing)
--- Returns 0 when applied, or the 1-based index of the first op whose guard failed (nothing is
--- written then). Guards see the state before the batch.
+-- Returns {0, ID of the last change logged ('' for none)} when applied, or {the 1-based index
+-- of the first op whose guard failed, ''} (nothing is written then). Guards see the state
+-- before the batch.
 
 local op_count = (#ARGV - 1) / 4
 local versions = KEYS[#KEYS]
@@ -22,17 +23,18 @@ for i = 0, op_count - 1 do
   if op == 'unchanged' then
     local version = redis.call('HGET', versions, k .. ':' .. id) or '0'
     if version ~= ARGV[base + 3] then
-      return i + 1
+      return {i + 1, ''}
     end
   elseif op ~= 'touch' then
     local exists = redis.call('HEXISTS', KEYS[2 * k], id) == 1
     if (op == 'put_absent' and exists)
       or ((op == 'put_present' or op == 'del_present' or op == 'require') and not exists) then
-      return i + 1
+      return {i + 1, ''}
     end
   end
 end
 
+local last_logged = ''
 for i = 0, op_count - 1 do
   local base = 2 + 4 * i
   local op, k, id, doc = ARGV[base], tonumber(ARGV[base + 1]), ARGV[base + 2], ARGV[base + 3]
@@ -42,15 +44,15 @@ for i = 0, op_count - 1 do
     or (op == 'put_if_absent' and redis.call('HEXISTS', docs, id) == 0) then
     redis.call('HSET', docs, id, doc)
     redis.call('ZADD', index, 0, id)
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'kind', kind_name, 'id', id, 'doc', doc)
+    last_logged = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'kind', kind_name, 'id', id, 'doc', doc)
   elseif op == 'touch' then
     redis.call('HINCRBY', versions, kind_name .. ':' .. id, 1)
   elseif op == 'del' or op == 'del_present' then
     if redis.call('HDEL', docs, id) == 1 then
       redis.call('ZREM', index, id)
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'kind', kind_name, 'id', id, 'doc', '')
+      last_logged = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'kind', kind_name, 'id', id, 'doc', '')
     end
   end
 end
 
-return 0
+return {0, last_logged}

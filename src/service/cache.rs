@@ -22,17 +22,14 @@ use crate::domain::limit::Limit;
 use crate::domain::meter::Meter;
 use crate::domain::usage::{ResolvedLimit, governing};
 use crate::domain::webhook::Webhook;
-use crate::storage::{ConfigChange, ConfigOp, ConfigStore, Kind, StoreError};
+use crate::storage::{ConfigChange, ConfigOp, ConfigStore, Kind, LogPosition, StoreError};
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const CHANGES_PER_POLL: usize = 1000;
-/// Local writes remembered for the polls that overlap them (see [`LocalWrites`]).
-const MAX_RECENT_LOCAL_WRITES: usize = 10_000;
 
 #[derive(Default)]
 pub struct ConfigCache {
     state: RwLock<CacheState>,
-    cursor: RwLock<String>,
     /// When the cache last caught up with storage.
     synced_at: RwLock<Option<std::time::Instant>>,
 }
@@ -122,18 +119,16 @@ pub struct CacheState {
     /// Each customer's balances, by ID.
     balances: HashMap<CustomerId, Vec<Arc<Balance>>>,
     balance_owners: HashMap<String, CustomerId>,
-    local: LocalWrites,
+    /// How far into the change log the cache is: every change up to here is in it.
+    cursor: LogPosition,
+    /// This node's own writes beyond `cursor`, the latest per document: until the log read
+    /// reaches them, a change read from it may be older than what the node wrote.
+    local: HashMap<(Kind, String), LocalWrite>,
 }
 
-/// This node's own writes, for the reads of storage that overlap them: a batch of the change
-/// log read while the node wrote may hold an older version of what it wrote.
-#[derive(Default)]
-struct LocalWrites {
-    /// Writes applied so far.
-    count: u64,
-    /// `(count after the write, kind, id, document)` of the writes that a read still in
-    /// flight may have missed.
-    recent: Vec<(u64, Kind, String, Option<String>)>,
+struct LocalWrite {
+    position: LogPosition,
+    doc: Option<String>,
 }
 
 fn decode<T: DeserializeOwned>(kind: Kind, doc: &str) -> Option<T> {
@@ -147,6 +142,27 @@ fn decode<T: DeserializeOwned>(kind: Kind, doc: &str) -> Option<T> {
 }
 
 impl CacheState {
+    /// Applies the version of a document logged at `position`, unless this node wrote a
+    /// later one itself. Changes reach a node in two ways (its own writes, at once, and the
+    /// change log, later), so they are ordered by their place in the log, not by arrival.
+    /// Returns whether it applied.
+    fn apply_logged(
+        &mut self,
+        position: LogPosition,
+        kind: Kind,
+        id: &str,
+        doc: Option<&str>,
+    ) -> bool {
+        let superseded = self
+            .local
+            .get(&(kind, id.to_string()))
+            .is_some_and(|write| write.position > position);
+        if !superseded {
+            self.set(kind, id, doc);
+        }
+        !superseded
+    }
+
     fn set(&mut self, kind: Kind, id: &str, doc: Option<&str>) {
         match kind {
             Kind::Customer => upsert(&mut self.customers, kind, id, doc),
@@ -280,7 +296,6 @@ impl ConfigCache {
     /// second for 100 000) to hold up every request on the worker that ran it.
     pub async fn reload(&self, store: &dyn ConfigStore) -> ServiceResult<()> {
         let started = std::time::Instant::now();
-        let seen = self.local_writes();
         let cursor = store.change_cursor().await?;
         let mut documents = Vec::with_capacity(Kind::ALL.len());
         // Balance names are an index that only storage reads: nothing to load.
@@ -302,16 +317,19 @@ impl ConfigCache {
         })?;
         let loaded = fresh.customers.len() + fresh.meters.len() + fresh.limits.len();
         let mut state = self.write();
-        // A write this node made during the load may be missing from it. It is not applied
-        // again here: another node's later change of the same document may be in the load,
-        // and nothing would bring that back. The next poll replays the log from the cursor,
-        // taken before the load, write included, in order.
+        // A write this node made during the load, beyond the cursor, may be missing from it:
+        // it is applied again. Another node's later version of the same document, if the load
+        // holds one, comes back with the next poll, which replays the log from the cursor.
         let mut fresh = fresh;
-        fresh.local = std::mem::take(&mut state.local);
-        fresh.local.recent.retain(|(count, ..)| *count > seen);
+        fresh.cursor = cursor;
+        for ((kind, id), write) in std::mem::take(&mut state.local) {
+            if write.position > cursor {
+                fresh.set(kind, &id, write.doc.as_deref());
+                fresh.local.insert((kind, id), write);
+            }
+        }
         let stale = std::mem::replace(&mut *state, fresh);
         drop(state);
-        *self.cursor.write().unwrap_or_else(|p| p.into_inner()) = cursor;
         // Freeing the old copy is as long as decoding was, and needs no lock.
         tokio::task::spawn_blocking(move || drop(stale));
         self.mark_synced();
@@ -324,12 +342,15 @@ impl ConfigCache {
     }
 
     /// Applies what a successful local write did, so this node reads its own writes at once.
+    /// `logged` is where storage logged the batch's last change (`None`: it changed nothing).
     /// Implicit creations (`PutIfAbsent`) are left to the change log: only storage knows
     /// whether they wrote.
-    pub fn apply_local(&self, ops: &[ConfigOp]) {
+    pub fn apply_local(&self, ops: &[ConfigOp], logged: Option<LogPosition>) {
         let mut state = self.write();
-        state.local.count += 1;
-        let count = state.local.count;
+        // When the log read already reaches the write, the cache holds it, or a later version.
+        let Some(position) = logged.filter(|position| *position > state.cursor) else {
+            return;
+        };
         for op in ops {
             let (kind, id, doc) = match op {
                 ConfigOp::Put { kind, id, doc, .. } => (*kind, id, Some(doc.clone())),
@@ -339,44 +360,29 @@ impl ConfigCache {
                 | ConfigOp::Touch { .. }
                 | ConfigOp::Unchanged { .. } => continue,
             };
-            state.set(kind, id, doc.as_deref());
-            state.local.recent.push((count, kind, id.clone(), doc));
-        }
-        // Polls prune the list; a node that does not poll keeps only the latest writes.
-        if state.local.recent.len() > MAX_RECENT_LOCAL_WRITES {
-            let excess = state.local.recent.len() - MAX_RECENT_LOCAL_WRITES / 2;
-            state.local.recent.drain(..excess);
+            // Concurrent writes of one document may finish here in either order.
+            if state.apply_logged(position, kind, id, doc.as_deref()) {
+                state
+                    .local
+                    .insert((kind, id.clone()), LocalWrite { position, doc });
+            }
         }
     }
 
-    /// How many local writes this node has applied; a read of storage takes it first.
-    fn local_writes(&self) -> u64 {
-        self.read().local.count
-    }
-
-    /// Applies a batch of the change log read when [`Self::local_writes`] was `seen`, and moves
-    /// the cursor past it. A local write made meanwhile is newer than the batch's versions of
-    /// its document unless the batch reached it: if the batch's last version of that document
-    /// is another one, which came last is unknown, so the batch is left for the next poll,
-    /// which reads it again (with the write in its place). Returns whether it was applied.
-    fn apply_polled(&self, seen: u64, changes: &[ConfigChange], next: String) -> bool {
+    /// Applies a batch of the change log, read after the cursor, and moves the cursor to
+    /// `next`, its last position.
+    fn apply_polled(&self, changes: &[ConfigChange], next: LogPosition) {
         let mut state = self.write();
-        state.local.recent.retain(|(count, ..)| *count > seen);
-        let unordered = state.local.recent.iter().any(|(_, kind, id, doc)| {
-            changes
-                .iter()
-                .rev()
-                .find(|change| change.kind == *kind && change.id == *id)
-                .is_some_and(|change| change.doc != *doc)
-        });
-        if unordered {
-            return false;
-        }
         for change in changes {
-            state.set(change.kind, &change.id, change.doc.as_deref());
+            state.apply_logged(
+                change.position,
+                change.kind,
+                &change.id,
+                change.doc.as_deref(),
+            );
         }
-        *self.cursor.write().unwrap_or_else(|p| p.into_inner()) = next;
-        true
+        state.cursor = next;
+        state.local.retain(|_, write| write.position > next);
     }
 
     fn mark_synced(&self) {
@@ -394,20 +400,13 @@ impl ConfigCache {
 
     /// Reads the change log once; returns how many changes were applied.
     pub async fn poll(&self, store: &dyn ConfigStore) -> ServiceResult<usize> {
-        let cursor = self
-            .cursor
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let seen = self.local_writes();
-        let Some((changes, next)) = store.changes_after(&cursor, CHANGES_PER_POLL).await? else {
+        let cursor = self.read().cursor;
+        let Some((changes, next)) = store.changes_after(cursor, CHANGES_PER_POLL).await? else {
             tracing::info!("the config change log no longer reaches back to this node; reloading");
             self.reload(store).await?;
             return Ok(0);
         };
-        if !self.apply_polled(seen, &changes, next) {
-            return Ok(0);
-        }
+        self.apply_polled(&changes, next);
         self.mark_synced();
         Ok(changes.len())
     }
@@ -548,53 +547,117 @@ mod tests {
         assert_eq!(governing_ids(&state, "c1"), ["o1=31", "d1=11"]);
     }
 
-    /// Read your writes: a batch of the change log read before this node's own write landed
-    /// may hold an older version of what it wrote; it is not applied over the write.
-    #[test]
-    fn a_poll_never_undoes_a_local_write_made_while_it_read() {
-        let cache = ConfigCache::default();
-        let change = |id: &str, doc: &str| ConfigChange {
-            kind: Kind::Limit,
-            id: id.into(),
-            doc: Some(doc.to_string()),
-        };
-        let put = |id: &str, doc: &str| ConfigOp::Put {
+    fn limit_put(id: &str, doc: &str) -> ConfigOp {
+        ConfigOp::Put {
             kind: Kind::Limit,
             id: id.into(),
             doc: doc.to_string(),
             guard: crate::storage::Guard::Always,
-        };
-        cache.apply_local(&[ConfigOp::Put {
+        }
+    }
+
+    fn limit_change(position: u64, id: &str, doc: &str) -> ConfigChange {
+        ConfigChange {
+            position: LogPosition(position, 0),
+            kind: Kind::Limit,
+            id: id.into(),
+            doc: Some(doc.to_string()),
+        }
+    }
+
+    /// A cache that knows meter m1, logged at position 1.
+    fn cache_with_meter() -> ConfigCache {
+        let cache = ConfigCache::default();
+        let meter = ConfigOp::Put {
             kind: Kind::Meter,
             id: "m1".into(),
             doc: meter_doc("m1"),
             guard: crate::storage::Guard::Always,
-        }]);
-        let (d10, d20) = (
-            limit_doc("d1", "m1", None, "day", 10),
-            limit_doc("d1", "m1", None, "day", 20),
+        };
+        cache.apply_local(&[meter], Some(LogPosition(1, 0)));
+        cache
+    }
+
+    /// Read your writes: a batch of the change log read before this node's own write landed
+    /// may hold an older version of what it wrote; it is not applied over the write. The
+    /// batch's other changes are.
+    #[test]
+    fn a_poll_never_undoes_a_local_write_made_while_it_read() {
+        let cache = cache_with_meter();
+        let day = |value| limit_doc("d1", "m1", None, "day", value);
+        cache.apply_local(&[limit_put("d1", &day(20))], Some(LogPosition(5, 0)));
+        let batch = [
+            limit_change(2, "d1", &day(10)),
+            limit_change(3, "d2", &limit_doc("d2", "m1", None, "day", 30)),
+        ];
+        cache.apply_polled(&batch, LogPosition(3, 0));
+        assert_eq!(governing_ids(&cache.read(), "c1"), ["d1=20", "d2=30"]);
+        // The next batch reaches the write and what came after it, in the log's order.
+        let batch = [
+            limit_change(4, "d1", &day(10)),
+            limit_change(5, "d1", &day(20)),
+            limit_change(6, "d1", &day(40)),
+        ];
+        cache.apply_polled(&batch, LogPosition(6, 0));
+        assert_eq!(governing_ids(&cache.read(), "c1"), ["d1=40", "d2=30"]);
+        assert!(
+            cache.read().local.is_empty(),
+            "the log read reached every write"
         );
-        // A poll reads the first version; the node writes the second meanwhile: the batch is
-        // left for the next poll, and the write stays.
-        let seen = cache.local_writes();
-        cache.apply_local(&[put("d1", &d20)]);
-        assert!(!cache.apply_polled(seen, &[change("d1", &d10)], "c1".into()));
-        assert_eq!(governing_ids(&cache.read(), "c1"), ["d1=20"]);
-        assert_eq!(*cache.cursor.read().unwrap(), "", "read again next time");
-        // The next poll reads both versions, in the log's order, and applies them.
-        let seen = cache.local_writes();
-        let both = [change("d1", &d10), change("d1", &d20)];
-        assert!(cache.apply_polled(seen, &both, "c2".into()));
-        assert_eq!(governing_ids(&cache.read(), "c1"), ["d1=20"]);
-        assert_eq!(*cache.cursor.read().unwrap(), "c2");
-        // A batch that already holds a write made while it was read, as its document's last
-        // version, is applied: a node writing all the time still follows the log.
-        let seen = cache.local_writes();
-        let d30 = limit_doc("d2", "m1", None, "day", 30);
-        cache.apply_local(&[put("d2", &d30)]);
-        let batch = [change("d1", &d10), change("d2", &d30)];
-        assert!(cache.apply_polled(seen, &batch, "c3".into()));
-        assert_eq!(governing_ids(&cache.read(), "c1"), ["d1=10", "d2=30"]);
+    }
+
+    /// A poll may apply another node's later version of a document between this node's write
+    /// of it landing and the write reaching the cache: the write is then left out.
+    #[test]
+    fn a_local_write_never_undoes_a_later_change_already_polled() {
+        let cache = cache_with_meter();
+        let day = |value| limit_doc("d1", "m1", None, "day", value);
+        let batch = [
+            limit_change(2, "d1", &day(10)),
+            limit_change(3, "d1", &day(30)),
+        ];
+        cache.apply_polled(&batch, LogPosition(3, 0));
+        cache.apply_local(&[limit_put("d1", &day(10))], Some(LogPosition(2, 0)));
+        assert_eq!(governing_ids(&cache.read(), "c1"), ["d1=30"]);
+        // Two writes of this node that finish in the other order than storage applied them.
+        cache.apply_local(&[limit_put("d1", &day(50))], Some(LogPosition(5, 0)));
+        cache.apply_local(&[limit_put("d1", &day(40))], Some(LogPosition(4, 0)));
+        assert_eq!(governing_ids(&cache.read(), "c1"), ["d1=50"]);
+        // A batch that changed nothing in storage has nothing to mirror.
+        cache.apply_local(&[limit_put("d1", &day(60))], None);
+        assert_eq!(governing_ids(&cache.read(), "c1"), ["d1=50"]);
+    }
+
+    /// A full read of storage may miss a write this node made while it read; the node keeps
+    /// reading its own write.
+    #[tokio::test]
+    async fn a_reload_keeps_the_writes_it_may_have_missed() {
+        let store = crate::storage::memory::MemoryStore::new();
+        let cache = ConfigCache::default();
+        let meter = ConfigOp::Put {
+            kind: Kind::Meter,
+            id: "m1".into(),
+            doc: meter_doc("m1"),
+            guard: crate::storage::Guard::Always,
+        };
+        let logged = store
+            .apply(std::slice::from_ref(&meter))
+            .await
+            .unwrap()
+            .unwrap();
+        cache.apply_local(&[meter], logged);
+        // Beyond the store's log: as if logged after the reload took its cursor.
+        let day = limit_doc("d1", "m1", None, "day", 10);
+        cache.apply_local(&[limit_put("d1", &day)], Some(LogPosition(7, 0)));
+        cache.reload(&store).await.unwrap();
+        let state = cache.read();
+        assert_eq!(governing_ids(&state, "c1"), ["d1=10"]);
+        let local: Vec<_> = state.local.keys().cloned().collect();
+        assert_eq!(
+            local,
+            [(Kind::Limit, "d1".to_string())],
+            "the meter is loaded"
+        );
     }
 
     /// A node whose cursor the change log has moved past (more changes than it keeps) reads

@@ -62,8 +62,8 @@ impl Gateway {
     /// `Err(index)` names the op whose guard failed: always an index into `ops`.
     pub(super) async fn commit(&self, ops: &[ConfigOp]) -> ServiceResult<Result<(), usize>> {
         match self.store.apply(ops).await? {
-            Ok(()) => {
-                self.cache.apply_local(ops);
+            Ok(logged) => {
+                self.cache.apply_local(ops, logged);
                 Ok(Ok(()))
             }
             Err(failed) if failed.index < ops.len() => Ok(Err(failed.index)),

@@ -20,7 +20,9 @@ use super::usage::{
     RESERVATION_AFTERLIFE_MS, RecordOutcome, Retention, Rollups, StoredReservation, UsageStore,
     UsageToForget, decode_rollup, event_ops, parse_counter, usage_keys_to_forget,
 };
-use super::{ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreResult};
+use super::{
+    ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, LogPosition, StoreResult,
+};
 use crate::domain::alert::{Crossing, EXCEEDED};
 use crate::domain::field::total;
 use crate::domain::ids::CustomerId;
@@ -55,7 +57,8 @@ impl Default for MemoryStore {
 #[derive(Default)]
 struct State {
     docs: HashMap<Kind, BTreeMap<String, String>>,
-    changes: VecDeque<(u64, ConfigChange)>,
+    /// The latest changes; positions are `<seq>-0`, without gaps.
+    changes: VecDeque<ConfigChange>,
     last_seq: u64,
     /// How often each document was touched ([`ConfigOp::Touch`]).
     versions: HashMap<(Kind, String), u64>,
@@ -80,16 +83,17 @@ impl State {
             .entry(kind)
             .or_default()
             .insert(id.to_string(), doc.to_string());
-        self.log(ConfigChange {
-            kind,
-            id: id.to_string(),
-            doc: Some(doc.to_string()),
-        });
+        self.log(kind, id, Some(doc));
     }
 
-    fn log(&mut self, change: ConfigChange) {
+    fn log(&mut self, kind: Kind, id: &str, doc: Option<&str>) {
         self.last_seq += 1;
-        self.changes.push_back((self.last_seq, change));
+        self.changes.push_back(ConfigChange {
+            position: LogPosition(self.last_seq, 0),
+            kind,
+            id: id.to_string(),
+            doc: doc.map(str::to_string),
+        });
         if self.changes.len() > CHANGE_LOG_LEN {
             self.changes.pop_front();
         }
@@ -204,8 +208,12 @@ impl ConfigStore for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn apply(&self, ops: &[ConfigOp]) -> StoreResult<Result<(), GuardFailed>> {
+    async fn apply(
+        &self,
+        ops: &[ConfigOp],
+    ) -> StoreResult<Result<Option<LogPosition>, GuardFailed>> {
         let mut state = self.lock();
+        let seq_before = state.last_seq;
         for (index, op) in ops.iter().enumerate() {
             let holds = match op {
                 ConfigOp::Put {
@@ -233,11 +241,7 @@ impl ConfigStore for MemoryStore {
                 ConfigOp::Delete { kind, id, .. } => {
                     let removed = state.docs.get_mut(kind).and_then(|docs| docs.remove(id));
                     if removed.is_some() {
-                        state.log(ConfigChange {
-                            kind: *kind,
-                            id: id.clone(),
-                            doc: None,
-                        });
+                        state.log(*kind, id, None);
                     }
                 }
                 ConfigOp::Touch { kind, id } => {
@@ -246,45 +250,44 @@ impl ConfigStore for MemoryStore {
                 ConfigOp::Require { .. } | ConfigOp::Unchanged { .. } => {}
             }
         }
-        Ok(Ok(()))
+        Ok(Ok(
+            (state.last_seq > seq_before).then_some(LogPosition(state.last_seq, 0))
+        ))
     }
 
     async fn version(&self, kind: Kind, id: &str) -> StoreResult<u64> {
         Ok(self.lock().version(kind, id))
     }
 
-    async fn change_cursor(&self) -> StoreResult<String> {
-        Ok(self.lock().last_seq.to_string())
+    async fn change_cursor(&self) -> StoreResult<LogPosition> {
+        Ok(LogPosition(self.lock().last_seq, 0))
     }
 
     async fn changes_after(
         &self,
-        cursor: &str,
+        cursor: LogPosition,
         max: usize,
-    ) -> StoreResult<Option<(Vec<ConfigChange>, String)>> {
+    ) -> StoreResult<Option<(Vec<ConfigChange>, LogPosition)>> {
         let state = self.lock();
-        let after: u64 = cursor.parse().unwrap_or(0);
+        let after = cursor.0;
         // Sequence numbers have no gaps: the log reaches back to `after` unless the change
         // right after it was dropped.
         let oldest_kept = state
             .changes
             .front()
-            .map_or(state.last_seq + 1, |(seq, _)| *seq);
+            .map_or(state.last_seq + 1, |change| change.position.0);
         if after + 1 < oldest_kept {
             return Ok(None);
         }
-        let mut last = after;
-        let changes = state
+        let changes: Vec<ConfigChange> = state
             .changes
             .iter()
-            .filter(|(seq, _)| *seq > after)
+            .filter(|change| change.position > cursor)
             .take(max)
-            .map(|(seq, change)| {
-                last = *seq;
-                change.clone()
-            })
+            .cloned()
             .collect();
-        Ok(Some((changes, last.to_string())))
+        let last = changes.last().map_or(cursor, |change| change.position);
+        Ok(Some((changes, last)))
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -120,10 +120,33 @@ pub struct GuardFailed {
     pub index: usize,
 }
 
+/// Where a change sits in the change log; later changes sit at greater positions. In Redis it
+/// is the stream entry's ID (`<ms>-<seq>`), in the embedded store a sequence number
+/// (`<seq>-0`). Position zero is before every change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogPosition(pub u64, pub u64);
+
+impl LogPosition {
+    pub const START: LogPosition = LogPosition(0, 0);
+
+    /// Reads `<major>-<minor>` or `<major>`; `None` for anything else.
+    pub fn parse(text: &str) -> Option<LogPosition> {
+        let (major, minor) = text.split_once('-').unwrap_or((text, "0"));
+        Some(LogPosition(major.parse().ok()?, minor.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for LogPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
 /// One entry of the change log that keeps every node's config cache in step.
 /// `doc: None` means the document was deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigChange {
+    pub position: LogPosition,
     pub kind: Kind,
     pub id: String,
     pub doc: Option<String>,
@@ -170,20 +193,25 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// How often the document was touched (see [`ConfigOp::Touch`]); 0 if never.
     async fn version(&self, kind: Kind, id: &str) -> StoreResult<u64>;
 
-    /// Applies every op or none: all guards are checked first.
-    async fn apply(&self, ops: &[ConfigOp]) -> StoreResult<Result<(), GuardFailed>>;
+    /// Applies every op or none: all guards are checked first. Answers the position of the
+    /// last change the batch logged, `None` when it changed nothing.
+    async fn apply(
+        &self,
+        ops: &[ConfigOp],
+    ) -> StoreResult<Result<Option<LogPosition>, GuardFailed>>;
 
-    /// A cursor at the current end of the change log.
-    async fn change_cursor(&self) -> StoreResult<String>;
+    /// The position of the latest change logged ([`LogPosition::START`] for none yet).
+    async fn change_cursor(&self) -> StoreResult<LogPosition>;
 
-    /// Changes logged after `cursor`, oldest first, and the cursor after the last of them;
-    /// `None` when the log, which keeps only the latest changes, may no longer reach back to
-    /// `cursor`: what changed since cannot be replayed, only read in full.
+    /// Changes logged after `cursor`, oldest first, and the position of the last of them
+    /// (`cursor` when there are none); `None` when the log, which keeps only the latest
+    /// changes, may no longer reach back to `cursor`: what changed since cannot be replayed,
+    /// only read in full.
     async fn changes_after(
         &self,
-        cursor: &str,
+        cursor: LogPosition,
         max: usize,
-    ) -> StoreResult<Option<(Vec<ConfigChange>, String)>>;
+    ) -> StoreResult<Option<(Vec<ConfigChange>, LogPosition)>>;
 
     /// Whether storage answers (and its scripts are loaded).
     async fn ping(&self) -> StoreResult<()>;

@@ -29,7 +29,8 @@ use super::usage::{
     UsageToForget, decode_rollup, event_ops, number_text, parse_counter, usage_keys_to_forget,
 };
 use super::{
-    ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, StoreError, StoreResult,
+    ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, LogPosition, StoreError,
+    StoreResult,
 };
 use crate::domain::ids::CustomerId;
 use crate::domain::time::{ClockExchange, estimate_offset};
@@ -49,7 +50,6 @@ const READY_DEADLINE: Duration = Duration::from_millis(500);
 /// Documents per `HSCAN` page of a full config read: Redis serves other clients between pages.
 const CONFIG_SCAN_COUNT: usize = 1000;
 /// The change-log cursor of a node that loaded the configuration while the log was empty.
-const EMPTY_LOG_CURSOR: &str = "0-0";
 /// `RedisStore::server_offset_micros` before the first `TIME` exchange.
 const NO_OFFSET: i64 = i64::MIN;
 
@@ -522,10 +522,11 @@ fn opcode(op: &ConfigOp) -> &'static str {
 
 fn decode_change(fields: &redis::streams::StreamId) -> Option<ConfigChange> {
     let text = |name: &str| -> Option<String> { fields.get::<String>(name) };
-    let position: usize = text("kind")?.parse().ok()?;
-    let kind = *Kind::ALL.get(position.checked_sub(1)?)?;
+    let kind_position: usize = text("kind")?.parse().ok()?;
+    let kind = *Kind::ALL.get(kind_position.checked_sub(1)?)?;
     let doc = text("doc")?;
     Some(ConfigChange {
+        position: LogPosition::parse(&fields.id)?,
         kind,
         id: text("id")?,
         doc: (!doc.is_empty()).then_some(doc),
@@ -613,7 +614,10 @@ impl ConfigStore for RedisStore {
         }
     }
 
-    async fn apply(&self, ops: &[ConfigOp]) -> StoreResult<Result<(), GuardFailed>> {
+    async fn apply(
+        &self,
+        ops: &[ConfigOp],
+    ) -> StoreResult<Result<Option<LogPosition>, GuardFailed>> {
         let mut invocation = self.config_apply.prepare_invoke();
         invocation.key(self.keys.config_changes());
         for kind in Kind::ALL {
@@ -644,13 +648,16 @@ impl ConfigStore for RedisStore {
                 .arg(doc);
         }
         let mut conn = self.conn();
-        let failed: usize = self
+        let (failed, last_logged): (usize, String) = self
             .guarded(CONFIG_DEADLINE, invocation.invoke_async(&mut conn))
             .await?;
-        Ok(match failed {
-            0 => Ok(()),
-            n => Err(GuardFailed { index: n - 1 }),
-        })
+        if failed > 0 {
+            return Ok(Err(GuardFailed { index: failed - 1 }));
+        }
+        if last_logged.is_empty() {
+            return Ok(Ok(None));
+        }
+        Ok(Ok(Some(stream_position(&last_logged)?)))
     }
 
     async fn version(&self, kind: Kind, id: &str) -> StoreResult<u64> {
@@ -667,7 +674,7 @@ impl ConfigStore for RedisStore {
         Ok(version.unwrap_or(0))
     }
 
-    async fn change_cursor(&self) -> StoreResult<String> {
+    async fn change_cursor(&self) -> StoreResult<LogPosition> {
         let mut conn = self.conn();
         let reply: redis::streams::StreamRangeReply = self
             .guarded(
@@ -681,21 +688,21 @@ impl ConfigStore for RedisStore {
                     .query_async(&mut conn),
             )
             .await?;
-        Ok(reply
+        reply
             .ids
             .first()
-            .map_or_else(|| EMPTY_LOG_CURSOR.to_string(), |entry| entry.id.clone()))
+            .map_or(Ok(LogPosition::START), |entry| stream_position(&entry.id))
     }
 
     async fn changes_after(
         &self,
-        cursor: &str,
+        cursor: LogPosition,
         max: usize,
-    ) -> StoreResult<Option<(Vec<ConfigChange>, String)>> {
+    ) -> StoreResult<Option<(Vec<ConfigChange>, LogPosition)>> {
         let key = self.keys.config_changes();
         // The oldest entry kept, read with the page: if it is newer than the cursor, entries
         // after the cursor may have been trimmed (stream IDs do not say whether any were). A
-        // node that loaded an empty log (`0-0`) reads it from its start: the log would have
+        // node that loaded an empty log (position zero) reads it from its start: the log would have
         // had to grow past its length before that node's next poll.
         let oldest = redis::cmd("XRANGE")
             .arg(&key)
@@ -718,16 +725,16 @@ impl ConfigStore for RedisStore {
         let oldest: redis::streams::StreamRangeReply = decode_answer(oldest)?;
         let page: redis::streams::StreamRangeReply = decode_answer(page)?;
         if let Some(entry) = oldest.ids.first()
-            && cursor != EMPTY_LOG_CURSOR
-            && stream_id(&entry.id) > stream_id(cursor)
+            && cursor != LogPosition::START
+            && stream_position(&entry.id)? > cursor
         {
             return Ok(None);
         }
-        let next = page
-            .ids
-            .last()
-            .map_or_else(|| cursor.to_string(), |entry| entry.id.clone());
         let changes = page.ids.iter().filter_map(decode_change).collect();
+        let next = match page.ids.last() {
+            Some(entry) => stream_position(&entry.id)?,
+            None => cursor,
+        };
         Ok(Some((changes, next)))
     }
 
@@ -1287,9 +1294,9 @@ pub fn live_holds(
 }
 
 /// A stream entry ID (`<ms>-<seq>`, or a bare `<ms>`) in its order; anything else as `0-0`.
-fn stream_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+fn stream_position(id: &str) -> StoreResult<LogPosition> {
+    LogPosition::parse(id)
+        .ok_or_else(|| StoreError::Internal(format!("not a change log entry ID: {id:?}")))
 }
 
 /// Hides a password in a Redis URL before it is logged.

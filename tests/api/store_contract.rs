@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use quotagate::storage::memory::MemoryStore;
-use quotagate::storage::{ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, Store};
+use quotagate::storage::{
+    ConfigChange, ConfigOp, ConfigStore, Guard, GuardFailed, Kind, LogPosition, Store,
+};
 
 use quotagate::storage::keys::Keys;
 
@@ -16,6 +18,16 @@ fn put(kind: Kind, id: &str, guard: Guard) -> ConfigOp {
         doc: format!("{{\"id\":\"{id}\"}}"),
         guard,
     }
+}
+
+/// Applies `ops`, which must pass their guards, and answers whether they changed anything,
+/// checking that a batch that did is logged at the end of the change log.
+async fn applied(store: &dyn ConfigStore, ops: &[ConfigOp]) -> bool {
+    let logged = store.apply(ops).await.unwrap().unwrap();
+    if let Some(position) = logged {
+        assert_eq!(position, store.change_cursor().await.unwrap());
+    }
+    logged.is_some()
 }
 
 async fn contract(store: Arc<dyn ConfigStore>) {
@@ -45,7 +57,7 @@ async fn contract(store: Arc<dyn ConfigStore>) {
             doc: "{\"id\":\"c1\"}".into(),
         },
     ];
-    assert_eq!(store.apply(&ops).await.unwrap(), Ok(()));
+    assert!(applied(store.as_ref(), &ops).await);
     assert_eq!(
         store
             .apply(&[put(Kind::Meter, "m1", Guard::Absent)])
@@ -66,7 +78,7 @@ async fn contract(store: Arc<dyn ConfigStore>) {
         id: "c1".into(),
         doc: "{\"id\":\"other\"}".into(),
     };
-    assert_eq!(store.apply(&[keep]).await.unwrap(), Ok(()));
+    assert!(!applied(store.as_ref(), &[keep]).await, "nothing written");
     assert_eq!(
         store.get(Kind::Customer, "c1").await.unwrap().as_deref(),
         Some("{\"id\":\"c1\"}")
@@ -117,7 +129,7 @@ async fn contract(store: Arc<dyn ConfigStore>) {
             guard: Guard::Always,
         },
     ];
-    assert_eq!(store.apply(&deleted).await.unwrap(), Ok(()));
+    assert!(applied(store.as_ref(), &deleted).await);
     let gone = [ConfigOp::Delete {
         kind: Kind::Meter,
         id: "m2".into(),
@@ -129,7 +141,7 @@ async fn contract(store: Arc<dyn ConfigStore>) {
     );
 
     // The change log holds every effective change in order, deletions without a document.
-    let (changes, cursor) = store.changes_after(&start, 100).await.unwrap().unwrap();
+    let (changes, cursor) = store.changes_after(start, 100).await.unwrap().unwrap();
     let summary: Vec<(Kind, &str, bool)> = changes
         .iter()
         .map(|c| (c.kind, c.id.as_str(), c.doc.is_some()))
@@ -145,14 +157,19 @@ async fn contract(store: Arc<dyn ConfigStore>) {
             (Kind::Meter, "m2", false),
         ]
     );
-    let after = |cursor: String| {
+    // Positions grow along the log; the cursor returned is the last one.
+    assert!(changes.windows(2).all(|w| w[0].position < w[1].position));
+    assert!(changes[0].position > start);
+    assert_eq!(changes.last().unwrap().position, cursor);
+    let after = |cursor: LogPosition| {
         let store = Arc::clone(&store);
-        async move { store.changes_after(&cursor, 100).await.unwrap().unwrap() }
+        async move { store.changes_after(cursor, 100).await.unwrap().unwrap() }
     };
-    assert_eq!(after(cursor.clone()).await.0, Vec::<ConfigChange>::new());
+    assert_eq!(after(cursor).await, (Vec::<ConfigChange>::new(), cursor));
     assert_eq!(store.change_cursor().await.unwrap(), cursor);
-    let (first_two, middle) = store.changes_after(&start, 2).await.unwrap().unwrap();
+    let (first_two, middle) = store.changes_after(start, 2).await.unwrap().unwrap();
     assert_eq!(first_two.len(), 2);
+    assert_eq!(middle, first_two[1].position);
     assert_eq!(after(middle).await.0.len(), 4);
 
     // A document's version moves when it is touched, and only then; a batch guarded by a
@@ -162,9 +179,9 @@ async fn contract(store: Arc<dyn ConfigStore>) {
         kind: Kind::Meter,
         id: id.into(),
     };
-    assert_eq!(
-        store.apply(&[touch("m1"), touch("m3")]).await.unwrap(),
-        Ok(())
+    assert!(
+        !applied(store.as_ref(), &[touch("m1"), touch("m3")]).await,
+        "a version is not a change of the document"
     );
     store
         .apply(&[put(Kind::Meter, "m1", Guard::Present)])
@@ -192,10 +209,7 @@ async fn contract(store: Arc<dyn ConfigStore>) {
         Err(GuardFailed { index: 1 })
     );
     assert!(store.get(Kind::Meter, "m1").await.unwrap().is_some());
-    assert_eq!(
-        store.apply(&delete_unless_touched_since(1)).await.unwrap(),
-        Ok(())
-    );
+    assert!(applied(store.as_ref(), &delete_unless_touched_since(1)).await);
     assert_eq!(store.get(Kind::Meter, "m1").await.unwrap(), None);
     assert_eq!(
         store.version(Kind::Meter, "m1").await.unwrap(),
@@ -208,7 +222,7 @@ async fn contract(store: Arc<dyn ConfigStore>) {
     let many: Vec<ConfigOp> = (0..2500)
         .map(|i| put(Kind::Customer, &format!("bulk{i:04}"), Guard::Always))
         .collect();
-    assert_eq!(store.apply(&many).await.unwrap(), Ok(()));
+    assert!(applied(store.as_ref(), &many).await);
     let mut ids: Vec<String> = store
         .all(Kind::Customer)
         .await
@@ -256,12 +270,12 @@ async fn a_trimmed_change_log_says_so(store: Arc<dyn ConfigStore>, trim: impl As
         .map(|i| put(Kind::Meter, &format!("m{i}"), Guard::Always))
         .collect();
     store.apply(&ops).await.unwrap().unwrap();
-    let (changes, _) = store.changes_after(&stale, 100).await.unwrap().unwrap();
+    let (changes, _) = store.changes_after(stale, 100).await.unwrap().unwrap();
     assert_eq!(changes.len(), 3, "nothing trimmed yet");
     trim().await;
-    assert_eq!(store.changes_after(&stale, 100).await.unwrap(), None);
+    assert_eq!(store.changes_after(stale, 100).await.unwrap(), None);
     let latest = store.change_cursor().await.unwrap();
-    let (changes, next) = store.changes_after(&latest, 100).await.unwrap().unwrap();
+    let (changes, next) = store.changes_after(latest, 100).await.unwrap().unwrap();
     assert!(changes.is_empty());
     assert_eq!(next, latest);
 }
