@@ -1,6 +1,6 @@
 //! The one wire format for instants.
 
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, TimeDelta, Timelike, Utc};
 
 use super::field::FieldError;
 
@@ -10,7 +10,42 @@ pub const EARLIEST: DateTime<Utc> = DateTime::UNIX_EPOCH;
 
 /// RFC 3339 in UTC with millisecond precision: `2026-11-21T10:30:00.000Z`.
 pub fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+    let mut text = [0; RFC3339_LEN];
+    match rfc3339_into(at, &mut text) {
+        Some(text) => text.to_string(),
+        None => at.to_rfc3339_opts(SecondsFormat::Millis, true),
+    }
+}
+
+const RFC3339_LEN: usize = 24;
+
+/// [`rfc3339`] written into `text`, for years 0–9999 outside leap seconds (`None` for the
+/// rest, which chrono writes). Answers carry two instants per limit, and chrono's general
+/// formatting costs several times as much as these few digits.
+fn rfc3339_into(at: DateTime<Utc>, text: &mut [u8; RFC3339_LEN]) -> Option<&str> {
+    let (year, millis) = (at.year(), at.timestamp_subsec_millis());
+    if !(0..=9999).contains(&year) || millis > 999 {
+        return None;
+    }
+    *text = *b"0000-00-00T00:00:00.000Z";
+    let fields = [
+        (year as u32, 4),
+        (at.month(), 7),
+        (at.day(), 10),
+        (at.hour(), 13),
+        (at.minute(), 16),
+        (at.second(), 19),
+        (millis, 23),
+    ];
+    for (mut value, end) in fields {
+        let mut at = end;
+        while value > 0 {
+            at -= 1;
+            text[at] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    }
+    std::str::from_utf8(text).ok()
 }
 
 /// Parses an RFC 3339 instant with any offset.
@@ -68,7 +103,22 @@ pub mod serde_rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&super::rfc3339(*at))
+        let mut text = [0; super::RFC3339_LEN];
+        match super::rfc3339_into(*at, &mut text) {
+            Some(text) => serializer.serialize_str(text),
+            None => serializer.serialize_str(&super::rfc3339(*at)),
+        }
+    }
+
+    /// For an optional instant (`null` when absent).
+    pub fn serialize_option<S: Serializer>(
+        at: &Option<DateTime<Utc>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => serialize(at, serializer),
+            None => serializer.serialize_none(),
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
@@ -137,5 +187,45 @@ mod tests {
         let latest = parse_rfc3339("9999-12-31T23:59:59Z").unwrap();
         assert_eq!(latest.timestamp(), LATEST_SECS);
         assert!(rfc3339(latest).starts_with("9999-"));
+    }
+
+    fn chrono_rfc3339(at: DateTime<Utc>) -> String {
+        at.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    #[test]
+    fn instants_are_written_as_chrono_writes_them() {
+        let cases = [
+            "1970-01-01T00:00:00Z",
+            "2026-11-21T10:30:00.5Z",
+            "2024-02-29T23:59:59.999999Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999Z",
+        ];
+        for case in cases {
+            let at = parse_rfc3339(case).unwrap();
+            assert_eq!(rfc3339(at), chrono_rfc3339(at), "{case}");
+        }
+        // What the digits cannot write goes to chrono: years past 9999, leap seconds.
+        let far = DateTime::from_timestamp(LATEST_SECS + 1, 0).unwrap();
+        assert_eq!(rfc3339(far), chrono_rfc3339(far));
+        let leap = DateTime::from_timestamp(1_483_228_799, 1_500_000_000).unwrap();
+        assert_eq!(rfc3339(leap), "2016-12-31T23:59:60.500Z");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_instant_is_written_as_chrono_writes_it(
+            secs in -70_000_000_000i64..300_000_000_000,
+            nanos in 0u32..2_000_000_000,
+        ) {
+            if let Some(at) = DateTime::from_timestamp(secs, nanos) {
+                proptest::prop_assert_eq!(rfc3339(at), chrono_rfc3339(at));
+                let mut via_serde = serde_json::Serializer::new(Vec::new());
+                serde_rfc3339::serialize(&at, &mut via_serde).unwrap();
+                let via_serde = String::from_utf8(via_serde.into_inner()).unwrap();
+                proptest::prop_assert_eq!(via_serde, format!("\"{}\"", chrono_rfc3339(at)));
+            }
+        }
     }
 }

@@ -14,7 +14,6 @@ use super::field::{Dimensions, Quantity, total};
 use super::limit::{FailMode, Limit};
 use super::meter::{Aggregation, EventFilter, Meter, MeterField};
 use super::period::{BillingAnchor, Period, Window, window_containing};
-use super::time::rfc3339;
 
 /// How one event changes one counter.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -383,8 +382,10 @@ pub struct LimitState {
     pub exceeded: bool,
     /// Unix seconds of the window end; `None` for all-time limits.
     pub reset: Option<i64>,
-    pub window_start: Option<String>,
-    pub window_end: Option<String>,
+    #[serde(serialize_with = "crate::domain::time::serde_rfc3339::serialize_option")]
+    pub window_start: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::time::serde_rfc3339::serialize_option")]
+    pub window_end: Option<DateTime<Utc>>,
     pub fail_mode: FailMode,
 }
 
@@ -418,8 +419,8 @@ impl LimitState {
             remaining: None,
             exceeded: false,
             reset: window.map(|w| w.end.timestamp()),
-            window_start: window.map(|w| rfc3339(w.start)),
-            window_end: window.map(|w| rfc3339(w.end)),
+            window_start: window.map(|w| w.start),
+            window_end: window.map(|w| w.end),
             fail_mode: limit.limit.fail_mode,
         }
     }
