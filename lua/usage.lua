@@ -38,6 +38,8 @@
 --           expires with its counter; only read when usage reaches the lowest level
 -- then      (reserve only) the reservation record's JSON document and TTL in ms, and c hold
 --           expiries, unix ms, one per counter op
+-- then      (record only, a commit) the fields of the holds hash to drop once the event is
+--           counted: the committed reservation's holds go in the step that counts its cost
 --   kinds: add | max | latest (string keys; latest holds "value@at_ms")
 --          hadd | hmax | hlatest | hsetnx (hash fields; hlatest keeps at_ms in "<field>@")
 -- Only 'add' counters carry holds.
@@ -133,8 +135,9 @@ local function just_created(after, v)
   return after == v or (v % 1 ~= 0 and abs(after - v) <= 1e-9 * max(1, abs(v)))
 end
 
--- One event: its keys are KEYS[kb + 1 ..], its arguments ARGV[ab + 1 ..] (laid out as above).
-local function run(kb, ab)
+-- One event: its keys are KEYS[kb + 1 ..], its arguments ARGV[ab + 1 .. ab + args] (laid out
+-- as above).
+local function run(kb, ab, args)
   local mode, now = ARGV[ab + 1], ARGV[ab + 2] + 0
   local n, c, m = ARGV[ab + 8] + 0, ARGV[ab + 9] + 0, ARGV[ab + 10] + 0
   local OPS, RULES = ab + 11, ab + 11 + 4 * n
@@ -364,6 +367,11 @@ local function run(kb, ab)
     call('PEXPIRE', log_key, ARGV[ab + 7])
   end
 
+  local released = RULES + 3 * m
+  if mode == 'record' and released <= ab + args then
+    call('HDEL', holds_key, unpack(ARGV, released, ab + args))
+  end
+
   return out
 end
 
@@ -382,7 +390,7 @@ local answers = {}
 local kb, ab = 0, 2
 for e = 1, ARGV[1] + 0 do
   local keys, args = ARGV[ab + 1] + 0, ARGV[ab + 2] + 0
-  answers[e] = run(kb, ab + 2)
+  answers[e] = run(kb, ab + 2, args)
   kb, ab = kb + keys, ab + 2 + args
 end
 return answers

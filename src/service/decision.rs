@@ -536,7 +536,8 @@ impl Gateway {
         Ok(reservation)
     }
 
-    /// Records the actual cost (default: the estimate), unconditionally, and drops the hold.
+    /// Records the actual cost (default: the estimate), unconditionally, and drops the hold in
+    /// the same atomic step.
     /// Idempotent: a repeat answers what the first commit answered (the values it recorded,
     /// its event, and the limits as they are now, as a duplicate record does), whatever its
     /// own body says. Committing an expired reservation still records.
@@ -596,8 +597,12 @@ impl Gateway {
         event.idempotency_key = Some(IdempotencyKey::Commit {
             reservation_id: id.to_string(),
         });
-        let recorded = self.record_event(event, now).await?;
         let counters: Vec<_> = loaded.holds.iter().map(|h| h.counter.clone()).collect();
+        let commit = Mode::Commit {
+            reservation_id: id.to_string(),
+            held: counters.clone(),
+        };
+        let recorded = self.record_event(event, &commit, now).await?;
         let values_doc = super::config::to_doc(&values)?;
         self.store
             .finish_reservation(

@@ -250,20 +250,22 @@ impl Gateway {
     ) -> ServiceResult<Recorded> {
         let now = self.clock.now();
         let event = Event::validate(self.new_id(IdKind::Event), input, idempotency_header, now)?;
-        self.record_event(event, now).await
+        self.record_event(event, &Mode::Record, now).await
     }
 
     /// Records a validated event; also the second half of a reservation's commit.
+    /// Counts `event` unconditionally (`mode` is `Record` or `Commit`).
     pub(super) async fn record_event(
         &self,
         event: Event,
+        mode: &Mode,
         now: DateTime<Utc>,
     ) -> ServiceResult<Recorded> {
         let (calendar, unknown) = self.calendar_of(&event.customer_id, now).await?;
         self.create_implicitly(unknown.into_iter().collect())
             .await?;
         let plan = self.plan(&event, calendar, now);
-        let recorded = match self.write_one(&event, &plan, &Mode::Record, now).await? {
+        let recorded = match self.write_one(&event, &plan, mode, now).await? {
             RecordOutcome::Written { after, alerts, .. } => {
                 if alerts > 0 {
                     self.note_alerts(&event.customer_id);

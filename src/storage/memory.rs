@@ -610,6 +610,13 @@ impl MemoryUsage {
                 }
             }
         }
+        if !event.released_holds.is_empty()
+            && let Some(holds) = self.live_hash(&event.holds_key, now)
+        {
+            for field in &event.released_holds {
+                holds.remove(field);
+            }
+        }
         let alerts = self.detect_crossings(event, &readings, &after);
         RecordOutcome::Written { after, alerts }
     }

@@ -820,7 +820,7 @@ fn usage_arg_count(event: &EventOps) -> usize {
     } else {
         0
     };
-    10 + 4 * event.ops.len() + 3 * event.alerts.len() + reservation
+    10 + 4 * event.ops.len() + 3 * event.alerts.len() + reservation + event.released_holds.len()
 }
 
 /// One event's arguments, in the usage script's layout.
@@ -864,6 +864,9 @@ fn push_usage_args(cmd: &mut Cmd, event: &EventOps) {
         for op in &event.ops[..event.counters] {
             cmd.arg(op.hold_expires_ms);
         }
+    }
+    for field in &event.released_holds {
+        cmd.arg(field);
     }
 }
 
@@ -1839,6 +1842,7 @@ mod tests {
                     fired_key: "qg:{c:a}:fired:lmt_1:0".into(),
                 })
                 .collect(),
+            released_holds: Vec::new(),
         }
     }
 
@@ -1848,10 +1852,16 @@ mod tests {
         for mode in ["record", "consume", "reserve"] {
             for dedupe in [false, true] {
                 for alerts in [0, 2] {
-                    let event = event(mode, dedupe, alerts);
+                    let mut event = event(mode, dedupe, alerts);
                     let mut cmd = redis::Cmd::new();
                     push_usage_args(&mut cmd, &event);
                     assert_eq!(cmd.args_iter().count(), usage_arg_count(&event), "{mode}");
+                    if mode == "record" {
+                        event.released_holds = vec!["k|rsv_1".into(), "k2|rsv_1".into()];
+                        let mut cmd = redis::Cmd::new();
+                        push_usage_args(&mut cmd, &event);
+                        assert_eq!(cmd.args_iter().count(), usage_arg_count(&event), "commit");
+                    }
                 }
             }
         }

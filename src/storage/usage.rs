@@ -94,8 +94,15 @@ pub struct KeyOp {
 /// What a write does with the limits.
 #[derive(Debug, Clone)]
 pub enum Mode {
-    /// Counts unconditionally (record, batch, commit).
+    /// Counts unconditionally (record, batch).
     Record,
+    /// Counts unconditionally, as `Record`, and drops the reservation's holds on the `held`
+    /// counters in the same atomic step: no decision ever sees a commit's cost twice, as
+    /// usage and as a hold.
+    Commit {
+        reservation_id: String,
+        held: Vec<CounterId>,
+    },
     /// Counts only if every capped counter stays within its cap.
     Consume { caps: Vec<Option<f64>> },
     /// If every cap holds, adds holds instead of usage and stores the reservation.
@@ -141,6 +148,8 @@ pub struct EventOps {
     pub holds_key: String,
     /// Alert rules (record and consume only), each watching one of the first `counters` ops.
     pub alerts: Vec<AlertOp>,
+    /// Fields of the holds hash that go once the event is counted (a commit's holds).
+    pub released_holds: Vec<String>,
 }
 
 /// One limit's crossing detection, in storage terms.
@@ -220,7 +229,7 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
     } = write;
     let customer = &event.customer_id;
     let (mode_name, caps, reservation) = match mode {
-        Mode::Record => ("record", None, None),
+        Mode::Record | Mode::Commit { .. } => ("record", None, None),
         Mode::Consume { caps } => ("consume", Some(caps), None),
         Mode::Reserve { caps, reservation } => ("reserve", Some(caps), Some(reservation)),
     };
@@ -338,6 +347,16 @@ pub fn event_ops(keys: &Keys, retention: &Retention, write: EventWrite<'_>) -> E
         counters: plan.counters.len(),
         outbox_key: keys.outbox(customer),
         holds_key: keys.holds(customer),
+        released_holds: match mode {
+            Mode::Commit {
+                reservation_id,
+                held,
+            } => held
+                .iter()
+                .map(|counter| Keys::hold_field(&keys.counter(customer, counter), reservation_id))
+                .collect(),
+            _ => Vec::new(),
+        },
         alerts: match reservation {
             Some(_) => Vec::new(),
             None => plan

@@ -494,3 +494,104 @@ async fn replays_keep_the_contract() {
     replay_claims(redis_store(&shared_redis().url(), &unique_prefix()).await).await;
     replay_claims(redis_store(&shared_cluster().url(), &unique_prefix()).await).await;
 }
+
+/// A commit counts its cost and drops its reservation's holds in one atomic step, so no
+/// decision ever sees the cost twice, as usage and as a hold: right after the commit's write,
+/// before the reservation's record is finished, the hold is gone.
+async fn commits_settle_in_one_step(store: Arc<dyn Store>) {
+    use chrono::Utc;
+    use quotagate::domain::event::Event;
+    use quotagate::domain::ids::CustomerId;
+    use quotagate::domain::limit::Limit;
+    use quotagate::domain::meter::Meter;
+    use quotagate::domain::period::BillingAnchor;
+    use quotagate::domain::usage::{CustomerCalendar, ResolvedLimit, plan_event};
+    use quotagate::storage::usage::{EventWrite, Mode, RecordOutcome, ReservationWrite};
+    use serde_json::json;
+
+    let now = Utc::now();
+    let now_ms = now.timestamp_millis();
+    let meter = json!({"name": "tokens", "aggregation": "sum", "field": "values.tokens"});
+    let meter = Arc::new(
+        Meter::create("mtr_t".into(), serde_json::from_value(meter).unwrap(), now).unwrap(),
+    );
+    let limit = json!({"name": "daily", "meterId": "mtr_t", "limitValue": 100, "period": "day"});
+    let limit = Limit::create(
+        "lmt_t".into(),
+        serde_json::from_value(limit).unwrap(),
+        &meter,
+        now,
+    );
+    let limits = [ResolvedLimit::new(
+        Arc::new(limit.unwrap()),
+        Arc::clone(&meter),
+    )];
+    let calendar = CustomerCalendar {
+        timezone: chrono_tz::UTC,
+        anchor: BillingAnchor::new(1, 1).unwrap(),
+    };
+    let customer = CustomerId::parse("customerId", "settling").unwrap();
+    let event = |id: &str, tokens: u32| {
+        let input =
+            json!({"customerId": "settling", "eventType": "llm", "values": {"tokens": tokens}});
+        Event::validate(id.into(), serde_json::from_value(input).unwrap(), None, now).unwrap()
+    };
+    let reading = async |plan: &quotagate::domain::usage::EventPlan| {
+        let counters = [plan.counters[0].counter.clone()];
+        let reading = store
+            .read_counters(&customer, &counters, now_ms)
+            .await
+            .unwrap();
+        (reading[0].used, reading[0].reserved)
+    };
+
+    let estimate = event("rsv_t", 30);
+    let plan = plan_event(
+        &estimate,
+        &[Arc::clone(&meter)],
+        &limits,
+        &[],
+        calendar,
+        now,
+    );
+    let reserve = Mode::Reserve {
+        caps: vec![Some(100.0)],
+        reservation: ReservationWrite {
+            id: "rsv_t".into(),
+            doc: "{}".into(),
+            expires_at_ms: now_ms + 60_000,
+        },
+    };
+    let write = |event, plan, mode| EventWrite {
+        event,
+        plan,
+        mode,
+        now_ms,
+    };
+    let reserved = store.write(&[write(&estimate, &plan, &reserve)]).await;
+    assert!(matches!(
+        reserved.unwrap()[..],
+        [RecordOutcome::Written { .. }]
+    ));
+    assert_eq!(reading(&plan).await, (0.0, 30.0));
+
+    let actual = event("evt_t", 20);
+    let commit = Mode::Commit {
+        reservation_id: "rsv_t".into(),
+        held: vec![plan.counters[0].counter.clone()],
+    };
+    let plan = plan_event(&actual, &[Arc::clone(&meter)], &limits, &[], calendar, now);
+    let committed = store.write(&[write(&actual, &plan, &commit)]).await;
+    assert!(matches!(
+        committed.unwrap()[..],
+        [RecordOutcome::Written { .. }]
+    ));
+    assert_eq!(reading(&plan).await, (20.0, 0.0));
+}
+
+#[tokio::test]
+async fn commits_settle_in_one_step_on_every_store() {
+    commits_settle_in_one_step(Arc::new(MemoryStore::new())).await;
+    commits_settle_in_one_step(redis_store(&shared_redis().url(), &unique_prefix()).await).await;
+    commits_settle_in_one_step(redis_store(&shared_cluster().url(), &unique_prefix()).await).await;
+}
