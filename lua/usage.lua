@@ -57,19 +57,20 @@
 -- runs for every counted event.
 local KEYS, ARGV = KEYS, ARGV
 local call, try_call = redis.call, redis.pcall
-local tonumber, tostring, type, unpack = tonumber, tostring, type, unpack
-local match, gmatch = string.match, string.gmatch
+local tonumber, type, unpack = tonumber, type, unpack
+local match, gmatch, format = string.match, string.gmatch, string.format
 local floor, ceil, max, abs = math.floor, math.ceil, math.max, math.abs
 -- Numeric arguments are read as `text + 0`: Lua 5.1's tonumber on a string runs strtod twice
 -- (lua_isnumber, then lua_tonumber), arithmetic coercion once, and this script reads dozens
 -- of numbers per event.
 
--- An exact integer reply when it is one, else its text (a Lua number would be truncated).
+-- An exact integer reply when it is one, else its text (a Lua number would be truncated), with
+-- every digit a double has: tostring keeps 14, which loses the ninth decimal past 1e5.
 local function reply_number(x)
   if x == floor(x) and x > -1e15 and x < 1e15 then
     return x
   end
-  return tostring(x)
+  return format('%.17g', x)
 end
 
 -- A total to nine decimal places, as the gateway rounds it (src/domain/field.rs `total`, the

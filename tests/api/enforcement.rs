@@ -19,6 +19,7 @@ every_store!(
     consume_honours_idempotency,
     reservation_lifecycle,
     reservations_count_as_reserved_everywhere,
+    large_fractional_holds_keep_their_digits,
     reservations_expire_without_any_call,
     holds_never_leak_into_the_next_window,
     reservation_refusals_and_conflicts,
@@ -455,6 +456,25 @@ async fn reservations_count_as_reserved_everywhere(app: TestApp) {
         .await;
     assert_eq!(state(&recorded.body, &id)["used"], 35);
     assert_eq!(state(&recorded.body, &id)["reserved"], 70);
+}
+
+/// A hold's amount comes back with the nine decimals the gateway keeps, however large it is.
+async fn large_fractional_holds_keep_their_digits(app: TestApp) {
+    let meter = app.tokens_meter().await;
+    let id = app
+        .limit(json!({"name": "d", "meterId": meter, "limitValue": 1e6, "period": "day"}))
+        .await;
+    let estimate = 123_456.123_456_789;
+    let held = app
+        .post(
+            "/v1/reservations",
+            json!({"customerId": "digits", "eventType": "llm", "values": {"tokens": estimate}}),
+        )
+        .await;
+    assert_eq!(state(&held.body, &id)["reserved"], estimate);
+    let consumed = app.post("/v1/limits/consume", tokens("digits", 1.0)).await;
+    assert_eq!(state(&consumed.body, &id)["reserved"], estimate);
+    assert_eq!(used(&app, "digits", &id).await.1, estimate);
 }
 
 async fn reservations_expire_without_any_call(app: TestApp) {
