@@ -370,8 +370,12 @@ impl ConfigCache {
     }
 
     /// Applies a batch of the change log, read after the cursor, and moves the cursor to
-    /// `next`, its last position.
-    fn apply_polled(&self, changes: &[ConfigChange], next: LogPosition) {
+    /// `next`, its last position. Returns whether a write of this node that the batch should
+    /// hold is missing from it: the log lost it (a Redis failover drops what the replica had
+    /// not yet received), and a server whose clock is behind may log other nodes' later
+    /// changes at lower positions, which the cache would wrongly order before it. The lost
+    /// write is forgotten; the caller reads everything again.
+    fn apply_polled(&self, changes: &[ConfigChange], next: LogPosition) -> bool {
         let mut state = self.write();
         for change in changes {
             state.apply_logged(
@@ -382,7 +386,16 @@ impl ConfigCache {
             );
         }
         state.cursor = next;
-        state.local.retain(|_, write| write.position > next);
+        let mut lost = false;
+        state.local.retain(|_, write| {
+            if write.position > next {
+                return true;
+            }
+            // A batch's last change sits at the position its write was given.
+            lost |= !changes.iter().any(|c| c.position == write.position);
+            false
+        });
+        lost
     }
 
     fn mark_synced(&self) {
@@ -406,7 +419,13 @@ impl ConfigCache {
             self.reload(store).await?;
             return Ok(0);
         };
-        self.apply_polled(&changes, next);
+        if self.apply_polled(&changes, next) {
+            tracing::warn!(
+                "a config write of this node is missing from the change log (lost in a failover?); reloading"
+            );
+            self.reload(store).await?;
+            return Ok(0);
+        }
         self.mark_synced();
         Ok(changes.len())
     }
@@ -626,6 +645,50 @@ mod tests {
         // A batch that changed nothing in storage has nothing to mirror.
         cache.apply_local(&[limit_put("d1", &day(60))], None);
         assert_eq!(governing_ids(&cache.read(), "c1"), ["d1=50"]);
+    }
+
+    /// A write of this node that the log lost (a failover) is not kept over the changes the log
+    /// holds, whatever their positions.
+    #[test]
+    fn a_write_the_log_lost_is_forgotten() {
+        let cache = cache_with_meter();
+        let day = |value| limit_doc("d1", "m1", None, "day", value);
+        cache.apply_local(&[limit_put("d1", &day(20))], Some(LogPosition(5, 0)));
+        let delete = ConfigOp::Delete {
+            kind: Kind::Limit,
+            id: "d2".into(),
+            guard: crate::storage::Guard::Always,
+        };
+        cache.apply_local(&[delete], Some(LogPosition(6, 0)));
+        // The log holds the delete's entry, but not the put's.
+        let batch = [
+            limit_change(3, "d2", &limit_doc("d2", "m1", None, "day", 40)),
+            limit_change(4, "d1", &day(30)),
+            ConfigChange {
+                position: LogPosition(6, 0),
+                kind: Kind::Limit,
+                id: "d2".into(),
+                doc: None,
+            },
+        ];
+        assert!(
+            cache.apply_polled(&batch, LogPosition(6, 0)),
+            "the put is lost"
+        );
+        assert!(cache.read().local.is_empty());
+        assert_eq!(
+            governing_ids(&cache.read(), "c1"),
+            ["d1=20"],
+            "until the reload"
+        );
+        // A batch that holds every write is not a loss.
+        cache.apply_local(&[limit_put("d1", &day(50))], Some(LogPosition(8, 0)));
+        let batch = [limit_change(8, "d1", &day(50))];
+        assert!(!cache.apply_polled(&batch, LogPosition(8, 0)));
+        // Nor one that does not reach them yet.
+        cache.apply_local(&[limit_put("d1", &day(60))], Some(LogPosition(9, 0)));
+        assert!(!cache.apply_polled(&[], LogPosition(8, 0)));
+        assert_eq!(governing_ids(&cache.read(), "c1"), ["d1=60"]);
     }
 
     /// A full read of storage may miss a write this node made while it read; the node keeps
