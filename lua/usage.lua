@@ -161,6 +161,13 @@ local function run(kb, ab, args)
     end
   end
 
+  -- A commit's holds go in the step that counts its cost, before the holds are read, so the
+  -- answer shows what stays held.
+  local released = RULES + 3 * m
+  if mode == 'record' and released <= ab + args then
+    call('HDEL', holds_key, unpack(ARGV, released, ab + args))
+  end
+
   -- Current values of the counters, and what is held on each.
   local current, held = {}, {}
   if mode ~= 'record' then
@@ -366,11 +373,6 @@ local function run(kb, ab, args)
       call('LTRIM', log_key, -cap, -1)
     end
     call('PEXPIRE', log_key, ARGV[ab + 7])
-  end
-
-  local released = RULES + 3 * m
-  if mode == 'record' and released <= ab + args then
-    call('HDEL', holds_key, unpack(ARGV, released, ab + args))
   end
 
   return out

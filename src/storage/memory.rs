@@ -509,6 +509,14 @@ impl MemoryUsage {
         {
             return RecordOutcome::Duplicate { event_id: first };
         }
+        // A commit's holds go before the holds are read, as in the script.
+        if !event.released_holds.is_empty()
+            && let Some(holds) = self.live_hash(&event.holds_key, now)
+        {
+            for field in &event.released_holds {
+                holds.remove(field);
+            }
+        }
         let mut reserved = Vec::with_capacity(event.ops.len());
         let mut readings = Vec::with_capacity(event.counters);
         let mut refused = false;
@@ -608,13 +616,6 @@ impl MemoryUsage {
                 while log.len() > event.log_cap {
                     log.pop_front();
                 }
-            }
-        }
-        if !event.released_holds.is_empty()
-            && let Some(holds) = self.live_hash(&event.holds_key, now)
-        {
-            for field in &event.released_holds {
-                holds.remove(field);
             }
         }
         let alerts = self.detect_crossings(event, &readings, &after);

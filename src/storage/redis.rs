@@ -49,7 +49,6 @@ const CONFIG_DEADLINE: Duration = Duration::from_secs(2);
 const READY_DEADLINE: Duration = Duration::from_millis(500);
 /// Documents per `HSCAN` page of a full config read: Redis serves other clients between pages.
 const CONFIG_SCAN_COUNT: usize = 1000;
-/// The change-log cursor of a node that loaded the configuration while the log was empty.
 /// `RedisStore::server_offset_micros` before the first `TIME` exchange.
 const NO_OFFSET: i64 = i64::MIN;
 
@@ -1296,7 +1295,8 @@ pub fn live_holds(
     held
 }
 
-/// A stream entry ID (`<ms>-<seq>`, or a bare `<ms>`) in its order; anything else as `0-0`.
+/// A stream entry ID (`<ms>-<seq>`, or a bare `<ms>`) as a log position; anything else is a
+/// storage error (the poll fails, and the node reads everything again).
 fn stream_position(id: &str) -> StoreResult<LogPosition> {
     LogPosition::parse(id)
         .ok_or_else(|| StoreError::Internal(format!("not a change log entry ID: {id:?}")))

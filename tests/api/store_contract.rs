@@ -582,10 +582,10 @@ async fn commits_settle_in_one_step(store: Arc<dyn Store>) {
     };
     let plan = plan_event(&actual, &[Arc::clone(&meter)], &limits, &[], calendar, now);
     let committed = store.write(&[write(&actual, &plan, &commit)]).await;
-    assert!(matches!(
-        committed.unwrap()[..],
-        [RecordOutcome::Written { .. }]
-    ));
+    let [RecordOutcome::Written { after, .. }] = &committed.unwrap()[..] else {
+        panic!("the commit's event is written");
+    };
+    assert_eq!((after[0].used, after[0].reserved), (20.0, 0.0));
     assert_eq!(reading(&plan).await, (20.0, 0.0));
 }
 
