@@ -336,6 +336,7 @@ local function run(kb, ab, args)
     if after > before and after >= ARGV[b + 1] + 0 then
       local limit, thresholds, limit_id, window_start, window_end, fired_key =
         match(ARGV[b + 2], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+      local limit_text = limit
       limit = tonumber(limit)
       for threshold in gmatch(thresholds, '[^,]+') do
         local percent = threshold == 'x' and 100 or tonumber(threshold)
@@ -346,6 +347,7 @@ local function run(kb, ab, args)
             call('PEXPIREAT', fired_key, expire)
           end
           -- The node names the message when it hands the outbox over (the ID is a hash).
+          -- cjson writes numbers with 14 digits: the limit and the usage also go as text.
           call('RPUSH', outbox_key, cjson.encode({
             exceeded = threshold == 'x',
             threshold = percent,
@@ -354,6 +356,8 @@ local function run(kb, ab, args)
             windowEndMs = tonumber(window_end),
             limit = limit,
             usage = after,
+            limitText = limit_text,
+            usageText = format('%.17g', after),
             atMs = now,
           }))
           alerts = alerts + 1

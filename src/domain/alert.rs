@@ -66,6 +66,12 @@ pub struct Crossing {
     pub limit: f64,
     pub usage: f64,
     pub at_ms: i64,
+    /// `limit` and `usage` in full, as the usage script writes them beside the numbers, which
+    /// its JSON encoder cuts to 14 digits (the numbers stay for nodes that predate the text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_text: Option<String>,
 }
 
 fn number(value: f64) -> Value {
@@ -80,6 +86,10 @@ fn instant(ms: i64) -> Value {
 }
 
 impl Crossing {
+    fn exact(number: f64, text: Option<&str>) -> f64 {
+        text.and_then(|text| text.parse().ok()).unwrap_or(number)
+    }
+
     /// The message ID: the same crossing gets the same ID on every replica, whichever node
     /// hands it over, however often.
     pub fn message_id(&self, customer: &CustomerId) -> String {
@@ -95,7 +105,9 @@ impl Crossing {
 
     /// The message for this crossing (API.md §7), named from the limit's current config
     /// when it still exists.
-    pub fn message(&self, customer: &CustomerId, limit: Option<&Limit>) -> QueuedMessage {
+    pub fn message(&self, customer: &CustomerId, config: Option<&Limit>) -> QueuedMessage {
+        let limit = Self::exact(self.limit, self.limit_text.as_deref());
+        let usage = Self::exact(self.usage, self.usage_text.as_deref());
         QueuedMessage {
             id: self.message_id(customer),
             kind: if self.exceeded {
@@ -108,14 +120,14 @@ impl Crossing {
             data: json!({
                 "customerId": customer,
                 "limitId": self.limit_id,
-                "limitName": limit.map(|l| l.name.clone()),
-                "meterId": limit.map(|l| l.meter_id.clone()),
+                "limitName": config.map(|l| l.name.clone()),
+                "meterId": config.map(|l| l.meter_id.clone()),
                 "threshold": number(self.threshold),
-                "limit": number(self.limit),
-                "currentUsage": number(self.usage),
-                "percentage": number(if self.limit > 0.0 { self.usage / self.limit * 100.0 } else { 0.0 }),
-                "remaining": number((self.limit - self.usage).max(0.0)),
-                "period": limit.map(|l| l.period.as_str()),
+                "limit": number(limit),
+                "currentUsage": number(usage),
+                "percentage": number(if limit > 0.0 { usage / limit * 100.0 } else { 0.0 }),
+                "remaining": number((limit - usage).max(0.0)),
+                "period": config.map(|l| l.period.as_str()),
                 "windowStart": instant(self.window_start_ms),
                 "windowEnd": instant(self.window_end_ms),
             }),
@@ -184,6 +196,8 @@ mod tests {
             limit: 100.0,
             usage: 85.0,
             at_ms: 1_795_219_300_000,
+            limit_text: None,
+            usage_text: None,
         };
         let message = crossing.message(&customer, None);
         let base = message_id_base("lmt_1", &customer, Some(1_795_219_200));
@@ -204,6 +218,28 @@ mod tests {
             data["limitName"],
             Value::Null,
             "a deleted limit has no name any more"
+        );
+    }
+
+    /// The script writes the limit and the usage twice: as numbers cut to 14 digits, which
+    /// nodes that predate the text read, and in full as text, which wins.
+    #[test]
+    fn crossings_read_the_full_text_of_their_numbers() {
+        let customer = CustomerId::parse("c", "c1").unwrap();
+        let queued = |extra: &str| {
+            format!(
+                r#"{{"exceeded":true,"threshold":100,"limitId":"lmt_1","windowStartMs":0,"windowEndMs":0,"limit":100000.5,"usage":123456.12345679,"atMs":1{extra}}}"#
+            )
+        };
+        let full = queued(r#","limitText":"100000.5","usageText":"123456.123456789""#);
+        let crossing: Crossing = serde_json::from_str(&full).unwrap();
+        let data = crossing.message(&customer, None).data;
+        assert_eq!(data["currentUsage"], 123_456.123_456_789);
+        assert_eq!(data["limit"], 100_000.5);
+        let older: Crossing = serde_json::from_str(&queued("")).unwrap();
+        assert_eq!(
+            older.message(&customer, None).data["currentUsage"],
+            123_456.123_456_79
         );
     }
 

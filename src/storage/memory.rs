@@ -672,6 +672,8 @@ impl MemoryUsage {
                     limit: rule.limit_value,
                     usage: is.used,
                     at_ms: now,
+                    limit_text: None,
+                    usage_text: None,
                 };
                 let message = serde_json::to_string(&crossing).unwrap_or_default();
                 self.push(&event.outbox_key, message, now);

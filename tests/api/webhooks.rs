@@ -145,6 +145,7 @@ async fn webhook(app: &TestApp, url: &str) -> (String, String) {
 every_store!(
     endpoints_api,
     thresholds_fire_once_per_window_signed,
+    alerts_carry_usage_with_every_digit,
     failed_deliveries_retry_with_the_same_id,
     endpoints_disable_after_twenty_failures,
     retries_count_once_toward_disabling,
@@ -384,6 +385,30 @@ async fn thresholds_fire_once_per_window_signed(app: TestApp) {
         verify(received, &secret);
         assert_eq!(received.headers["content-type"], "application/json");
     }
+}
+
+/// A crossing at a usage with more than 14 significant digits reports it as counted.
+async fn alerts_carry_usage_with_every_digit(app: TestApp) {
+    let receiver = Receiver::start().await;
+    webhook(&app, &receiver.url).await;
+    let meter = app.tokens_meter().await;
+    app.post(
+        "/v1/limits",
+        json!({"name": "daily", "meterId": meter, "limitValue": 100000.5, "period": "day"}),
+    )
+    .await
+    .assert_status(201);
+    let usage = 123_456.123_456_789;
+    app.post(
+        "/v1/events/record",
+        json!({"customerId": "digits", "eventType": "llm", "values": {"tokens": usage}}),
+    )
+    .await
+    .assert_status(200);
+    let seen = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let data = &seen[0].json()["data"];
+    assert_eq!(data["currentUsage"], usage);
+    assert_eq!(data["limit"], 100000.5);
 }
 
 async fn failed_deliveries_retry_with_the_same_id(app: TestApp) {
