@@ -584,16 +584,19 @@ mod tests {
         }
     }
 
+    fn meter_put(id: &str) -> ConfigOp {
+        ConfigOp::Put {
+            kind: Kind::Meter,
+            id: id.into(),
+            doc: meter_doc(id),
+            guard: crate::storage::Guard::Always,
+        }
+    }
+
     /// A cache that knows meter m1, logged at position 1.
     fn cache_with_meter() -> ConfigCache {
         let cache = ConfigCache::default();
-        let meter = ConfigOp::Put {
-            kind: Kind::Meter,
-            id: "m1".into(),
-            doc: meter_doc("m1"),
-            guard: crate::storage::Guard::Always,
-        };
-        cache.apply_local(&[meter], Some(LogPosition(1, 0)));
+        cache.apply_local(&[meter_put("m1")], Some(LogPosition(1, 0)));
         cache
     }
 
@@ -697,12 +700,7 @@ mod tests {
     async fn a_reload_keeps_the_writes_it_may_have_missed() {
         let store = crate::storage::memory::MemoryStore::new();
         let cache = ConfigCache::default();
-        let meter = ConfigOp::Put {
-            kind: Kind::Meter,
-            id: "m1".into(),
-            doc: meter_doc("m1"),
-            guard: crate::storage::Guard::Always,
-        };
+        let meter = meter_put("m1");
         let logged = store
             .apply(std::slice::from_ref(&meter))
             .await
