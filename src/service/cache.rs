@@ -281,10 +281,23 @@ impl ConfigCache {
         self.read().customers.get(id.as_str()).cloned()
     }
 
+    /// How far into the change log the cache is; a read of storage outside the log takes it
+    /// first, for [`Self::remember_customer`].
+    pub fn cursor(&self) -> LogPosition {
+        self.read().cursor
+    }
+
     /// Adds a customer this node learned about outside the change log (read from storage on
-    /// a cache miss, or just created implicitly), unless a newer copy arrived meanwhile.
-    pub fn remember_customer(&self, customer: Customer) {
-        self.write()
+    /// a cache miss, or just created implicitly) when the cache was at `read_at`. Only if the
+    /// cache has applied nothing since: a change applied meanwhile may be newer than what was
+    /// read (a delete would otherwise be undone here until the next full reload), and the
+    /// next miss reads storage again. A copy already cached is kept.
+    pub fn remember_customer(&self, customer: Customer, read_at: LogPosition) {
+        let mut state = self.write();
+        if state.cursor != read_at {
+            return;
+        }
+        state
             .customers
             .entry(customer.id.to_string())
             .or_insert_with(|| Arc::new(customer));
@@ -692,6 +705,23 @@ mod tests {
         cache.apply_local(&[limit_put("d1", &day(60))], Some(LogPosition(9, 0)));
         assert!(!cache.apply_polled(&[], LogPosition(8, 0)));
         assert_eq!(governing_ids(&cache.read(), "c1"), ["d1=60"]);
+    }
+
+    /// A customer read from storage while a poll applied changes is not cached: the poll may
+    /// have deleted it after the read.
+    #[test]
+    fn a_customer_read_while_the_log_moved_is_not_remembered() {
+        let cache = ConfigCache::default();
+        let customer = |id: &str| {
+            let id = CustomerId::parse("customerId", id).unwrap();
+            Customer::with_defaults(id, chrono_tz::UTC, chrono::Utc::now())
+        };
+        let read_at = cache.cursor();
+        cache.apply_polled(&[], LogPosition(4, 0));
+        cache.remember_customer(customer("c1"), read_at);
+        assert!(!cache.read().customers.contains_key("c1"));
+        cache.remember_customer(customer("c1"), cache.cursor());
+        assert!(cache.read().customers.contains_key("c1"));
     }
 
     /// A full read of storage may miss a write this node made while it read; the node keeps

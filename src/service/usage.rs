@@ -135,6 +135,7 @@ impl Gateway {
         if let Some(customer) = self.cache.customer(id) {
             return Ok((calendar(&customer), None));
         }
+        let read_at = self.cache.cursor();
         let customer = match self
             .store
             .get_for_decision(Kind::Customer, id.as_str())
@@ -143,7 +144,7 @@ impl Gateway {
             Some(doc) => {
                 let customer: Customer =
                     serde_json::from_str(&doc).map_err(|e| corrupt("customers", e))?;
-                self.cache.remember_customer(customer.clone());
+                self.cache.remember_customer(customer.clone(), read_at);
                 Some(customer)
             }
             None => None,
@@ -194,12 +195,13 @@ impl Gateway {
                 })
             })
             .collect::<ServiceResult<Vec<ConfigOp>>>()?;
+        let read_at = self.cache.cursor();
         self.store
             .apply(&ops)
             .await?
             .map_err(|_| ServiceError::Conflict("customer creation failed".into()))?;
         for customer in customers {
-            self.cache.remember_customer(customer);
+            self.cache.remember_customer(customer, read_at);
         }
         Ok(())
     }
