@@ -301,21 +301,15 @@ impl RedisStore {
     /// effort, after the change it follows: that change is made, and a pointer that fails to
     /// follow still lives a day past the reservation's expiry as it was.
     async fn keep_owner(&self, id: &str, ttl_ms: i64) {
+        let mut conn = self.conn();
         let refresh = redis::cmd("PEXPIRE")
             .arg(self.keys.reservation_owner(id))
             .arg(ttl_ms)
             .to_owned();
-        let answers = self
-            .concurrently(CONFIG_DEADLINE, std::iter::once(&refresh))
+        let refreshed: StoreResult<i64> = self
+            .guarded(CONFIG_DEADLINE, refresh.query_async(&mut conn))
             .await;
-        let failed = match answers {
-            Ok(answers) => answers
-                .into_iter()
-                .find_map(|answer| answer.err())
-                .map(store_error),
-            Err(error) => Some(error),
-        };
-        if let Some(error) = failed {
+        if let Err(error) = refreshed {
             tracing::warn!(%error, reservation = id, "reservation owner pointer not extended");
         }
     }
@@ -1492,16 +1486,14 @@ impl AlertStore for RedisStore {
     }
 
     async fn reset_failures(&self, endpoint_id: &str) -> StoreResult<()> {
+        let mut conn = self.conn();
         let reset = redis::cmd("HDEL")
             .arg(self.keys.webhook_failures())
             .arg(endpoint_id)
             .to_owned();
-        for answer in self
-            .concurrently(CONFIG_DEADLINE, std::iter::once(&reset))
-            .await?
-        {
-            answer.map_err(store_error)?;
-        }
+        let _: i64 = self
+            .guarded(CONFIG_DEADLINE, reset.query_async(&mut conn))
+            .await?;
         Ok(())
     }
 
